@@ -1,0 +1,1 @@
+"""aqueue: an asyncio-native task queue on RabbitMQ."""

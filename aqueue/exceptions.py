@@ -1,0 +1,98 @@
+"""Every exception aqueue raises, in one tree.
+
+```text
+AqueueError
+├── ConfigurationError          bad options at decoration, bad settings, a missing result backend
+├── EncodeError                 arguments that are not JSON, or a message over the size limit
+├── DecodeError                 a message body or header that cannot be read (worker side)
+├── UnknownTaskError            a message names a task this process does not know
+├── TransportError              anything between aqueue and the broker
+│   ├── ConnectionFailed        the broker could not be reached before the deadline
+│   ├── ConnectionLost          the connection or channel dropped under an operation
+│   └── PublishError            the broker did not take a message
+│       ├── PublishNacked       the broker answered basic.nack (queue full with reject-publish, ...)
+│       ├── Unroutable          no queue is bound for the routing key (mandatory publish returned)
+│       └── PublishTimeout      no confirm arrived in time (the message may or may not be stored)
+│           └── BrokerBlocked   a resource alarm (connection.blocked) held it past the timeout
+```
+
+Catch `AqueueError` for everything, `TransportError` for "the broker did not do it", and
+`PublishError` for "this message is not known to be stored".
+
+Control-flow signals raised *inside* tasks are not errors and do not derive from
+`AqueueError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AqueueError",
+    "BrokerBlocked",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "DecodeError",
+    "EncodeError",
+    "PublishError",
+    "PublishNacked",
+    "PublishTimeout",
+    "TransportError",
+    "UnknownTaskError",
+    "Unroutable",
+]
+
+
+class AqueueError(Exception):
+    """The root of every exception aqueue raises."""
+
+
+class ConfigurationError(AqueueError, ValueError):
+    """A setting or option is wrong; raised where it is given (decoration, construction)."""
+
+
+class EncodeError(AqueueError, TypeError):
+    """A job could not be encoded: a non-JSON argument, or a message over the size limit."""
+
+
+class DecodeError(AqueueError, ValueError):
+    """A message could not be decoded into a job."""
+
+
+class UnknownTaskError(AqueueError, LookupError):
+    """A message names a task that is not registered in this process."""
+
+
+class TransportError(AqueueError):
+    """The broker or the connection to it failed an operation."""
+
+
+class ConnectionFailed(TransportError):
+    """No broker answered before the connect deadline."""
+
+
+class ConnectionLost(TransportError):
+    """The connection or channel was lost while an operation was under way."""
+
+
+class PublishError(TransportError):
+    """The broker did not confirm a message as stored."""
+
+
+class PublishNacked(PublishError):
+    """The broker answered the publish with `basic.nack`: the message was not stored."""
+
+
+class Unroutable(PublishError):
+    """The mandatory publish came back: no queue is bound for its routing key."""
+
+
+class PublishTimeout(PublishError):
+    """No confirm arrived before the timeout.
+
+    The message may still have been stored: a publish retried after this keeps its job id,
+    so a duplicate can be recognised.
+    """
+
+
+class BrokerBlocked(PublishTimeout):
+    """The broker blocked the publishing connection (memory or disk alarm) past the timeout."""

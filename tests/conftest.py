@@ -1,0 +1,76 @@
+"""Fixtures shared by every test tier.
+
+Integration tests need RabbitMQ at ``AQUEUE_TEST_AMQP_URL`` (default the local broker). When
+none answers they are skipped with the reason shown, unless ``AQUEUE_REQUIRE_BROKER=1`` (set by
+CI and by ``scripts/test``), which turns the skip into a failure: a green CI always means the
+integration tier ran against a real broker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from aqueue._topology import TopologyNames
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    """Run every async test on asyncio (aio-pika is asyncio-only)."""
+    return ("asyncio", {"debug": False})
+
+
+def _broker_answers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The URL of the RabbitMQ the integration tier talks to."""
+    url = os.environ.get("AQUEUE_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    if not _broker_answers(url):
+        reason = f"no RabbitMQ answers at {url}"
+        if os.environ.get("AQUEUE_REQUIRE_BROKER") == "1":
+            pytest.fail(f"{reason} and AQUEUE_REQUIRE_BROKER=1", pytrace=False)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topology prefix unique to one test, so tests never share a queue."""
+    return f"aqtest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def names(prefix: str) -> TopologyNames:
+    """The topology names for this test's prefix."""
+    return TopologyNames(prefix)
+
+
+@pytest.fixture
+async def amqp_cleanup(amqp_url: str) -> AsyncIterator[list[str]]:
+    """A list to append broker queue names to; they are deleted when the test ends."""
+    from aqueue._transport._amqp import AmqpTransport
+
+    queues: list[str] = []
+    yield queues
+    transport = AmqpTransport([amqp_url], connection_name="aqueue-tests-cleanup")
+    await transport.connect(timeout=10)
+    try:
+        for queue in queues:
+            await transport.delete_queue(queue)
+    finally:
+        await transport.aclose()
