@@ -11,10 +11,53 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aqueue import _topology as t
-from aqueue._types import Headers, HeaderValue, JSONValue
+from aqueue._types import Headers, HeaderValue, JSONScalar, JSONValue
 from aqueue.exceptions import DecodeError
 
 FORMAT_VERSION = 1
+
+
+#: How many failed attempts a job carries in its history header (the newest ones).
+MAX_HISTORY = 20
+_MAX_MESSAGE_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed attempt, as kept in the job's history."""
+
+    attempt: int
+    type: str
+    message: str
+    at_ms: int
+
+    def as_header(self) -> dict[str, HeaderValue]:
+        """The header-table form."""
+        return {
+            "attempt": self.attempt,
+            "type": self.type,
+            "message": self.message[:_MAX_MESSAGE_CHARS],
+            "at": self.at_ms,
+        }
+
+    @classmethod
+    def from_header(cls, value: HeaderValue) -> Failure:
+        """Parse the header-table form.
+
+        Raises:
+            DecodeError: not a table with the expected fields.
+        """
+        if not isinstance(value, dict):
+            raise DecodeError(f"history entry must be a table, not {value!r}")
+        attempt, kind, message, at = (value.get(k) for k in ("attempt", "type", "message", "at"))
+        if not (isinstance(attempt, int) and isinstance(at, int)):
+            raise DecodeError(f"history entry has no integer attempt/at: {value!r}")
+        return cls(attempt, str(kind), str(message), at)
+
+
+def with_failure(history: tuple[Failure, ...], failure: Failure) -> tuple[Failure, ...]:
+    """The history with one more failure, keeping the newest `MAX_HISTORY`."""
+    return (*history, failure)[-MAX_HISTORY:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +74,8 @@ class Envelope:
         enqueued_at_ms: when the job was first enqueued, ms since the Unix epoch.
         eta_ms: when the job is due, ms since the Unix epoch; ``None`` means now.
         extra_headers: propagated headers (W3C trace context, workflow links).
+        options: run-time options changed at enqueue (``timeout``, ``retries``, ...).
+        history: the earlier failed attempts, oldest first (at most `MAX_HISTORY`).
     """
 
     job_id: str
@@ -42,6 +87,8 @@ class Envelope:
     enqueued_at_ms: int = 0
     eta_ms: int | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, JSONScalar] = field(default_factory=dict)
+    history: tuple[Failure, ...] = ()
 
     def headers(self) -> dict[str, HeaderValue]:
         """The AMQP headers of this envelope."""
@@ -53,6 +100,10 @@ class Envelope:
         headers[t.HEADER_VERSION] = FORMAT_VERSION
         if self.eta_ms is not None:
             headers[t.HEADER_ETA] = self.eta_ms
+        if self.options:
+            headers[t.HEADER_OPTIONS] = dict(self.options)
+        if self.history:
+            headers[t.HEADER_HISTORY] = [failure.as_header() for failure in self.history]
         return headers
 
     def due_at_ms(self) -> int:
@@ -70,10 +121,14 @@ class JobHeaders:
     enqueued_at_ms: int
     eta_ms: int | None
     extra: Mapping[str, str]
+    options: Mapping[str, JSONScalar]
+    history: tuple[Failure, ...]
 
 
 _OWN_HEADERS = frozenset(
     {
+        t.HEADER_OPTIONS,
+        t.HEADER_HISTORY,
         t.HEADER_TASK,
         t.HEADER_QUEUE,
         t.HEADER_ATTEMPT,
@@ -114,7 +169,27 @@ def read_headers(headers: Headers) -> JobHeaders:
         enqueued_at_ms=_int_header(headers, t.HEADER_ENQUEUED_AT, default=0),
         eta_ms=None if eta is None else _int_header(headers, t.HEADER_ETA, default=0),
         extra=extra,
+        options=_options_header(headers),
+        history=_history_header(headers),
     )
+
+
+def _options_header(headers: Headers) -> dict[str, JSONScalar]:
+    value = headers.get(t.HEADER_OPTIONS, {})
+    if not isinstance(value, dict):
+        raise DecodeError(f"header {t.HEADER_OPTIONS!r} must be a table, not {value!r}")
+    return {
+        key: item
+        for key, item in value.items()
+        if item is None or isinstance(item, str | int | float | bool)
+    }
+
+
+def _history_header(headers: Headers) -> tuple[Failure, ...]:
+    value = headers.get(t.HEADER_HISTORY, [])
+    if not isinstance(value, list):
+        raise DecodeError(f"header {t.HEADER_HISTORY!r} must be an array, not {value!r}")
+    return tuple(Failure.from_header(item) for item in value)
 
 
 def _int_header(headers: Headers, name: str, *, default: int) -> int:

@@ -65,7 +65,8 @@ def _name_bad_argument(
             return EncodeError(
                 f"argument {label} of type {type(value).__name__} is not JSON-serializable: {inner}"
             )
-    for key in kwargs:
+    keys: list[object] = list(kwargs)  # run-time input: not every caller runs mypy
+    for key in keys:
         if not isinstance(key, str):
             return EncodeError(f"keyword argument name {key!r} is not a string")
     return EncodeError(f"arguments are not JSON-serializable: {exc}")

@@ -30,6 +30,8 @@ HEADER_ENQUEUED_AT = "aqueue-enqueued-at"  # integer milliseconds since the Unix
 HEADER_ETA = "aqueue-eta"  # integer milliseconds since the Unix epoch, absent when not delayed
 HEADER_VERSION = "aqueue-version"
 HEADER_QUEUE = "aqueue-queue"  # the logical queue the job was sent to
+HEADER_OPTIONS = "aqueue-options"  # run-time options changed at enqueue (timeout, retries, ...)
+HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, message, at}]
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 HEADER_DEAD_REASON = "aqueue-dead-reason"
 HEADER_DEAD_EXC_TYPE = "aqueue-dead-exception-type"
@@ -77,11 +79,13 @@ class QueueSpec:
 
 @dataclass(frozen=True, slots=True)
 class BindingSpec:
-    """A binding of `queue` to `exchange` under `routing_key`."""
+    """A binding of `queue` (or, with `to_exchange`, of an exchange) to `exchange`."""
 
     queue: str
     exchange: str
     routing_key: str
+    #: `queue` names an exchange: an exchange-to-exchange binding (a RabbitMQ extension).
+    to_exchange: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +104,15 @@ class Topology:
         )
 
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", ExchangeSpec, QueueSpec, BindingSpec)
 
 
 def _unique(items: Iterable[_T]) -> tuple[_T, ...]:
-    return tuple(dict.fromkeys(items))
+    # queue arguments are a dict (unhashable): deduplicate on the printed form
+    seen: dict[str, _T] = {}
+    for item in items:
+        seen.setdefault(repr(item), item)
+    return tuple(seen.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +166,26 @@ class TopologyNames:
         """The broker name of a logical queue's dead-letter queue."""
         return f"{self.prefix}.{queue}.dlq"
 
+    def delay_exchange(self, level: int) -> str:
+        """The topic exchange of one delay level; delayed messages enter at the top level."""
+        return f"{self.prefix}.delay.{level}"
 
-def validate_name(name: str, *, what: str = "queue name") -> str:
+    def delay_queue(self, level: int) -> str:
+        """The fixed-TTL queue of one delay level."""
+        return f"{self.prefix}.delay.{level}.wait"
+
+    @property
+    def delay_entry_exchange(self) -> str:
+        """Where delayed messages are published: the top level's exchange."""
+        return self.delay_exchange(DELAY_LEVELS - 1)
+
+    @property
+    def delay_delivery_exchange(self) -> str:
+        """Below level 0: routes delayed messages into their work queues."""
+        return f"{self.prefix}.delay.deliver"
+
+
+def validate_name(name: object, *, what: str = "queue name") -> str:
     """Check a logical queue name or prefix; return it unchanged.
 
     Raises:
@@ -202,6 +228,7 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
         exchanges=(
             ExchangeSpec(names.exchange, "direct"),
             ExchangeSpec(names.dead_letter_exchange, "direct"),
+            ExchangeSpec(names.delay_delivery_exchange, "topic"),
         ),
         queues=(
             QueueSpec(work, work_queue_arguments(names, queue, settings)),
@@ -212,5 +239,94 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
         bindings=(
             BindingSpec(work, names.exchange, queue),
             BindingSpec(dead, names.dead_letter_exchange, queue),
+            # bound before any delayed publish: a delayed message for an unbound destination
+            # would wait in the last delay level (RABBITMQ.md)
+            delayed_delivery_binding(names, queue),
         ),
     )
+
+
+# -- broker-side delays: binary delay levels ------------------------------------------------
+#
+# Level L is a queue whose messages all wait exactly DELAY_UNIT * 2**L (a fixed x-message-ttl,
+# so the queue is FIFO by construction: per-message TTLs only expire at the head). A delay is
+# spelled in binary in the routing key, most significant level first, then the destination:
+#
+#     "0.0.1. ... .1.orders"      (DELAY_LEVELS words of 0/1, then the logical queue)
+#
+# Every level has a topic exchange. A message whose bit L is 1 goes into level L's queue and,
+# when its TTL expires, is dead-lettered into exchange L-1 with its routing key unchanged; a
+# message whose bit L is 0 passes straight to exchange L-1 through an exchange-to-exchange
+# binding. Below level 0 the delivery exchange routes on the destination words into the work
+# queue. Any delay takes at most DELAY_LEVELS hops, one per set bit, and a long delay never
+# sits in front of a short one because each queue holds messages of one TTL only.
+
+#: The smallest delay step: 10 ms, so sub-second delays need no separate mechanism.
+DELAY_UNIT_MS = 10
+#: 28 levels of 10 ms reach 2**28 * 10 ms ≈ 31 days.
+DELAY_LEVELS = 28
+MAX_DELAY_MS = ((1 << DELAY_LEVELS) - 1) * DELAY_UNIT_MS
+
+
+def delay_units(delay_ms: int) -> int:
+    """The number of 10 ms units a delay takes, rounded up (a job is never early)."""
+    if delay_ms <= 0:
+        return 0
+    return min(-(-delay_ms // DELAY_UNIT_MS), (1 << DELAY_LEVELS) - 1)
+
+
+def delay_routing_key(units: int, queue: str) -> str:
+    """The routing key that spells `units` in binary, most significant level first."""
+    bits = format(units, f"0{DELAY_LEVELS}b")
+    if len(bits) > DELAY_LEVELS:
+        raise ConfigurationError(f"a delay of {units} units is over the longest delay")
+    return ".".join(bits) + "." + queue
+
+
+def _level_pattern(level: int, bit: str) -> str:
+    # bit `level` is word number DELAY_LEVELS-1-level (most significant first)
+    words = ["*"] * DELAY_LEVELS
+    words[DELAY_LEVELS - 1 - level] = bit
+    return ".".join(words) + ".#"
+
+
+def delay_topology(names: TopologyNames, settings: QueueSettings) -> Topology:
+    """The delay levels: one topic exchange and one fixed-TTL queue per level."""
+    exchanges = [ExchangeSpec(names.delay_delivery_exchange, "topic")]
+    queues = []
+    bindings = []
+    for level in range(DELAY_LEVELS):
+        exchange = names.delay_exchange(level)
+        below = names.delay_exchange(level - 1) if level else names.delay_delivery_exchange
+        queue = names.delay_queue(level)
+        arguments: dict[str, ArgumentValue] = {
+            "x-queue-type": settings.queue_type,
+            "x-message-ttl": DELAY_UNIT_MS << level,
+            "x-dead-letter-exchange": below,
+        }
+        if settings.queue_type == "quorum":
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
+        exchanges.append(ExchangeSpec(exchange, "topic"))
+        queues.append(QueueSpec(queue, arguments))
+        bindings.append(BindingSpec(queue, exchange, _level_pattern(level, "1")))
+        bindings.append(BindingSpec(below, exchange, _level_pattern(level, "0"), to_exchange=True))
+    return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
+
+
+def delayed_delivery_binding(names: TopologyNames, queue: str) -> BindingSpec:
+    """Binds a work queue to the delay delivery exchange: DELAY_LEVELS ``*`` words, then its name.
+
+    One ``*`` per level (never ``#``): ``#.orders`` would also match ``my.orders``.
+    """
+    return BindingSpec(
+        names.work_queue(queue), names.delay_delivery_exchange, "*." * DELAY_LEVELS + queue
+    )
+
+
+def job_route(names: TopologyNames, queue: str, delay_ms: int) -> tuple[str, str]:
+    """The exchange and routing key that bring a job to `queue` after `delay_ms`."""
+    units = delay_units(delay_ms)
+    if units == 0:
+        return names.exchange, queue
+    return names.delay_entry_exchange, delay_routing_key(units, queue)

@@ -20,10 +20,12 @@ Catch `AqueueError` for everything, `TransportError` for "the broker did not do 
 `PublishError` for "this message is not known to be stored".
 
 Control-flow signals raised *inside* tasks are not errors and do not derive from
-`AqueueError`.
+`AqueueError`: `Retry` asks the worker to run the job again later.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 __all__ = [
     "AqueueError",
@@ -36,6 +38,7 @@ __all__ = [
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
+    "Retry",
     "TransportError",
     "UnknownTaskError",
     "Unroutable",
@@ -96,3 +99,23 @@ class PublishTimeout(PublishError):
 
 class BrokerBlocked(PublishTimeout):
     """The broker blocked the publishing connection (memory or disk alarm) past the timeout."""
+
+
+class Retry(Exception):
+    """Raised inside a task: run this job again after `delay` (or the task's backoff).
+
+    It counts as an attempt: when the task's ``retries`` are used up, the job goes to the
+    dead-letter queue like any other failure. The delay lives in the broker, never in the
+    worker.
+
+    Args:
+        delay: seconds or a timedelta; ``None`` uses the task's backoff.
+        reason: a note kept in the job's history.
+    """
+
+    def __init__(self, delay: float | dt.timedelta | None = None, reason: str = "") -> None:
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+        if seconds is not None and not seconds >= 0:
+            raise ConfigurationError(f"Retry delay must be >= 0 seconds, not {delay!r}")
+        super().__init__(reason or "retry requested")
+        self.delay: float | None = seconds

@@ -18,6 +18,8 @@ import pytest
 
 from aqueue._topology import TopologyNames
 
+pytest_plugins = ["tests.helpers.fixtures"]
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 

@@ -1,0 +1,71 @@
+"""The job context: what one attempt of one job knows about itself, and `current_job()`."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aqueue._types import JSONValue
+
+
+@dataclass(slots=True)
+class JobContext:
+    """One attempt of one job, as seen inside the worker and its middleware.
+
+    Attributes:
+        job_id: stable across attempts.
+        task: the task name.
+        queue: the logical queue.
+        attempt: 1 for the first run.
+        args: decoded positional arguments.
+        kwargs: decoded keyword arguments.
+        enqueued_at: when the job was enqueued, seconds since the Unix epoch.
+        due_at: when the job became due (its ETA, or its enqueue time).
+        started_at: when this attempt started, seconds since the Unix epoch.
+        redelivered: the broker delivered this message before (a worker died or lost its
+            connection while running it).
+        headers: propagated headers (trace context, workflow links).
+    """
+
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    args: tuple[JSONValue, ...]
+    kwargs: Mapping[str, JSONValue]
+    enqueued_at: float
+    due_at: float
+    started_at: float
+    redelivered: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def queue_wait(self) -> float:
+        """Seconds between becoming due and starting: the latency to scale workers on."""
+        return max(0.0, self.started_at - self.due_at)
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("aqueue_current_job")
+
+
+def current_job() -> JobContext:
+    """The job the calling code runs in (inside a task or middleware).
+
+    Raises:
+        LookupError: called outside a job.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise LookupError("current_job() was called outside a running job") from None
+
+
+def set_current_job(context: JobContext) -> contextvars.Token[JobContext]:
+    """Make `context` the current job (the worker calls this around each run)."""
+    return _current.set(context)
+
+
+def reset_current_job(token: contextvars.Token[JobContext]) -> None:
+    """Undo `set_current_job`."""
+    _current.reset(token)

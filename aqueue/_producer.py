@@ -1,0 +1,120 @@
+"""Publishing: envelope → message → confirmed publish, retried across reconnects to a deadline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from aqueue._config import ProducerSettings
+from aqueue._envelope import Envelope
+from aqueue._serialization import CONTENT_TYPE, encode_arguments
+from aqueue._topology import TopologyNames, job_route
+from aqueue._transport import OutgoingMessage, Transport
+from aqueue.exceptions import ConnectionLost, EncodeError, PublishError, TransportError
+
+logger = logging.getLogger("aqueue.producer")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailure:
+    """One message of a batch that was not confirmed."""
+
+    index: int
+    job_id: str
+    error: TransportError
+
+
+class Producer:
+    """Publishes messages on one transport with confirms, retrying only on lost connections.
+
+    A retried publish keeps its ``message_id`` (the job id): a confirm lost with the
+    connection may hide a message that was stored, so a duplicate is possible and recognisable.
+    """
+
+    def __init__(
+        self, transport: Transport, names: TopologyNames, settings: ProducerSettings
+    ) -> None:
+        self._transport = transport
+        self._names = names
+        self._settings = settings
+
+    def job_message(self, envelope: Envelope, *, delay_ms: int = 0) -> OutgoingMessage:
+        """Encode a job for its work queue, through the delay levels when `delay_ms` > 0.
+
+        Raises:
+            EncodeError: an argument is not JSON, or the body is over the size limit.
+        """
+        body = encode_arguments(envelope.args, envelope.kwargs)
+        if len(body) > self._settings.max_message_bytes:
+            raise EncodeError(
+                f"job {envelope.task} encodes to {len(body)} bytes, over the limit of "
+                f"{self._settings.max_message_bytes} (max_message_bytes); store large data "
+                "elsewhere and pass a reference"
+            )
+        exchange, routing_key = job_route(self._names, envelope.queue, delay_ms)
+        return OutgoingMessage(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
+            message_id=envelope.job_id,
+            headers=envelope.headers(),
+            content_type=CONTENT_TYPE,
+            timestamp=envelope.enqueued_at_ms // 1000,
+        )
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        """Publish and wait for the confirm; on a lost connection wait for the reconnect and retry.
+
+        Raises:
+            PublishError: nacked, unroutable, blocked or timed out (not retried: the broker
+                answered, or may have stored it).
+            ConnectionLost: still no connection at the deadline (``publish_deadline``).
+        """
+        deadline = anyio.current_time() + self._settings.publish_deadline
+        while True:
+            remaining = deadline - anyio.current_time()
+            try:
+                await self._transport.publish(
+                    message, timeout=min(self._settings.publish_timeout, max(remaining, 0.001))
+                )
+            except ConnectionLost as exc:
+                await self._wait_for_reconnect(deadline, exc)
+                logger.info("retrying publish of %s after reconnect", message.message_id)
+            else:
+                return
+
+    async def _wait_for_reconnect(self, deadline: float, cause: ConnectionLost) -> None:
+        with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+            await self._transport.wait_connected()
+        if scope.cancelled_caught:
+            raise ConnectionLost(
+                f"no connection to the broker within publish_deadline="
+                f"{self._settings.publish_deadline}s: {cause}"
+            ) from cause
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[PublishFailure]:
+        """Publish with pipelined confirms, at most ``max_in_flight`` unconfirmed at once.
+
+        Returns:
+            The messages that were not confirmed, in index order; empty when all were.
+        """
+        failures: list[PublishFailure] = []
+        limit = anyio.Semaphore(self._settings.max_in_flight)
+
+        async def one(index: int, message: OutgoingMessage) -> None:
+            try:
+                await self.publish(message)
+            except (PublishError, ConnectionLost) as exc:
+                failures.append(PublishFailure(index, message.message_id, exc))
+            finally:
+                limit.release()
+
+        async with anyio.create_task_group() as tg:
+            for index, message in enumerate(messages):
+                await limit.acquire()
+                tg.start_soon(one, index, message)
+        failures.sort(key=lambda failure: failure.index)
+        return failures

@@ -1,0 +1,411 @@
+"""`TaskQueue`: the composition root (transports, registry, producer) and the enqueue API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
+
+from typing_extensions import Unpack
+
+from aqueue._config import ProducerSettings, TaskOptionsDict
+from aqueue._envelope import Envelope
+from aqueue._jobs import BatchResult, Job
+from aqueue._middleware import Middleware
+from aqueue._producer import Producer
+from aqueue._tasks import Task, TaskRegistry, make_task
+from aqueue._topology import (
+    MAX_DELAY_MS,
+    QueueSettings,
+    QueueType,
+    TopologyNames,
+    delay_topology,
+    delay_units,
+    queue_topology,
+)
+from aqueue._transport import Transport
+from aqueue._transport._amqp import AmqpTransport
+from aqueue._transport._memory import MemoryBroker, MemoryTransport
+from aqueue.exceptions import ConfigurationError, EncodeError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TransportRole = Literal["publisher", "consumer"]
+
+
+class TaskQueue:
+    """Tasks, their queues and a connection to the broker.
+
+    Use it as an async context manager (``async with queue:``, or in a FastAPI lifespan) to
+    enqueue jobs; pass it to ``aqueue worker module:queue`` to run them.
+
+    Args:
+        url: an AMQP URL, or a list of them for a cluster (tried in turn, on connect and on
+            every reconnect); ``"memory://"`` for an in-process broker (tests).
+        prefix: the prefix of every exchange and queue name.
+        queue_type: ``"quorum"`` (default: replicated, delivery limit) or ``"classic"``.
+        delivery_limit: quorum queues dead-letter a message after this many unacked deliveries.
+        publish_timeout: seconds to wait for one publisher confirm.
+        publish_deadline: seconds a publish keeps retrying across reconnects.
+        connect_timeout: seconds to wait for the broker when the queue opens.
+        max_message_bytes: larger encoded jobs are refused at enqueue.
+        max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight.
+        middleware: run around every job in workers, outermost first.
+        name: names the connections (visible in the RabbitMQ management UI).
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str] = "amqp://guest:guest@localhost/",
+        *,
+        prefix: str = "aqueue",
+        queue_type: QueueType = "quorum",
+        delivery_limit: int = 10,
+        publish_timeout: float = 10.0,
+        publish_deadline: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_message_bytes: int = 1024 * 1024,
+        max_in_flight: int = 1000,
+        middleware: Sequence[Middleware] = (),
+        name: str = "aqueue",
+    ) -> None:
+        self.urls = _check_urls(url)
+        self.names = TopologyNames(prefix)
+        self.queue_settings = QueueSettings(queue_type, delivery_limit)
+        self.producer_settings = ProducerSettings(
+            publish_timeout=publish_timeout,
+            publish_deadline=publish_deadline,
+            max_message_bytes=max_message_bytes,
+            max_in_flight=max_in_flight,
+            connect_timeout=connect_timeout,
+        )
+        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        self.name = name
+        self.registry = TaskRegistry()
+        self._memory_broker = MemoryBroker() if self.urls[0].startswith("memory://") else None
+        self._stack: AsyncExitStack | None = None
+        self._transport: Transport | None = None
+        self._producer: Producer | None = None
+        self._declared: set[str] = set()
+        self._delays_declared = False
+
+    def __repr__(self) -> str:
+        return f"<TaskQueue prefix={self.names.prefix!r} tasks={len(list(self.registry))}>"
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: None = None, /, **options: Unpack[TaskOptionsDict]) -> _TaskDecorator: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, **options: Unpack[TaskOptionsDict]
+    ) -> Task[Any, Any] | _TaskDecorator:
+        """Register a function as a task: ``@queue.task`` or ``@queue.task(queue=..., ...)``.
+
+        Async functions run on the worker's event loop; plain functions run in its thread pool.
+
+        Raises:
+            ConfigurationError: an unknown option (the message suggests the closest known one),
+                a bad value, or a name already taken by another function.
+        """
+        decorator = _TaskDecorator(self, options)
+        if fn is None:
+            # validate now, so a typo fails where the decorator is written
+            decorator.check()
+            return decorator
+        return decorator(fn)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def make_transport(self, role: TransportRole) -> Transport:
+        """A new, unconnected transport; producers and workers each get their own connection."""
+        if self._memory_broker is not None:
+            return MemoryTransport(self._memory_broker, connection_name=f"{self.name}-{role}")
+        return AmqpTransport(self.urls, connection_name=f"{self.name}-{role}")
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect the publishing transport and declare every known queue.
+
+        Raises:
+            ConnectionFailed: no broker answered within ``connect_timeout``.
+        """
+        if self._stack is not None:
+            return
+        async with AsyncExitStack() as stack:
+            transport = self.make_transport("publisher")
+            await transport.connect(timeout=self.producer_settings.connect_timeout)
+            stack.push_async_callback(transport.aclose)
+            self._transport = transport
+            self._producer = Producer(transport, self.names, self.producer_settings)
+            self._declared.clear()
+            self._delays_declared = False
+            for queue in sorted(self.registry.queues()):
+                await self.declare_queue(queue)
+            self._stack = stack.pop_all()
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent."""
+        stack, self._stack = self._stack, None
+        self._transport = None
+        self._producer = None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def producer(self) -> Producer:
+        """The producer of an open queue.
+
+        Raises:
+            ConfigurationError: the queue is not open (use ``async with queue:``).
+        """
+        if self._producer is None:
+            raise ConfigurationError(
+                "the TaskQueue is not open: use 'async with queue:' (or await queue.open())"
+            )
+        return self._producer
+
+    @property
+    def transport(self) -> Transport:
+        """The publishing transport of an open queue."""
+        if self._transport is None:
+            raise ConfigurationError("the TaskQueue is not open: use 'async with queue:'")
+        return self._transport
+
+    async def declare_queue(self, queue: str) -> bool:
+        """Declare a logical queue's topology on the publishing connection (once per open).
+
+        Returns:
+            True if it was declared by this call.
+        """
+        if queue in self._declared:
+            return False
+        await self.transport.declare(queue_topology(self.names, queue, self.queue_settings))
+        self._declared.add(queue)
+        return True
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    async def enqueue(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Send one job and return once the broker confirmed it is stored durably.
+
+        Raises:
+            EncodeError: an argument is not JSON (the message names it), or the job is too big;
+                nothing was published.
+            PublishError: the broker refused it, it was unroutable, or no confirm came in time.
+            ConnectionLost: no connection within ``publish_deadline``.
+        """
+        return await self._enqueue(task, args, kwargs, delay_ms=0)
+
+    async def enqueue_in(
+        self, delay: float | dt.timedelta, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]:
+        """Send one job that becomes due after `delay` (seconds or a timedelta).
+
+        The delay waits in the broker (fixed-TTL delay queues), never in a worker: it survives
+        restarts of every worker and of the broker. Precision: never early; see the retries
+        page for how late.
+
+        Raises:
+            ConfigurationError: a negative delay, or one over the longest (about 31 days).
+            EncodeError, PublishError, ConnectionLost: as for `enqueue`.
+        """
+        return await self._enqueue(task, args, kwargs, delay_ms=delay_to_ms(delay))
+
+    async def enqueue_at(
+        self, eta: dt.datetime, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]:
+        """Send one job that becomes due at `eta`, a timezone-aware datetime (past: now).
+
+        Raises:
+            ConfigurationError: a naive datetime, or one further than the longest delay.
+            EncodeError, PublishError, ConnectionLost: as for `enqueue`.
+        """
+        return await self._enqueue(task, args, kwargs, delay_ms=eta_to_delay_ms(eta, time.time()))
+
+    async def _enqueue(
+        self, task: Task[Any, R], args: Sequence[Any], kwargs: Mapping[str, Any], *, delay_ms: int
+    ) -> Job[R]:
+        producer = self.producer
+        envelope = self._envelope(task, args, kwargs, delay_ms)
+        message = producer.job_message(envelope, delay_ms=delay_ms)  # bad input raises here
+        if await self._declare_route(envelope.queue, delay_ms):
+            # a first-time declaration took a while: stamp the times again so the delay
+            # counts from the publish
+            envelope = self._envelope(task, args, kwargs, delay_ms)
+            message = producer.job_message(envelope, delay_ms=delay_ms)
+        await producer.publish(message)
+        return Job(envelope.job_id, envelope.task, envelope.queue)
+
+    async def enqueue_many(
+        self,
+        task: Task[Any, R],
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        /,
+        *,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+    ) -> BatchResult[R]:
+        """Send many jobs of one task with pipelined confirms; return when all are settled.
+
+        Each item of `calls` is a sequence of positional arguments or a mapping of keyword
+        arguments. Every job is encoded before the first is published, so bad input publishes
+        nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`.
+
+        Returns:
+            Every job's handle and the jobs the broker did not confirm (``result.failures``).
+
+        Raises:
+            EncodeError: an argument is not JSON (naming the call and the argument).
+            ConfigurationError: a bad delay or eta, or both given.
+        """
+        if not isinstance(task, Task):
+            raise ConfigurationError(f"enqueue_many() needs a task, not {task!r}")
+        if delay is not None and eta is not None:
+            raise ConfigurationError("give delay or eta, not both")
+        delay_ms = eta_to_delay_ms(eta, time.time()) if eta is not None else delay_to_ms(delay or 0)
+        producer = self.producer
+        envelopes = []
+        messages = []
+        for index, call in enumerate(calls):
+            args, kwargs = ((), call) if isinstance(call, Mapping) else (tuple(call), {})
+            try:
+                envelope = self._envelope(task, args, kwargs, delay_ms)
+                messages.append(producer.job_message(envelope, delay_ms=delay_ms))
+            except EncodeError as exc:
+                raise EncodeError(f"call {index}: {exc}") from exc
+            envelopes.append(envelope)
+        await self._declare_route(task.options.queue, delay_ms)
+        failures = await producer.publish_many(messages)
+        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue) for e in envelopes]
+        return BatchResult(jobs, failures)
+
+    async def _declare_route(self, queue: str, delay_ms: int) -> bool:
+        """Declare what a job needs on its way; True if anything had to be declared."""
+        declared = await self.declare_queue(queue)
+        if delay_units(delay_ms):
+            declared = await self.declare_delays() or declared
+        return declared
+
+    async def declare_delays(self) -> bool:
+        """Declare the delay levels once per open (on first use: most apps never delay).
+
+        Returns:
+            True if they were declared by this call.
+        """
+        if self._delays_declared:
+            return False
+        await self.transport.declare(delay_topology(self.names, self.queue_settings))
+        self._delays_declared = True
+        return True
+
+    def _envelope(
+        self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], delay_ms: int
+    ) -> Envelope:
+        if not isinstance(task, Task):
+            raise ConfigurationError(
+                f"enqueue() needs a function registered with @queue.task, not {task!r}"
+            )
+        now_ms = time.time_ns() // 1_000_000
+        return Envelope(
+            job_id=uuid.uuid4().hex,
+            task=task.name,
+            queue=task.options.queue,
+            args=tuple(args),
+            kwargs=kwargs,
+            enqueued_at_ms=now_ms,
+            eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
+            options=task.overrides,
+        )
+
+
+def delay_to_ms(delay: object) -> int:
+    """Milliseconds of a delay given as seconds or a timedelta.
+
+    Raises:
+        ConfigurationError: not a number or timedelta, negative, or over the longest delay.
+    """
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not 0 <= seconds < math.inf
+    ):
+        raise ConfigurationError(
+            f"delay must be a number of seconds >= 0 or a timedelta, not {delay!r}"
+        )
+    milliseconds = math.ceil(seconds * 1000)
+    if milliseconds > MAX_DELAY_MS:
+        raise ConfigurationError(
+            f"delay of {seconds}s is over the longest delay, {MAX_DELAY_MS // 1000}s (~31 days)"
+        )
+    return milliseconds
+
+
+def eta_to_delay_ms(eta: object, now: float) -> int:
+    """Milliseconds from `now` (Unix seconds) to a timezone-aware datetime; 0 if it is past.
+
+    Raises:
+        ConfigurationError: not a datetime, naive, or further than the longest delay.
+    """
+    if not isinstance(eta, dt.datetime):
+        raise ConfigurationError(f"eta must be a datetime, not {eta!r}")
+    if eta.tzinfo is None or eta.utcoffset() is None:
+        raise ConfigurationError(
+            f"eta {eta.isoformat()} is naive: give a timezone-aware datetime "
+            "(e.g. datetime.now(timezone.utc) + timedelta(...))"
+        )
+    return delay_to_ms(max(0.0, eta.timestamp() - now))
+
+
+def _check_urls(url: object) -> tuple[str, ...]:
+    # run-time input: not every caller runs mypy
+    urls = (url,) if isinstance(url, str) else tuple(url) if isinstance(url, Sequence) else ()
+    if not urls or not all(isinstance(u, str) and "://" in u for u in urls):
+        raise ConfigurationError(f"url must be an AMQP URL or a list of them, not {url!r}")
+    return tuple(str(u) for u in urls)
+
+
+class _TaskDecorator:
+    """What ``@queue.task(...)`` returns before it sees the function."""
+
+    def __init__(self, queue: TaskQueue, options: TaskOptionsDict) -> None:
+        self._queue = queue
+        self._options = options
+
+    def check(self) -> None:
+        make_task(_probe, self._options)
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
+        task = make_task(fn, self._options)
+        self._queue.registry.add(task)
+        return task
+
+
+def _probe() -> None:
+    """A stand-in function to validate decorator options before the real one arrives."""

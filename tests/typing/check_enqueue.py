@@ -1,0 +1,38 @@
+"""Checked by mypy (``scripts/check``), never run: enqueue is typed by the task's signature.
+
+Each deliberate error is pinned with ``type: ignore[code]``; ``warn_unused_ignores`` makes mypy
+fail if one of them stops being an error.
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+from aqueue import Job, TaskQueue
+
+queue = TaskQueue("memory://")
+
+
+@queue.task
+async def send_welcome(user_id: int, *, lang: str = "en") -> str:
+    return f"{user_id}:{lang}"
+
+
+@queue.task(queue="images")
+def resize(image_id: int) -> None:
+    return None
+
+
+async def correct_calls() -> None:
+    assert_type(await queue.enqueue(send_welcome, 42), Job[str])
+    assert_type(await queue.enqueue(send_welcome, 42, lang="fr"), Job[str])
+    assert_type(await queue.enqueue(resize, 7), Job[None])
+    assert_type(await queue.enqueue(resize.with_options(timeout=3), 7), Job[None])
+
+
+async def wrong_calls() -> None:
+    await queue.enqueue(send_welcome, "42")  # type: ignore[arg-type]
+    await queue.enqueue(send_welcome)  # type: ignore[call-arg]
+    await queue.enqueue(send_welcome, 42, langue="fr")  # type: ignore[call-arg]
+    await queue.enqueue(resize, 7, 8)  # type: ignore[call-arg]
+    resize.with_options(retrys=3)  # type: ignore[call-arg]

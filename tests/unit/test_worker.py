@@ -1,0 +1,324 @@
+"""The worker on the in-memory transport: settle rules, dead letters, concurrency, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from aqueue import JobContext, TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
+from aqueue import _topology as t
+from aqueue._middleware import CallNext
+from aqueue._transport import OutgoingMessage
+from aqueue.exceptions import ConfigurationError, EncodeError
+
+WAIT = 10.0
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(WAIT):
+            await worker.wait_started()
+        yield worker
+        worker.stop()
+
+
+async def wait_until(worker: Worker, condition: Callable[[WorkerStatistics], bool]) -> None:
+    with anyio.fail_after(WAIT):
+        await worker.wait_until(condition)
+
+
+async def wait_event(event: anyio.Event) -> None:
+    with anyio.fail_after(WAIT):
+        await event.wait()
+
+
+async def test_async_and_sync_tasks_run_and_are_acked() -> None:
+    """Async tasks run on the loop, sync tasks in a thread; both are acked."""
+    queue = TaskQueue("memory://", prefix="t")
+    seen: list[tuple[str, object]] = []
+    loop_thread = threading.get_ident()
+
+    @queue.task
+    async def add(a: int, b: int) -> int:
+        seen.append(("add", a + b))
+        return a + b
+
+    @queue.task
+    def blocking(x: int) -> None:
+        seen.append(("thread", threading.get_ident() != loop_thread))
+
+    async with queue:
+        await queue.enqueue(add, 1, 2)
+        await queue.enqueue(blocking, 1)
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.succeeded == 2)
+        assert sorted(seen) == [("add", 3), ("thread", True)]
+        assert await queue.transport.message_count("t.default") == 0
+
+
+async def test_current_job_inside_sync_and_async_tasks() -> None:
+    """current_job() gives the job id and attempt inside both kinds of task."""
+    queue = TaskQueue("memory://", prefix="t")
+    ids: list[tuple[str, int]] = []
+
+    @queue.task
+    async def a() -> None:
+        ids.append((current_job().job_id, current_job().attempt))
+
+    @queue.task
+    def s() -> None:
+        ids.append((current_job().job_id, current_job().attempt))
+
+    async with queue:
+        jobs = [await queue.enqueue(a), await queue.enqueue(s)]
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.succeeded == 2)
+    assert sorted(ids) == sorted((job.job_id, 1) for job in jobs)
+    with pytest.raises(LookupError, match="outside"):
+        current_job()
+
+
+async def _dead_letters(queue: TaskQueue, logical: str) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = []
+    while (
+        delivery := await queue.transport.get(queue.names.dead_letter_queue(logical))
+    ) is not None:
+        found.append({"body": delivery.body, "id": delivery.message_id, **delivery.headers})
+        await delivery.ack()
+    return found
+
+
+async def test_failure_goes_to_dead_letter_queue_with_reason() -> None:
+    """A task that raises is dead-lettered once, with type, message, traceback and attempts."""
+    queue = TaskQueue("memory://", prefix="t")
+
+    @queue.task
+    async def broken(x: int) -> None:
+        raise ValueError(f"bad {x}")
+
+    async with queue:
+        job = await queue.enqueue(broken, 7)
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
+        [dead] = await _dead_letters(queue, "default")
+    assert dead["id"] == job.job_id
+    assert dead[t.HEADER_DEAD_REASON] == "failed"
+    assert dead[t.HEADER_DEAD_EXC_TYPE] == "ValueError"
+    assert dead[t.HEADER_DEAD_EXC_MESSAGE] == "bad 7"
+    assert "raise ValueError" in str(dead[t.HEADER_DEAD_TRACEBACK])
+    assert dead[t.HEADER_DEAD_ATTEMPTS] == 1
+    assert dead[t.HEADER_DEAD_QUEUE] == "default"
+    assert dead[t.HEADER_TASK] == broken.name
+
+
+async def test_timeout_cancels_the_job_and_dead_letters_it() -> None:
+    """A job over its timeout is cancelled and dead-lettered with reason 'timeout'."""
+    queue = TaskQueue("memory://", prefix="t")
+    cancelled = anyio.Event()
+
+    @queue.task(timeout=0.05)
+    async def slow() -> None:
+        try:
+            await anyio.sleep(WAIT)
+        finally:
+            cancelled.set()
+
+    async with queue:
+        await queue.enqueue(slow)
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
+        assert cancelled.is_set()
+        [dead] = await _dead_letters(queue, "default")
+    assert dead[t.HEADER_DEAD_REASON] == "timeout"
+
+
+async def test_own_timeout_error_counts_as_failure_not_timeout() -> None:
+    """A TimeoutError raised by the task itself is a plain failure."""
+    queue = TaskQueue("memory://", prefix="t")
+
+    @queue.task(timeout=30)
+    async def raises() -> None:
+        raise TimeoutError("upstream")
+
+    async with queue:
+        await queue.enqueue(raises)
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
+        [dead] = await _dead_letters(queue, "default")
+    assert dead[t.HEADER_DEAD_REASON] == "failed"
+
+
+async def test_garbage_and_unknown_tasks_are_dead_lettered_and_worker_goes_on() -> None:
+    """Undecodable bodies and unknown task names are dead-lettered; good jobs still run."""
+    queue = TaskQueue("memory://", prefix="t")
+    ran = anyio.Event()
+
+    @queue.task
+    async def good() -> None:
+        ran.set()
+
+    async with queue:
+        worker = Worker(queue)
+        async with running(worker):
+            publish = queue.transport.publish
+            headers = {t.HEADER_TASK: good.name}
+            await publish(OutgoingMessage("t", "default", b"\x00garbage", "g", headers), timeout=5)
+            unknown = {t.HEADER_TASK: "nobody.knows"}
+            await publish(OutgoingMessage("t", "default", b"{}", "u", unknown), timeout=5)
+            await queue.enqueue(good)
+            await wait_until(worker, lambda s: s.dead_lettered == 2 and ran.is_set())
+        dead = {d["id"]: d for d in await _dead_letters(queue, "default")}
+    assert dead["g"][t.HEADER_DEAD_REASON] == "decode-error"
+    assert dead["g"]["body"] == b"\x00garbage"
+    assert dead["u"][t.HEADER_DEAD_REASON] == "unknown-task"
+    assert "nobody.knows" in str(dead["u"][t.HEADER_DEAD_EXC_MESSAGE])
+
+
+async def test_concurrency_limit_is_respected() -> None:
+    """No more than `concurrency` jobs run at once, and they do overlap up to it."""
+    queue = TaskQueue("memory://", prefix="t")
+    running_now = 0
+    peak = 0
+
+    @queue.task
+    async def hold() -> None:
+        nonlocal running_now, peak
+        running_now += 1
+        peak = max(peak, running_now)
+        await anyio.sleep(0.02)
+        running_now -= 1
+
+    async with queue:
+        await queue.enqueue_many(hold, [() for _ in range(40)])
+        worker = Worker(queue, WorkerSettings(concurrency=5))
+        async with running(worker):
+            await wait_until(worker, lambda s: s.succeeded == 40)
+    assert peak == 5
+
+
+async def test_graceful_stop_finishes_running_jobs_and_leaves_the_rest() -> None:
+    """stop() lets running jobs finish and leaves unstarted ones queued."""
+    queue = TaskQueue("memory://", prefix="t")
+    started = 0
+    three_started = anyio.Event()
+    release = anyio.Event()
+
+    @queue.task
+    async def wait_for_release() -> None:
+        nonlocal started
+        started += 1
+        if started == 3:
+            three_started.set()
+        await release.wait()
+
+    async with queue:
+        await queue.enqueue_many(wait_for_release, [() for _ in range(10)])
+        worker = Worker(queue, WorkerSettings(concurrency=3, grace=WAIT))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await wait_event(three_started)
+            worker.stop()
+            release.set()
+        assert worker.statistics().succeeded == 3
+        assert await queue.transport.message_count("t.default") == 7
+
+
+async def test_second_stop_cancels_running_jobs_which_stay_queued() -> None:
+    """stop(now=True) cancels running jobs; they are not acked and go back to the queue."""
+    queue = TaskQueue("memory://", prefix="t")
+    started = 0
+    two_started = anyio.Event()
+
+    @queue.task
+    async def forever() -> None:
+        nonlocal started
+        started += 1
+        if started == 2:
+            two_started.set()
+        await anyio.sleep_forever()
+
+    async with queue:
+        await queue.enqueue_many(forever, [() for _ in range(4)])
+        worker = Worker(queue, WorkerSettings(concurrency=2, grace=WAIT))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await wait_event(two_started)
+            worker.stop()
+            worker.stop()
+        stats = worker.statistics()
+        assert (stats.succeeded, stats.failed) == (0, 0)
+        assert await queue.transport.message_count("t.default") == 4
+
+
+async def test_middleware_wraps_every_job_outermost_first() -> None:
+    """Middleware run as an onion around the task and see its result."""
+    calls: list[str] = []
+
+    async def outer(job: JobContext, call_next: CallNext) -> object:
+        calls.append("outer-in")
+        result = await call_next()
+        calls.append(f"outer-out:{result}")
+        return result
+
+    async def inner(job: JobContext, call_next: CallNext) -> object:
+        calls.append(f"inner:{job.task.rsplit('.', 1)[-1]}")
+        return await call_next()
+
+    queue = TaskQueue("memory://", prefix="t", middleware=[outer, inner])
+
+    @queue.task
+    async def answer() -> int:
+        calls.append("task")
+        return 42
+
+    async with queue:
+        await queue.enqueue(answer)
+        worker = Worker(queue)
+        async with running(worker):
+            await wait_until(worker, lambda s: s.succeeded == 1)
+    assert calls == ["outer-in", "inner:answer", "task", "outer-out:42"]
+
+
+async def test_enqueue_refuses_bad_input_before_publishing() -> None:
+    """Non-JSON arguments, oversized jobs and closed queues fail at enqueue; nothing is sent."""
+    queue = TaskQueue("memory://", prefix="t", max_message_bytes=100)
+
+    @queue.task
+    async def take(value: object) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="not open"):
+        await queue.enqueue(take, 1)
+    async with queue:
+        with pytest.raises(EncodeError, match=r"args\[0\] of type set"):
+            await queue.enqueue(take, {1, 2})
+        with pytest.raises(EncodeError, match="over the limit"):
+            await queue.enqueue(take, "x" * 200)
+        with pytest.raises(EncodeError, match=r"call 1: argument args\[0\]"):
+            await queue.enqueue_many(take, [(1,), (object(),)])
+        assert await queue.transport.message_count("t.default") == 0
+
+
+async def test_enqueue_many_returns_a_handle_per_job() -> None:
+    """enqueue_many confirms every job and returns their handles in order."""
+    queue = TaskQueue("memory://", prefix="t")
+
+    @queue.task
+    async def echo(x: int, *, tag: str = "") -> None: ...
+
+    async with queue:
+        result = await queue.enqueue_many(echo, [(1,), {"x": 2, "tag": "b"}, [3]])
+        assert result.ok
+        assert result.confirmed == 3
+        assert len({job.job_id for job in result.jobs}) == 3
+        assert await queue.transport.message_count("t.default") == 3
