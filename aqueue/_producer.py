@@ -17,6 +17,11 @@ from aqueue.exceptions import ConnectionLost, EncodeError, PublishError, Transpo
 
 logger = logging.getLogger("aqueue.producer")
 
+#: Pause before the first retry of a publish that lost its connection; it doubles on each
+#: further retry up to `RETRY_PAUSE_MAX` (the deadline still bounds the whole publish).
+RETRY_PAUSE_MIN = 0.05
+RETRY_PAUSE_MAX = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class PublishFailure:
@@ -73,21 +78,32 @@ class Producer:
                 answered, or may have stored it).
             ConnectionLost: still no connection at the deadline (``publish_deadline``).
         """
-        deadline = anyio.current_time() + self._settings.publish_deadline
+        settings = self._settings
+        # one clock read per publish on the happy path: this is `enqueue_many`'s inner loop
+        deadline = anyio.current_time() + settings.publish_deadline
+        timeout = min(settings.publish_timeout, settings.publish_deadline)
+        pause = RETRY_PAUSE_MIN
         while True:
-            remaining = deadline - anyio.current_time()
             try:
-                await self._transport.publish(
-                    message, timeout=min(self._settings.publish_timeout, max(remaining, 0.001))
-                )
+                await self._transport.publish(message, timeout=timeout)
             except ConnectionLost as exc:
-                await self._wait_for_reconnect(deadline, exc)
+                await self._wait_for_reconnect(deadline, exc, pause)
+                pause = min(pause * 2, RETRY_PAUSE_MAX)
                 logger.info("retrying publish of %s after reconnect", message.message_id)
+                remaining = deadline - anyio.current_time()
+                timeout = min(settings.publish_timeout, max(remaining, 0.001))
             else:
                 return
 
-    async def _wait_for_reconnect(self, deadline: float, cause: ConnectionLost) -> None:
-        with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+    async def _wait_for_reconnect(
+        self, deadline: float, cause: ConnectionLost, pause: float
+    ) -> None:
+        # The pause comes first: a transport may raise ConnectionLost before it has noticed the
+        # loss itself, and then `wait_connected` returns at once, without yielding to the event
+        # loop; retrying straight away would spin and starve the very reconnect it waits for
+        # (and, never reaching a checkpoint, would never see the deadline either).
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as scope:
+            await anyio.sleep(pause)
             await self._transport.wait_connected()
         if scope.cancelled_caught:
             raise ConnectionLost(
@@ -102,19 +118,20 @@ class Producer:
             The messages that were not confirmed, in index order; empty when all were.
         """
         failures: list[PublishFailure] = []
-        limit = anyio.Semaphore(self._settings.max_in_flight)
+        # A fixed pool of senders, each taking the next message once its previous one is
+        # settled: at most `max_in_flight` unconfirmed, started in index order, without a task
+        # and a semaphore round per message (an anyio task costs more than the publish itself).
+        pending = iter(enumerate(messages))
 
-        async def one(index: int, message: OutgoingMessage) -> None:
-            try:
-                await self.publish(message)
-            except (PublishError, ConnectionLost) as exc:
-                failures.append(PublishFailure(index, message.message_id, exc))
-            finally:
-                limit.release()
+        async def sender() -> None:
+            for index, message in pending:
+                try:
+                    await self.publish(message)
+                except (PublishError, ConnectionLost) as exc:
+                    failures.append(PublishFailure(index, message.message_id, exc))
 
         async with anyio.create_task_group() as tg:
-            for index, message in enumerate(messages):
-                await limit.acquire()
-                tg.start_soon(one, index, message)
+            for _ in range(min(self._settings.max_in_flight, len(messages))):
+                tg.start_soon(sender)
         failures.sort(key=lambda failure: failure.index)
         return failures

@@ -11,9 +11,11 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
 
+import anyio
 from typing_extensions import Unpack
 
-from aqueue._config import ProducerSettings, TaskOptionsDict
+from aqueue._config import DEFAULT_QUEUE, ProducerSettings, TaskOptionsDict
+from aqueue._deadletters import DeadLetterQueue
 from aqueue._envelope import Envelope
 from aqueue._jobs import BatchResult, Job
 from aqueue._middleware import Middleware
@@ -28,7 +30,7 @@ from aqueue._topology import (
     delay_units,
     queue_topology,
 )
-from aqueue._transport import Transport
+from aqueue._transport import OutgoingMessage, Transport
 from aqueue._transport._amqp import AmqpTransport
 from aqueue._transport._memory import MemoryBroker, MemoryTransport
 from aqueue.exceptions import ConfigurationError, EncodeError
@@ -36,7 +38,10 @@ from aqueue.exceptions import ConfigurationError, EncodeError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TransportRole = Literal["publisher", "consumer"]
+TransportRole = Literal["publisher", "consumer", "dead-letters"]
+
+#: Marks the delay levels as declared in `TaskQueue._declared` (no queue name has a space).
+_DELAY_LEVELS = "delay levels"
 
 
 class TaskQueue:
@@ -92,8 +97,12 @@ class TaskQueue:
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
+        # the logical queues declared since the queue opened, and _DELAY_LEVELS once the delay
+        # levels are
         self._declared: set[str] = set()
-        self._delays_declared = False
+        # Concurrent first enqueues wait for one declaration instead of each declaring
+        # everything again (1,000 concurrent delayed enqueues made 1,000 declarations).
+        self._declare_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<TaskQueue prefix={self.names.prefix!r} tasks={len(list(self.registry))}>"
@@ -160,7 +169,7 @@ class TaskQueue:
             self._transport = transport
             self._producer = Producer(transport, self.names, self.producer_settings)
             self._declared.clear()
-            self._delays_declared = False
+            self._declare_lock = anyio.Lock()  # bound to this open's event loop
             for queue in sorted(self.registry.queues()):
                 await self.declare_queue(queue)
             self._stack = stack.pop_all()
@@ -201,9 +210,22 @@ class TaskQueue:
         """
         if queue in self._declared:
             return False
-        await self.transport.declare(queue_topology(self.names, queue, self.queue_settings))
-        self._declared.add(queue)
+        async with self._declare_lock:
+            if queue in self._declared:  # a concurrent call declared it meanwhile
+                return False
+            await self.transport.declare(queue_topology(self.names, queue, self.queue_settings))
+            self._declared.add(queue)
         return True
+
+    def dead_letters(self, queue: str = DEFAULT_QUEUE) -> DeadLetterQueue:
+        """The dead-letter queue of a logical queue: list, find, replay and purge its jobs.
+
+        Use it while the TaskQueue is open (``async with queue:``).
+
+        Raises:
+            ConfigurationError: `queue` is not a valid queue name.
+        """
+        return DeadLetterQueue(self, queue)
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -216,7 +238,7 @@ class TaskQueue:
             PublishError: the broker refused it, it was unroutable, or no confirm came in time.
             ConnectionLost: no connection within ``publish_deadline``.
         """
-        return await self._enqueue(task, args, kwargs, delay_ms=0)
+        return await self._enqueue(task, args, kwargs, delay_ms=0, eta=None)
 
     async def enqueue_in(
         self, delay: float | dt.timedelta, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -231,7 +253,7 @@ class TaskQueue:
             ConfigurationError: a negative delay, or one over the longest (about 31 days).
             EncodeError, PublishError, ConnectionLost: as for `enqueue`.
         """
-        return await self._enqueue(task, args, kwargs, delay_ms=delay_to_ms(delay))
+        return await self._enqueue(task, args, kwargs, delay_ms=delay_to_ms(delay), eta=None)
 
     async def enqueue_at(
         self, eta: dt.datetime, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -242,17 +264,26 @@ class TaskQueue:
             ConfigurationError: a naive datetime, or one further than the longest delay.
             EncodeError, PublishError, ConnectionLost: as for `enqueue`.
         """
-        return await self._enqueue(task, args, kwargs, delay_ms=eta_to_delay_ms(eta, time.time()))
+        delay_ms = eta_to_delay_ms(eta, time.time())
+        return await self._enqueue(task, args, kwargs, delay_ms=delay_ms, eta=eta)
 
     async def _enqueue(
-        self, task: Task[Any, R], args: Sequence[Any], kwargs: Mapping[str, Any], *, delay_ms: int
+        self,
+        task: Task[Any, R],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        delay_ms: int,
+        eta: dt.datetime | None,
     ) -> Job[R]:
         producer = self.producer
         envelope = self._envelope(task, args, kwargs, delay_ms)
         message = producer.job_message(envelope, delay_ms=delay_ms)  # bad input raises here
         if await self._declare_route(envelope.queue, delay_ms):
             # a first-time declaration took a while: stamp the times again so the delay
-            # counts from the publish
+            # counts from the publish, and an eta is not missed by the declaration's time
+            if eta is not None:
+                delay_ms = eta_to_delay_ms(eta, time.time())
             envelope = self._envelope(task, args, kwargs, delay_ms)
             message = producer.job_message(envelope, delay_ms=delay_ms)
         await producer.publish(message)
@@ -285,6 +316,24 @@ class TaskQueue:
         if delay is not None and eta is not None:
             raise ConfigurationError("give delay or eta, not both")
         delay_ms = eta_to_delay_ms(eta, time.time()) if eta is not None else delay_to_ms(delay or 0)
+        calls = list(calls)  # read twice when the times are stamped again
+        envelopes, messages = self._batch(task, calls, delay_ms)  # bad input raises here
+        if await self._declare_route(task.options.queue, delay_ms):
+            # as in `_enqueue`: the delay counts from the publish, an eta is not missed
+            if eta is not None:
+                delay_ms = eta_to_delay_ms(eta, time.time())
+            envelopes, messages = self._batch(task, calls, delay_ms)
+        failures = await self.producer.publish_many(messages)
+        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue) for e in envelopes]
+        return BatchResult(jobs, failures)
+
+    def _batch(
+        self,
+        task: Task[Any, Any],
+        calls: Sequence[Sequence[Any] | Mapping[str, Any]],
+        delay_ms: int,
+    ) -> tuple[list[Envelope], list[OutgoingMessage]]:
+        """Encode every call (raising on the first bad one) with times stamped now."""
         producer = self.producer
         envelopes = []
         messages = []
@@ -296,17 +345,22 @@ class TaskQueue:
             except EncodeError as exc:
                 raise EncodeError(f"call {index}: {exc}") from exc
             envelopes.append(envelope)
-        await self._declare_route(task.options.queue, delay_ms)
-        failures = await producer.publish_many(messages)
-        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue) for e in envelopes]
-        return BatchResult(jobs, failures)
+        return envelopes, messages
 
     async def _declare_route(self, queue: str, delay_ms: int) -> bool:
-        """Declare what a job needs on its way; True if anything had to be declared."""
-        declared = await self.declare_queue(queue)
-        if delay_units(delay_ms):
-            declared = await self.declare_delays() or declared
-        return declared
+        """Declare what a job needs on its way.
+
+        Returns:
+            True if it had to wait for a declaration (its own or a concurrent caller's): the
+            job's times were stamped before that wait and must be stamped again.
+        """
+        delayed = delay_units(delay_ms) > 0
+        if queue in self._declared and (_DELAY_LEVELS in self._declared or not delayed):
+            return False
+        await self.declare_queue(queue)
+        if delayed:
+            await self.declare_delays()
+        return True
 
     async def declare_delays(self) -> bool:
         """Declare the delay levels once per open (on first use: most apps never delay).
@@ -314,10 +368,13 @@ class TaskQueue:
         Returns:
             True if they were declared by this call.
         """
-        if self._delays_declared:
+        if _DELAY_LEVELS in self._declared:
             return False
-        await self.transport.declare(delay_topology(self.names, self.queue_settings))
-        self._delays_declared = True
+        async with self._declare_lock:
+            if _DELAY_LEVELS in self._declared:  # a concurrent call declared them meanwhile
+                return False
+            await self.transport.declare(delay_topology(self.names, self.queue_settings))
+            self._declared.add(_DELAY_LEVELS)
         return True
 
     def _envelope(

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from aqueue._config import DEFAULT_QUEUE, PER_JOB_OPTIONS, TaskOptions, WorkerSettings
 from aqueue._context import JobContext, reset_current_job, set_current_job
@@ -73,7 +73,6 @@ class Worker:
     def __init__(self, queue: TaskQueue, settings: WorkerSettings | None = None) -> None:
         self.queue = queue
         self.settings = settings or WorkerSettings()
-        self._slots = anyio.Semaphore(self.settings.concurrency)
         self._threads = anyio.CapacityLimiter(self.settings.threads)
         self._started = anyio.Event()
         self._intake: anyio.CancelScope | None = None
@@ -90,6 +89,7 @@ class Worker:
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         self._in_flight = 0
         self._changed = anyio.Event()
+        self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
 
     def queues(self) -> tuple[str, ...]:
         """The logical queues this worker consumes."""
@@ -106,12 +106,17 @@ class Worker:
 
         Callers bound the wait (``with anyio.fail_after(10): await worker.wait_until(...)``).
         """
-        while not condition(self.statistics()):
-            await self._changed.wait()
+        self._watchers += 1
+        try:
+            while not condition(self.statistics()):
+                await self._changed.wait()
+        finally:
+            self._watchers -= 1
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._watchers:
+            self._changed.set()
+            self._changed = anyio.Event()
 
     async def wait_started(self) -> None:
         """Return once the worker consumes from all its queues."""
@@ -139,19 +144,16 @@ class Worker:
             if self.queue._stack is None:
                 await self.queue.open()
                 stack.push_async_callback(self.queue.aclose)
-            consumers = await self._subscribe(stack)
-            await self._serve(consumers)
+            intake = _Intake()
+            stack.callback(intake.close)
+            consumers = await self._subscribe(stack, intake)
+            await self._serve(consumers, intake)
 
-    async def _subscribe(
-        self, stack: AsyncExitStack
-    ) -> tuple[list[Consumer], MemoryObjectReceiveStream[Delivery]]:
+    async def _subscribe(self, stack: AsyncExitStack, intake: _Intake) -> list[Consumer]:
         transport = self.queue.make_transport("consumer")
         await transport.connect(timeout=self.queue.producer_settings.connect_timeout)
         # closed before the queue's publisher: unsettled deliveries go back to the broker
         stack.push_async_callback(transport.aclose)
-        send, receive = anyio.create_memory_object_stream[Delivery](math.inf)
-        stack.enter_context(send)
-        stack.enter_context(receive)
         consumers = []
         for queue in self.queues():
             await self.queue.declare_queue(queue)
@@ -164,28 +166,29 @@ class Worker:
                 await transport.consume(
                     broker_name,
                     prefetch=self.settings.effective_prefetch,
-                    on_delivery=send.send_nowait,
+                    on_delivery=intake.put,
                 )
             )
-        return consumers, receive
+        return consumers
 
-    async def _serve(
-        self, subscription: tuple[list[Consumer], MemoryObjectReceiveStream[Delivery]]
-    ) -> None:
-        consumers, receive = subscription
+    async def _serve(self, consumers: list[Consumer], intake: _Intake) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
-            with anyio.CancelScope() as intake:
-                self._intake = intake
+            # `concurrency` runners, each taking the next delivery when its job is settled:
+            # the concurrency limit without a task and a semaphore round per job.
+            for _ in range(self.settings.concurrency):
+                jobs.start_soon(self._take_jobs, intake)
+            with anyio.CancelScope() as consuming:
+                self._intake = consuming
                 if self._stop_requested:
-                    intake.cancel()
+                    consuming.cancel()
                 self._started.set()
                 logger.info("worker consuming from %s", ", ".join(self.queues()))
-                async for delivery in receive:
-                    await self._slots.acquire()
-                    self._in_flight += 1
-                    jobs.start_soon(self._handle, delivery)
+                await anyio.sleep_forever()
             self._intake = None
+            # idle runners return at once, busy ones after their job; deliveries not started
+            # stay unacked and go back to the broker when the consuming connection closes
+            intake.close()
             await self._cancel_consumers(consumers)
             logger.info(
                 "worker stopping: waiting up to %ss for %d jobs",
@@ -205,13 +208,17 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
+    async def _take_jobs(self, intake: _Intake) -> None:
+        while (delivery := await intake.get()) is not None:
+            await self._handle(delivery)
+
     async def _handle(self, delivery: Delivery) -> None:
         self._counts["received"] += 1
+        self._in_flight += 1
         try:
             await self._process(delivery)
         finally:
             self._in_flight -= 1
-            self._slots.release()
             self._notify()
 
     async def _process(self, delivery: Delivery) -> None:
@@ -275,12 +282,20 @@ class Worker:
                 job.context,
                 functools.partial(self._invoke, job.task, job.context),
             )
-            deadline = anyio.CancelScope()  # replaced by fail_after's scope below
+            timeout = job.options.timeout
+            deadline: anyio.CancelScope | None = None
             try:
-                with anyio.fail_after(job.options.timeout or math.inf) as deadline:
+                if timeout is None:  # no cancel scope for no limit: this is the hot path
                     await call()
+                else:
+                    with anyio.fail_after(timeout) as deadline:
+                        await call()
             except Exception as exc:  # noqa: BLE001 - a task's exception is its outcome
-                timed_out = isinstance(exc, TimeoutError) and deadline.cancel_called
+                timed_out = (
+                    isinstance(exc, TimeoutError)
+                    and deadline is not None
+                    and deadline.cancel_called
+                )
                 return Outcome("timeout" if timed_out else "failed", exc)
             return None
         finally:
@@ -335,17 +350,22 @@ class Worker:
             outcome.error,
             delay,
         )
-        message = retry_message(
-            self.queue.names,
-            delivery,
-            job.context.queue,
-            job.headers,
-            attempt=job.context.attempt,
-            outcome=outcome,
-            delay_ms=delay_ms,
-            now_ms=time.time_ns() // 1_000_000,
-        )
-        if await self._publish_then_ack(delivery, message, delayed=delay_ms > 0):
+
+        def build() -> OutgoingMessage:
+            # stamped after any first-time declaration of the delay levels, which can take
+            # a second: the delay counts from the publish
+            return retry_message(
+                self.queue.names,
+                delivery,
+                job.context.queue,
+                job.headers,
+                attempt=job.context.attempt,
+                outcome=outcome,
+                delay_ms=delay_ms,
+                now_ms=time.time_ns() // 1_000_000,
+            )
+
+        if await self._publish_then_ack(delivery, build, delayed=delay_ms > 0):
             self._counts["retried"] += 1
 
     async def _dead_letter(
@@ -377,17 +397,17 @@ class Worker:
             history=history,
             now_ms=time.time_ns() // 1_000_000,
         )
-        if await self._publish_then_ack(delivery, message, delayed=False):
+        if await self._publish_then_ack(delivery, lambda: message, delayed=False):
             self._counts["dead_lettered"] += 1
 
     async def _publish_then_ack(
-        self, delivery: Delivery, message: OutgoingMessage, *, delayed: bool
+        self, delivery: Delivery, build: Callable[[], OutgoingMessage], *, delayed: bool
     ) -> bool:
         """Settle by moving the job: the new copy is confirmed before the original is acked."""
         try:
             if delayed:
                 await self.queue.declare_delays()
-            await self.queue.producer.publish(message)
+            await self.queue.producer.publish(build())
             await delivery.ack()
         except ConnectionLost as exc:
             logger.warning(
@@ -399,6 +419,71 @@ class Worker:
             await _reject_quietly(delivery)
             return False
         return True
+
+
+class _Idle:
+    """A runner waiting in `_Intake.get`, and what it was handed."""
+
+    __slots__ = ("delivery", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.delivery: Delivery | None = None
+
+
+class _Intake:
+    """Deliveries handed to idle runners, in arrival order (the consumers' prefetch bounds it).
+
+    What an anyio memory stream does, minus what a worker does not need: its ``receive()``
+    costs a checkpoint, an event and a generic-alias call per item, about a tenth of the CPU
+    of a no-op job (see docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self._ready: deque[Delivery] = deque()
+        self._idle: deque[_Idle] = deque()
+        self._closed = False
+
+    def put(self, delivery: Delivery) -> None:
+        """Hand a delivery to the longest-idle runner, or queue it (transport callback)."""
+        if self._closed:
+            return  # stopping: left unacked, requeued when the consuming connection closes
+        if self._idle:
+            idle = self._idle.popleft()
+            idle.delivery = delivery
+            idle.event.set()
+        else:
+            self._ready.append(delivery)
+
+    async def get(self) -> Delivery | None:
+        """The next delivery; None once closed (queued deliveries are then left unstarted)."""
+        if self._closed:
+            return None
+        if self._ready:
+            return self._ready.popleft()
+        idle = _Idle()
+        self._idle.append(idle)
+        try:
+            await idle.event.wait()
+        except BaseException:
+            if idle.delivery is not None:  # handed over, never taken: the next runner's
+                self._ready.appendleft(idle.delivery)
+            elif idle in self._idle:
+                self._idle.remove(idle)
+            raise
+        # closed while this runner was being woken: the delivery is left unstarted too
+        return None if self.closed() else idle.delivery
+
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Wake every idle runner with None; later deliveries are dropped (left unacked)."""
+        self._closed = True
+        for idle in self._idle:
+            idle.event.set()
+        self._idle.clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,3 +76,22 @@ async def amqp_cleanup(amqp_url: str) -> AsyncIterator[list[str]]:
             await transport.delete_queue(queue)
     finally:
         await transport.aclose()
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of the Redis the result-backend tests talk to (database 15 by default)."""
+    url = os.environ.get("AQUEUE_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 2):
+            pass
+    except OSError:
+        reason = f"no Redis answers at {url}"
+        if os.environ.get("AQUEUE_REQUIRE_BROKER") == "1":
+            pytest.fail(f"{reason} and AQUEUE_REQUIRE_BROKER=1", pytrace=False)
+        pytest.skip(reason)
+    return url

@@ -31,6 +31,7 @@ from typing import Any
 import aiormq
 import aiormq.abc
 import anyio
+import anyio.lowlevel
 from aio_pika import RobustConnection
 from aiormq import exceptions as amqp
 from pamqp import commands as spec
@@ -61,12 +62,7 @@ OPERATION_TIMEOUT = 30.0
 #: `aclose` never takes longer than this, even when the broker does not answer.
 CLOSE_TIMEOUT = 5.0
 #: "The channel or the connection is gone", in aiormq's and asyncio's words.
-_LOST = (
-    amqp.AMQPConnectionError,
-    amqp.AMQPChannelError,
-    amqp.ChannelInvalidStateError,
-    ConnectionError,
-)
+_LOST = (amqp.AMQPError, amqp.ChannelInvalidStateError, ConnectionError)
 _Channel = aiormq.abc.AbstractChannel
 
 
@@ -210,6 +206,9 @@ class _RotatingConnection(RobustConnection):
         self.url = self._urls[self._index]
         self.reconnect_interval = 0 if self._failures % len(self._urls) else self._interval
         await super()._on_connection_close(closing)
+
+    def __str__(self) -> str:  # aio-pika logs attempts with it, after we moved to the next URL
+        return ", ".join(map(_safe_url, self._urls))
 
     async def _on_connected(self) -> None:
         self._failures = 0
@@ -372,7 +371,8 @@ class AmqpTransport(Transport):
         except BaseException:
             await self._close_connection()
             raise
-        self._ready.set()
+        if self._amqp_connection() is not None:  # else a reconnect sets it once restored
+            self._ready.set()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -397,6 +397,9 @@ class AmqpTransport(Transport):
     async def wait_connected(self) -> None:
         if self._closed:
             raise ConnectionLost(f"{self!r} is closed")
+        # Always yield: a `publish`, ConnectionLost, `wait_connected` retry loop must let the
+        # event loop run the callbacks that notice the drop and reconnect.
+        await anyio.lowlevel.checkpoint()
         await self._ready.wait()
 
     def _on_connection_closed(self, _sender: object, exc: BaseException | None) -> None:
@@ -432,6 +435,8 @@ class AmqpTransport(Transport):
     async def _open_channel(self, what: str, **options: Any) -> _Channel:
         connection = self._amqp_connection()
         if connection is None or self._closed:
+            # aio-pika's close callbacks (which clear it) may not have run yet: not ready now.
+            self._ready.clear()
             raise ConnectionLost(f"{what}: not connected to the broker")
         try:
             return await connection.channel(**{"publisher_confirms": False, **options})

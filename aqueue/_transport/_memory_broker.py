@@ -373,10 +373,11 @@ class MemoryBroker:
     several connections share a vhost. It holds exchanges (direct, topic, fanout; the default
     exchange ``""``), classic and quorum queues with their ``x-`` arguments (dead-letter
     exchange and routing key, ``x-message-ttl``, ``x-max-length`` with ``x-overflow``,
-    ``x-delivery-limit``, ``x-single-active-consumer``), bindings, and the dead-lettering rules
-    (``x-death`` headers, cycle detection). Not modelled: ``x-max-length-bytes``, priorities,
-    per-message expiration, exclusive and auto-delete queues, streams, exchange-to-exchange
-    bindings, headers-exchange arguments (a headers binding matches every message), and
+    ``x-delivery-limit``, ``x-single-active-consumer``), queue and exchange-to-exchange
+    bindings, and the dead-lettering rules (``x-death`` headers, cycle detection). Not
+    modelled: ``x-max-length-bytes``, priorities, per-message expiration, exclusive and
+    auto-delete queues, streams, headers-exchange arguments (a headers binding matches every
+    message), and
     at-least-once dead-lettering (a dead letter no queue takes is dropped, as on classic queues).
 
     Args:

@@ -1,0 +1,183 @@
+"""Issue 2 on the shared RabbitMQ, in process: exactly-once under normal operation, dead letters
+with their reasons, and enqueue errors raised before or by the broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aqueue import TaskQueue, Worker, WorkerSettings, current_job
+from aqueue import _topology as t
+from aqueue._envelope import Envelope
+from aqueue._topology import BindingSpec, QueueSpec, Topology, TopologyNames
+from aqueue._transport import OutgoingMessage
+from aqueue.exceptions import EncodeError, PublishNacked
+from tests.helpers.workers import delete_topology, drain, running, wait_until
+
+pytestmark = pytest.mark.integration
+
+JOBS = 10_000
+
+
+@pytest.fixture
+async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[list[str]]:
+    """Logical (or ``prefix.``-named broker) queues to delete, and the exchanges, afterwards."""
+    queues = ["default"]
+    yield queues
+    await delete_topology(amqp_url, prefix, queues)
+
+
+async def test_ten_thousand_jobs_each_run_exactly_once(
+    amqp_url: str, prefix: str, cleanup: list[str]
+) -> None:
+    """10,000 jobs enqueued with enqueue_many each run exactly once under normal operation."""
+    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
+    ran: list[str] = []
+
+    @queue.task(name="note")
+    async def note(index: int) -> None:
+        ran.append(current_job().job_id)
+
+    async with queue:
+        worker = Worker(queue, WorkerSettings(concurrency=200, grace=5))
+        began = time.monotonic()
+        async with running(worker):
+            batch = await queue.enqueue_many(note, [(i,) for i in range(JOBS)])
+            enqueued = time.monotonic() - began
+            assert batch.ok, batch.failures[:3]
+            await wait_until(worker, lambda s: s.succeeded >= JOBS, timeout=60)
+        finished = time.monotonic() - began
+        assert await queue.transport.message_count(queue.names.work_queue("default")) == 0
+    print(f"\n{JOBS} jobs: enqueued in {enqueued:.2f} s, all run in {finished:.2f} s")
+    duplicates = [job_id for job_id, count in Counter(ran).items() if count > 1]
+    assert duplicates == []
+    assert len(ran) == JOBS
+    assert set(ran) == {job.job_id for job in batch.jobs}
+    statistics = worker.statistics()
+    assert (statistics.received, statistics.succeeded, statistics.failed) == (JOBS, JOBS, 0)
+
+
+async def test_undecodable_unknown_and_failed_jobs_are_dead_lettered_once(
+    amqp_url: str, prefix: str, cleanup: list[str]
+) -> None:
+    """A garbage body, an unknown task and a raising job end in the DLQ once, with their reasons."""
+    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
+    good: list[str] = []
+
+    @queue.task(name="good")
+    async def good_task(index: int) -> None:
+        good.append(current_job().job_id)
+
+    @queue.task(name="explode")
+    async def explode(number: int) -> None:
+        raise ValueError(f"boom {number}")
+
+    names = TopologyNames(prefix)
+
+    def raw(job_id: str, task: str, body: bytes) -> OutgoingMessage:
+        envelope = Envelope(job_id=job_id, task=task, queue="default", enqueued_at_ms=1)
+        return OutgoingMessage(names.exchange, "default", body, job_id, envelope.headers())
+
+    garbage_body = b"\x00\xffnot json{"
+    async with queue:
+        worker = Worker(queue, WorkerSettings(concurrency=10, grace=5))
+        async with running(worker):
+            first = await queue.enqueue_many(good_task, [(i,) for i in range(25)])
+            await queue.transport.publish(raw("garbage", "good", garbage_body), timeout=10)
+            await queue.transport.publish(
+                raw("unknown", "no.such.task", b'{"args":[],"kwargs":{}}'), timeout=10
+            )
+            failed = await queue.enqueue(explode, 7)
+            second = await queue.enqueue_many(good_task, [(i,) for i in range(25, 50)])
+            await wait_until(
+                worker, lambda s: s.succeeded == 50 and s.dead_lettered == 3, timeout=30
+            )
+        dead = await drain(queue.transport, names.dead_letter_queue("default"))
+        assert await queue.transport.message_count(names.work_queue("default")) == 0
+
+    assert sorted(good) == sorted(job.job_id for job in [*first.jobs, *second.jobs])
+    assert len(good) == 50
+    by_id = {delivery.message_id: delivery for delivery in dead}
+    assert sorted(d.message_id or "" for d in dead) == sorted(["garbage", "unknown", failed.job_id])
+    for delivery in dead:
+        assert delivery.headers[t.HEADER_DEAD_QUEUE] == "default"
+        assert delivery.headers[t.HEADER_DEAD_ATTEMPTS] == 1
+        assert "x-death" not in delivery.headers  # the worker's own copy, not a broker dead letter
+
+    decode = by_id["garbage"]
+    assert decode.headers[t.HEADER_DEAD_REASON] == "decode-error"
+    assert decode.headers[t.HEADER_DEAD_EXC_TYPE] == "aqueue.exceptions.DecodeError"
+    assert "not valid JSON" in str(decode.headers[t.HEADER_DEAD_EXC_MESSAGE])
+    assert decode.body == garbage_body  # kept as it was, for inspection and replay
+
+    unknown = by_id["unknown"]
+    assert unknown.headers[t.HEADER_DEAD_REASON] == "unknown-task"
+    assert unknown.headers[t.HEADER_DEAD_EXC_TYPE] == "aqueue.exceptions.UnknownTaskError"
+    assert "no.such.task" in str(unknown.headers[t.HEADER_DEAD_EXC_MESSAGE])
+    assert unknown.headers[t.HEADER_TASK] == "no.such.task"
+
+    raised = by_id[failed.job_id]
+    assert raised.headers[t.HEADER_DEAD_REASON] == "failed"
+    assert raised.headers[t.HEADER_DEAD_EXC_TYPE] == "ValueError"
+    assert raised.headers[t.HEADER_DEAD_EXC_MESSAGE] == "boom 7"
+    traceback = str(raised.headers[t.HEADER_DEAD_TRACEBACK])
+    assert "Traceback (most recent call last)" in traceback
+    assert 'raise ValueError(f"boom {number}")' in traceback
+    assert raised.headers[t.HEADER_TASK] == "explode"
+    statistics = worker.statistics()
+    assert (statistics.received, statistics.failed, statistics.dead_lettered) == (53, 3, 3)
+
+
+async def test_non_json_argument_raises_before_anything_is_published(
+    amqp_url: str, prefix: str, cleanup: list[str]
+) -> None:
+    """enqueue and enqueue_many of a non-JSON argument raise EncodeError and publish nothing."""
+    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
+
+    @queue.task(name="echo")
+    async def echo(value: object) -> None:
+        pass
+
+    async with queue:
+        with pytest.raises(EncodeError, match=r"args\[0\] of type object"):
+            await queue.enqueue(echo, object())
+        with pytest.raises(EncodeError, match=r"call 2: argument args\[0\] of type set"):
+            await queue.enqueue_many(echo, [(1,), (2,), ({3},), (4,)])
+        assert await queue.transport.message_count(queue.names.work_queue("default")) == 0
+
+
+async def test_nacked_publish_raises_publish_nacked(
+    amqp_url: str, prefix: str, cleanup: list[str]
+) -> None:
+    """A publish the broker nacks (a full reject-publish queue on the route): PublishNacked."""
+    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
+
+    @queue.task(name="echo")
+    async def echo(value: object) -> None:
+        pass
+
+    names = TopologyNames(prefix)
+    full = f"{prefix}.full"
+    cleanup.append(full)
+    async with queue:
+        await queue.transport.declare(
+            Topology(
+                queues=(QueueSpec(full, {"x-max-length": 0, "x-overflow": "reject-publish"}),),
+                bindings=(BindingSpec(full, names.exchange, "default"),),
+            )
+        )
+        began = time.monotonic()
+        with pytest.raises(PublishNacked, match="refused by the broker"):
+            await queue.enqueue(echo, 1)
+        assert time.monotonic() - began < 5  # answered by the broker: not retried to a deadline
+        batch = await queue.enqueue_many(echo, [(2,), (3,)])
+    assert not batch.ok
+    assert [(f.index, type(f.error)) for f in batch.failures] == [
+        (0, PublishNacked),
+        (1, PublishNacked),
+    ]
+    assert [f.job_id for f in batch.failures] == [job.job_id for job in batch.jobs]
