@@ -6,12 +6,14 @@ Nothing is lost, nothing waits longer than it must, and you can see all of it.
 from aqueue._config import TaskOptions, WorkerSettings
 from aqueue._context import JobContext, current_job
 from aqueue._deadletters import DeadLetter, DeadLetterQueue, ReplayResult
-from aqueue._jobs import BatchResult, Job
+from aqueue._jobs import BatchResult, GroupJob, Job
 from aqueue._middleware import CallNext, Middleware
 from aqueue._producer import PublishFailure
 from aqueue._queue import TaskQueue
+from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
 from aqueue._tasks import Task
 from aqueue._worker import Worker, WorkerStatistics
+from aqueue._workflows import Chain, Chord, Group, Signature, chain, chord, group
 from aqueue.exceptions import Retry
 
 __version__ = "0.1.0.dev0"
@@ -19,19 +21,42 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "BatchResult",
     "CallNext",
+    "Chain",
+    "Chord",
     "DeadLetter",
     "DeadLetterQueue",
+    "Group",
+    "GroupJob",
     "Job",
     "JobContext",
+    "JobState",
+    "JobStatus",
+    "MemoryResultBackend",
     "Middleware",
     "PublishFailure",
+    "RedisResultBackend",
+    "RemoteError",
     "ReplayResult",
+    "ResultBackend",
     "Retry",
+    "Signature",
     "Task",
     "TaskOptions",
     "TaskQueue",
     "Worker",
     "WorkerSettings",
     "WorkerStatistics",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # the Redis backend imports redis, an optional dependency (pip install "aqueue[redis]")
+    if name == "RedisResultBackend":
+        from aqueue._results._redis import RedisResultBackend
+
+        return RedisResultBackend
+    raise AttributeError(f"module 'aqueue' has no attribute {name!r}")

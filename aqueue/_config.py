@@ -32,6 +32,7 @@ class TaskOptionsDict(TaskOverridesDict, total=False):
 
     name: str
     retry_on: tuple[type[BaseException], ...]
+    store_result: bool
 
 
 #: Options the worker needs to see per job when `with_options` changed them at enqueue; they
@@ -55,6 +56,8 @@ class TaskOptions:
         jitter: share of each retry delay that is random (0 to 1), so jobs that failed
             together do not all come back together.
         retry_on: exception types that are retried; others are dead-lettered at once.
+        store_result: keep this task's job states and results in the result backend (when
+            the queue has one); False for jobs nobody awaits, to save the writes.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -64,6 +67,7 @@ class TaskOptions:
     max_backoff: float = 3600.0
     jitter: float = 0.2
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    store_result: bool = True
 
     def __post_init__(self) -> None:
         validate_name(self.queue)

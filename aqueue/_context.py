@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aqueue._types import JSONValue
@@ -39,6 +39,16 @@ class JobContext:
     started_at: float
     redelivered: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
+    reporter: Callable[[JSONValue], Awaitable[None]] | None = field(default=None, repr=False)
+
+    async def report_progress(self, progress: JSONValue) -> None:
+        """Store a progress value (any JSON) that ``job.progress()`` shows in any process.
+
+        From a plain (sync) task: ``anyio.from_thread.run(current_job().report_progress, v)``.
+        Without a result backend it does nothing.
+        """
+        if self.reporter is not None:
+            await self.reporter(progress)
 
     @property
     def queue_wait(self) -> float:

@@ -17,9 +17,11 @@ from typing_extensions import Unpack
 from aqueue._config import DEFAULT_QUEUE, ProducerSettings, TaskOptionsDict
 from aqueue._deadletters import DeadLetterQueue
 from aqueue._envelope import Envelope
-from aqueue._jobs import BatchResult, Job
+from aqueue._flows import Flows
+from aqueue._jobs import BatchResult, GroupJob, Job
 from aqueue._middleware import Middleware
 from aqueue._producer import Producer
+from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._tasks import Task, TaskRegistry, make_task
 from aqueue._topology import (
     MAX_DELAY_MS,
@@ -33,6 +35,16 @@ from aqueue._topology import (
 from aqueue._transport import OutgoingMessage, Transport
 from aqueue._transport._amqp import AmqpTransport
 from aqueue._transport._memory import MemoryBroker, MemoryTransport
+from aqueue._workflows import (
+    Chain,
+    Chord,
+    Group,
+    Node,
+    Signature,
+    assign_ids,
+    final_ids,
+    needs_backend,
+)
 from aqueue.exceptions import ConfigurationError, EncodeError
 
 P = ParamSpec("P")
@@ -63,6 +75,9 @@ class TaskQueue:
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight.
         middleware: run around every job in workers, outermost first.
         name: names the connections (visible in the RabbitMQ management UI).
+        results: where job states and results are kept (`RedisResultBackend`); None:
+            fire-and-forget, and asking for a result raises `ConfigurationError`.
+        result_ttl: seconds job states and results are kept.
     """
 
     def __init__(
@@ -79,6 +94,8 @@ class TaskQueue:
         max_in_flight: int = 1000,
         middleware: Sequence[Middleware] = (),
         name: str = "aqueue",
+        results: ResultBackend | None = None,
+        result_ttl: float = 86400.0,
     ) -> None:
         self.urls = _check_urls(url)
         self.names = TopologyNames(prefix)
@@ -92,6 +109,13 @@ class TaskQueue:
         )
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.name = name
+        if results is not None and not isinstance(results, ResultBackend):
+            raise ConfigurationError(f"results must be a ResultBackend, not {results!r}")
+        ttl: object = result_ttl  # run-time input: not every caller runs mypy
+        if not (isinstance(ttl, int | float) and ttl > 0):
+            raise ConfigurationError(f"result_ttl must be a positive number, not {result_ttl!r}")
+        self.results = results
+        self.flows = Flows(self, results, float(result_ttl))
         self.registry = TaskRegistry()
         self._memory_broker = MemoryBroker() if self.urls[0].startswith("memory://") else None
         self._stack: AsyncExitStack | None = None
@@ -166,6 +190,9 @@ class TaskQueue:
             transport = self.make_transport("publisher")
             await transport.connect(timeout=self.producer_settings.connect_timeout)
             stack.push_async_callback(transport.aclose)
+            if self.results is not None:
+                await self.results.open()
+                stack.push_async_callback(self.results.aclose)
             self._transport = transport
             self._producer = Producer(transport, self.names, self.producer_settings)
             self._declared.clear()
@@ -217,6 +244,10 @@ class TaskQueue:
             self._declared.add(queue)
         return True
 
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle on any job by its id, e.g. in another process (``GET /jobs/{id}``)."""
+        return Job(job_id, "", "", self.results)
+
     def dead_letters(self, queue: str = DEFAULT_QUEUE) -> DeadLetterQueue:
         """The dead-letter queue of a logical queue: list, find, replay and purge its jobs.
 
@@ -229,15 +260,33 @@ class TaskQueue:
 
     # -- enqueue ---------------------------------------------------------------------------
 
-    async def enqueue(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        """Send one job and return once the broker confirmed it is stored durably.
+    @overload
+    async def enqueue(self, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+    @overload
+    async def enqueue(self, task: Group, /) -> GroupJob: ...
+    @overload
+    async def enqueue(self, task: Signature | Chain | Chord, /) -> Job[Any]: ...
+
+    async def enqueue(
+        self, task: Task[Any, Any] | Node, /, *args: Any, **kwargs: Any
+    ) -> Job[Any] | GroupJob:
+        """Send one job, or start a workflow, and return once the broker confirmed it.
+
+        A workflow (``task.s(...)``, `chain`, `group`, `chord`) returns the handle of its
+        result: the last step of a chain, a chord's callback, every member of a group.
 
         Raises:
             EncodeError: an argument is not JSON (the message names it), or the job is too big;
                 nothing was published.
             PublishError: the broker refused it, it was unroutable, or no confirm came in time.
             ConnectionLost: no connection within ``publish_deadline``.
+            ConfigurationError: a workflow with a group or an error callback, and no result
+                backend.
         """
+        if isinstance(task, Signature | Chain | Group | Chord):
+            if args or kwargs:
+                raise ConfigurationError("a workflow takes no further arguments at enqueue")
+            return await self._enqueue_workflow(task)
         return await self._enqueue(task, args, kwargs, delay_ms=0, eta=None)
 
     async def enqueue_in(
@@ -287,7 +336,21 @@ class TaskQueue:
             envelope = self._envelope(task, args, kwargs, delay_ms)
             message = producer.job_message(envelope, delay_ms=delay_ms)
         await producer.publish(message)
-        return Job(envelope.job_id, envelope.task, envelope.queue)
+        status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
+        if task.options.store_result:
+            await self.flows.record(JobState(envelope.job_id, status, task=envelope.task))
+        return Job(envelope.job_id, envelope.task, envelope.queue, self.results)
+
+    async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
+        if needs_backend(flow):
+            self.flows.require_backend("a workflow with a group, a chord or an error callback")
+        root = uuid.uuid4().hex
+        flow = assign_ids(flow, root)
+        await self.flows.start(flow, root=root)
+        handles: list[Job[Any]] = [Job(job_id, "", "", self.results) for job_id in final_ids(flow)]
+        if isinstance(flow, Group) or len(handles) != 1:
+            return GroupJob(handles)
+        return handles[0]
 
     async def enqueue_many(
         self,
@@ -324,7 +387,7 @@ class TaskQueue:
                 delay_ms = eta_to_delay_ms(eta, time.time())
             envelopes, messages = self._batch(task, calls, delay_ms)
         failures = await self.producer.publish_many(messages)
-        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue) for e in envelopes]
+        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self.results) for e in envelopes]
         return BatchResult(jobs, failures)
 
     def _batch(

@@ -19,6 +19,7 @@ from aqueue._config import (
     check_option_names,
 )
 from aqueue._types import JSONScalar
+from aqueue._workflows import Signature
 from aqueue.exceptions import ConfigurationError, UnknownTaskError
 
 P = ParamSpec("P")
@@ -51,6 +52,16 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue!r}>"
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature for a workflow; the previous step's result is prepended to `args`."""
+        return Signature(self.name, self.options.queue, args, kwargs, options=self.overrides)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores the previous step's result."""
+        return Signature(
+            self.name, self.options.queue, args, kwargs, immutable=True, options=self.overrides
+        )
 
     def with_options(self, **options: Unpack[TaskOverridesDict]) -> Task[P, R]:
         """A copy of this task with other options for the jobs enqueued through it.

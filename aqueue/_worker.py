@@ -23,21 +23,24 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from aqueue._completion import Completion, JobRecord, workflow_links
 from aqueue._config import DEFAULT_QUEUE, PER_JOB_OPTIONS, TaskOptions, WorkerSettings
 from aqueue._context import JobContext, reset_current_job, set_current_job
 from aqueue._envelope import Failure, JobHeaders, read_headers
 from aqueue._middleware import build_chain
 from aqueue._queue import TaskQueue
+from aqueue._results import JobState, JobStatus
 from aqueue._serialization import decode_arguments
 from aqueue._settle import Outcome, dead_letter_message, retry_message
 from aqueue._tasks import Task
 from aqueue._topology import queue_topology
 from aqueue._transport import Consumer, Delivery, OutgoingMessage
-from aqueue._types import JSONScalar
+from aqueue._types import JSONScalar, JSONValue
 from aqueue.exceptions import (
     ConfigurationError,
     ConnectionLost,
     DecodeError,
+    EncodeError,
     Retry,
     TransportError,
     UnknownTaskError,
@@ -89,6 +92,7 @@ class Worker:
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         self._in_flight = 0
         self._changed = anyio.Event()
+        self._completion = Completion(queue.flows)
         self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
 
     def queues(self) -> tuple[str, ...]:
@@ -227,13 +231,29 @@ class Worker:
             job = self._resolve(delivery, logical)
         except (DecodeError, UnknownTaskError) as exc:
             reason = "unknown-task" if isinstance(exc, UnknownTaskError) else "decode-error"
-            await self._dead_letter(delivery, logical, Outcome(reason, exc), attempts=1)
+            dead = Outcome(reason, exc)
+            record = JobRecord(delivery.message_id or "", "", 1, True, None, delivery.redelivered)
+            if self._completion.active:
+                try:
+                    await self._completion.failed(record, dead, dead=True)
+                except TransportError as error:  # the dead letter itself still carries why
+                    logger.warning("could not record %s as dead: %s", record.job_id, error)
+            await self._dead_letter(delivery, logical, dead, attempts=1)
             return
-        outcome = await self._run(job)
+        try:
+            outcome = await self._attempt(job)
+        except TransportError as exc:  # the result backend or a workflow step's publish
+            logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
+            await _reject_quietly(delivery)
+            return
         if outcome is None:
             await self._settle_success(delivery, job.context)
             return
         delay = self._retry_delay(job, outcome)
+        if not await self._record_failure(
+            delivery, job.record, outcome, retrying=delay is not None
+        ):
+            return
         if delay is None:
             await self._dead_letter(
                 delivery,
@@ -244,6 +264,43 @@ class Worker:
             )
         else:
             await self._retry(delivery, job, outcome, delay)
+
+    async def _attempt(self, job: _Job) -> Outcome | None:
+        """Run the job (unless it already succeeded) and record its success.
+
+        Raises:
+            TransportError: the result backend or the broker failed while recording it.
+        """
+        value: object
+        done_before, value = await self._completion.finished_before(job.record)
+        if not done_before:
+            try:
+                await self._completion.started(job.record)
+            except TransportError as exc:  # a missing "running" state loses nothing
+                logger.warning("could not record job %s as running: %s", job.record.job_id, exc)
+            outcome, value = await self._run(job)
+            if outcome is not None:
+                return outcome
+        try:
+            await self._completion.succeeded(job.record, value)
+        except EncodeError as exc:
+            return Outcome("failed", exc)
+        return None
+
+    async def _record_failure(
+        self, delivery: Delivery, record: JobRecord, outcome: Outcome, *, retrying: bool
+    ) -> bool:
+        """Record a retry or a failure for good; False (and requeued) if that failed."""
+        try:
+            if retrying:
+                await self._completion.retrying(record)
+            else:
+                await self._completion.failed(record, outcome, dead=False)
+        except TransportError as exc:
+            logger.warning("job %s not settled (%s); requeueing it", record.job_id, exc)
+            await _reject_quietly(delivery)
+            return False
+        return True
 
     def _resolve(self, delivery: Delivery, logical: str) -> _Job:
         """Read the headers, find the task, then decode the body (in that order)."""
@@ -268,10 +325,31 @@ class Worker:
             headers=headers.extra,
         )
         options = effective_options(task.options, headers.options)
-        return _Job(context, task, options, headers)
+        record = JobRecord(
+            job_id=context.job_id,
+            task=context.task,
+            attempt=context.attempt,
+            store=options.store_result and self._completion.active,
+            links=workflow_links(headers),
+            redelivered=delivery.redelivered,
+        )
+        if record.store:
+            context.reporter = functools.partial(self._report_progress, record)
+        return _Job(context, task, options, headers, record)
 
-    async def _run(self, job: _Job) -> Outcome | None:
-        """Run the job through the middleware; return its failure, or None on success.
+    async def _report_progress(self, record: JobRecord, progress: JSONValue) -> None:
+        await self.queue.flows.record(
+            JobState(
+                record.job_id,
+                JobStatus.RUNNING,
+                task=record.task,
+                attempt=record.attempt,
+                progress=progress,
+            )
+        )
+
+    async def _run(self, job: _Job) -> tuple[Outcome | None, object]:
+        """Run the job through the middleware; return its failure (or None) and its value.
 
         Cancellation (shutdown) propagates: the job is then left unsettled on purpose.
         """
@@ -286,18 +364,18 @@ class Worker:
             deadline: anyio.CancelScope | None = None
             try:
                 if timeout is None:  # no cancel scope for no limit: this is the hot path
-                    await call()
+                    value = await call()
                 else:
                     with anyio.fail_after(timeout) as deadline:
-                        await call()
+                        value = await call()
             except Exception as exc:  # noqa: BLE001 - a task's exception is its outcome
                 timed_out = (
                     isinstance(exc, TimeoutError)
                     and deadline is not None
                     and deadline.cancel_called
                 )
-                return Outcome("timeout" if timed_out else "failed", exc)
-            return None
+                return Outcome("timeout" if timed_out else "failed", exc), None
+            return None, value
         finally:
             reset_current_job(token)
 
@@ -492,6 +570,7 @@ class _Job:
     task: Task[Any, Any]
     options: TaskOptions
     headers: JobHeaders
+    record: JobRecord
 
 
 def effective_options(options: TaskOptions, overrides: Mapping[str, JSONScalar]) -> TaskOptions:

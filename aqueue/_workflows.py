@@ -322,6 +322,19 @@ class _Context:
     on_error: tuple[Node, ...]
 
 
+def needs_backend(node: Node) -> bool:
+    """Whether running `node` needs a result backend (barriers, or run-once error paths)."""
+    if node.error_links:
+        return True
+    if isinstance(node, Signature):
+        return any(needs_backend(n) for n in node.links)
+    if isinstance(node, Chain):
+        return any(isinstance(s, Group | Chord) or needs_backend(s) for s in node.steps)
+    if isinstance(node, Group):
+        return any(needs_backend(m) for m in node.members)
+    return True
+
+
 def plan(
     node: Node,
     *,
@@ -361,6 +374,10 @@ def _plan(
             )
         )
     elif isinstance(node, Chain):
+        # a failing step fails the chain's handle (its last step), unless an enclosing
+        # chord's handle is the one to fail
+        if not context.fail:
+            context = _Context(context.root, tuple(final_ids(node)), context.on_error)
         rest = tuple(Start(step) for step in node.steps[1:])
         _plan(node.steps[0], rest + then, context, result, has_result, jobs)
     elif isinstance(node, Group):

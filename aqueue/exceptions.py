@@ -14,6 +14,8 @@ AqueueError
 │       ├── Unroutable          no queue is bound for the routing key (mandatory publish returned)
 │       └── PublishTimeout      no confirm arrived in time (the message may or may not be stored)
 │           └── BrokerBlocked   a resource alarm (connection.blocked) held it past the timeout
+├── JobFailed                   the awaited job failed for good; carries the remote error
+└── ResultTimeout               no result within the timeout (the job may still finish)
 ```
 
 Catch `AqueueError` for everything, `TransportError` for "the broker did not do it", and
@@ -35,9 +37,11 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "EncodeError",
+    "JobFailed",
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
+    "ResultTimeout",
     "Retry",
     "TransportError",
     "UnknownTaskError",
@@ -99,6 +103,30 @@ class PublishTimeout(PublishError):
 
 class BrokerBlocked(PublishTimeout):
     """The broker blocked the publishing connection (memory or disk alarm) past the timeout."""
+
+
+class JobFailed(AqueueError):
+    """The job (or a workflow step it waited on) failed for good.
+
+    Attributes:
+        job_id: the job that failed.
+        remote_type: the exception type raised in the worker, ``module.Name``.
+        remote_message: its message.
+        remote_traceback: the worker-side traceback (its tail).
+    """
+
+    def __init__(
+        self, job_id: str, remote_type: str, remote_message: str, remote_traceback: str = ""
+    ) -> None:
+        super().__init__(f"job {job_id} failed: {remote_type}: {remote_message}")
+        self.job_id = job_id
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class ResultTimeout(AqueueError, TimeoutError):
+    """No final state arrived before the timeout; the job may still finish later."""
 
 
 class Retry(Exception):

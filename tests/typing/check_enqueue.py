@@ -6,9 +6,9 @@ fail if one of them stops being an error.
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing import Any, assert_type
 
-from aqueue import Job, TaskQueue
+from aqueue import GroupJob, Job, TaskQueue, chain, chord, group
 
 queue = TaskQueue("memory://")
 
@@ -31,8 +31,14 @@ async def correct_calls() -> None:
 
 
 async def wrong_calls() -> None:
-    await queue.enqueue(send_welcome, "42")  # type: ignore[arg-type]
-    await queue.enqueue(send_welcome)  # type: ignore[call-arg]
+    await queue.enqueue(send_welcome, "42")  # type: ignore[call-overload]
+    await queue.enqueue(send_welcome)  # type: ignore[call-overload]
     await queue.enqueue(send_welcome, 42, langue="fr")  # type: ignore[call-arg]
-    await queue.enqueue(resize, 7, 8)  # type: ignore[call-arg]
+    await queue.enqueue(resize, 7, 8)  # type: ignore[call-overload]
     resize.with_options(retrys=3)  # type: ignore[call-arg]
+
+
+async def workflows() -> None:
+    assert_type(await queue.enqueue(chain(send_welcome.s(1), resize.s())), Job[Any])
+    assert_type(await queue.enqueue(group(resize.s(1), resize.s(2))), GroupJob)
+    assert_type(await queue.enqueue(chord([resize.s(1)], resize.s())), Job[Any])
