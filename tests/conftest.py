@@ -50,10 +50,30 @@ def amqp_url() -> str:
     return url
 
 
+#: Every prefix of this pytest process starts with this, so the sweep at the end removes
+#: only this run's leftovers from a broker that other runs may share.
+SESSION_PREFIX = f"aqtest-{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture
 def prefix() -> str:
     """A topology prefix unique to one test, so tests never share a queue."""
-    return f"aqtest-{uuid.uuid4().hex[:10]}"
+    return f"{SESSION_PREFIX}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_shared_broker() -> object:
+    """After the run, delete the queues and exchanges this run left on the shared broker.
+
+    Tests clean up after themselves; this catches what a failed or killed test left behind
+    (quorum queues cost memory on the broker for as long as they exist).
+    """
+    yield None
+    url = os.environ.get("AQUEUE_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    if _broker_answers(url):
+        from tests.helpers.sweep import sweep
+
+        sweep(url, SESSION_PREFIX)
 
 
 @pytest.fixture
