@@ -3,9 +3,12 @@
 Nothing is lost, nothing waits longer than it must, and you can see all of it.
 """
 
+from typing import TYPE_CHECKING
+
 from aqueue._config import TaskOptions, WorkerSettings
 from aqueue._context import JobContext, current_job
 from aqueue._deadletters import DeadLetter, DeadLetterQueue, ReplayResult
+from aqueue._envelope import Failure
 from aqueue._jobs import BatchResult, GroupJob, Job
 from aqueue._middleware import CallNext, Middleware
 from aqueue._producer import PublishFailure
@@ -16,6 +19,9 @@ from aqueue._worker import Worker, WorkerStatistics
 from aqueue._workflows import Chain, Chord, Group, Signature, chain, chord, group
 from aqueue.exceptions import Retry
 
+if TYPE_CHECKING:  # imported on first use at run time: redis is an optional dependency
+    from aqueue._results._redis import RedisResultBackend
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "Chord",
     "DeadLetter",
     "DeadLetterQueue",
+    "Failure",
     "Group",
     "GroupJob",
     "Job",

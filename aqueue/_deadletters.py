@@ -313,7 +313,9 @@ class DeadLetterQueue:
                     await delivery.reject(requeue=True)
                 await self._wait_for_count(base + start + len(batch))
         except ConnectionLost:
-            return  # the broker took back everything the channel held
+            # the connection holding them dropped (the broker took them all back), or the one
+            # counting them did (closing gives back the rest)
+            return
         except AqueueError as exc:  # closing the connection gives back the rest
             logger.warning("could not give back dead letters in order: %s", exc)
 

@@ -219,6 +219,21 @@ def work_queue_arguments(
     return arguments
 
 
+#: Deliveries a dead letter may have before a quorum queue would drop it. Reading a
+#: dead-letter queue (list, find) takes messages and gives them back, and every give-back
+#: counts; RabbitMQ 4.x defaults quorum queues to a limit of 20, and with no dead-letter
+#: exchange the broker would then drop the message. Set explicitly, far out of reach.
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000_000
+
+
+def dead_letter_queue_arguments(settings: QueueSettings) -> dict[str, ArgumentValue]:
+    """The `x-` arguments of a dead-letter queue."""
+    arguments: dict[str, ArgumentValue] = {"x-queue-type": settings.queue_type}
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = DEAD_LETTER_DELIVERY_LIMIT
+    return arguments
+
+
 def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) -> Topology:
     """Everything one logical queue needs: exchanges, work queue, dead-letter queue, bindings."""
     validate_name(queue)
@@ -234,7 +249,7 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
             QueueSpec(work, work_queue_arguments(names, queue, settings)),
             # The dead-letter queue has no dead-letter exchange of its own: nothing leaves it
             # except through replay (publish confirmed, then ack).
-            QueueSpec(dead, {"x-queue-type": settings.queue_type}),
+            QueueSpec(dead, dead_letter_queue_arguments(settings)),
         ),
         bindings=(
             BindingSpec(work, names.exchange, queue),
