@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import ExitStack
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,6 +32,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from aqueue._cli_telemetry import (
+    LOG_FORMATS,
+    LogFormat,
+    ObservabilityError,
+    configure_logging,
+    worker_observability,
+)
 from aqueue._config import WorkerSettings
 from aqueue._deadletters import DeadLetter, ReplayResult
 from aqueue._queue import TaskQueue
@@ -86,12 +94,8 @@ def _where(exc: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    configure_logging(level, log_format)
 
 
 @app.command()
@@ -100,7 +104,7 @@ def worker(
     queues: Annotated[
         str | None, typer.Option("--queues", "-Q", help="Comma-separated logical queues.")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once.", min=1)] = 100,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once, per queue.", min=1)] = 100,
     prefetch: Annotated[
         int | None, typer.Option(help="Unacked deliveries per queue (default: concurrency).", min=1)
     ] = None,
@@ -109,10 +113,42 @@ def worker(
     ] = 30.0,
     threads: Annotated[int, typer.Option(help="Threads for plain (sync) tasks.", min=1)] = 40,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="text, or json (one object per line); lines about a job carry its job_id, "
+            "task, attempt and queue."
+        ),
+    ] = "text",
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Export traces and metrics over OTLP/HTTP, configured by the standard OTEL_* "
+            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs aqueue[otel].",
+            envvar="AQUEUE_OTEL",
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs aqueue[metrics].",
+            min=0,
+            max=65535,
+            envvar="AQUEUE_METRICS_PORT",
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option(help="The address the metrics endpoint listens on.")
+    ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
 ) -> None:
     """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
+        )
     queue = load_queue(app_path)
     names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
     try:
@@ -121,12 +157,37 @@ def worker(
         )
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    _configure_logging(log_level)
-    try:
-        anyio.run(_run_worker, Worker(queue, settings))
-    except AqueueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    _configure_logging(log_level, log_format)
+    with ExitStack() as stack:  # its exit flushes the spans still to export
+        try:
+            stack.enter_context(
+                worker_observability(
+                    queue, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
+                )
+            )
+        except ObservabilityError as exc:  # before connecting, like any other bad option
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        try:
+            anyio.run(_run_worker, Worker(queue, settings))
+        except (AqueueError, BaseExceptionGroup) as exc:
+            error = _aqueue_error(exc)
+            if error is None:
+                raise
+            console.print(f"[red]error:[/red] {escape(str(error))}")
+            raise typer.Exit(1) from exc
+
+
+def _aqueue_error(exc: BaseException) -> AqueueError | None:
+    """The AqueueError in `exc`, looking inside exception groups (task groups raise those)."""
+    if isinstance(exc, AqueueError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _aqueue_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 async def _run_worker(worker: Worker) -> None:

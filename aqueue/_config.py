@@ -154,7 +154,8 @@ class WorkerSettings:
 
     Attributes:
         queues: logical queues to consume; empty means every queue a registered task uses.
-        concurrency: jobs run at once by this process.
+        concurrency: jobs run at once per queue by this process: each queue has its own
+            runners, so a slow queue never holds back another.
         prefetch: unacked deliveries per queue consumer; ``None`` means `concurrency`.
         grace: seconds a graceful stop waits for running jobs before cancelling them.
         threads: threads for plain (sync) task functions.

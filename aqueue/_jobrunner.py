@@ -25,12 +25,14 @@ from aqueue._completion import Completion, JobRecord, workflow_links
 from aqueue._config import PER_JOB_OPTIONS, TaskOptions
 from aqueue._context import JobContext, reset_current_job, set_current_job
 from aqueue._envelope import Failure, JobHeaders, read_headers
+from aqueue._hooks import JobObserver, observe_job
 from aqueue._middleware import build_chain
 from aqueue._queue import TaskQueue
 from aqueue._results import JobState, JobStatus
 from aqueue._serialization import decode_arguments
 from aqueue._settle import Outcome, dead_letter_message, retry_message
 from aqueue._tasks import Task
+from aqueue._topology import HEADER_TASK
 from aqueue._transport import Delivery, OutgoingMessage
 from aqueue._types import JSONScalar, JSONValue
 from aqueue.exceptions import (
@@ -72,47 +74,72 @@ class JobRunner:
         self._completion = Completion(queue.flows)
 
     async def process(self, delivery: Delivery) -> None:
-        """Settle one delivery; never raises except on cancellation (it stays unacked)."""
+        """Settle one delivery; never raises except on cancellation (it stays unacked).
+
+        The queue's instrumentation observes it from its arrival until it is settled, so a
+        tracing span covers the run *and* the publishes that settle it.
+        """
         logical = self._logical.get(delivery.queue, delivery.queue)
+        with observe_job(self.queue.instrumentation, delivery, logical) as observer:
+            try:
+                job = self._resolve(delivery, logical)
+            except (DecodeError, UnknownTaskError) as exc:
+                await self._undecodable(delivery, logical, exc, observer)
+                return
+            observer.started(job.context)
+            # current until settled, not only while it runs: the log lines about its retry or
+            # dead letter carry the job's fields too (see `aqueue._logging`)
+            token = set_current_job(job.context)
+            try:
+                await self._run_and_settle(delivery, logical, job, observer)
+            finally:
+                reset_current_job(token)
+
+    async def _undecodable(
+        self, delivery: Delivery, logical: str, exc: Exception, observer: JobObserver
+    ) -> None:
+        reason = "unknown-task" if isinstance(exc, UnknownTaskError) else "decode-error"
+        dead = Outcome(reason, exc)
+        record = JobRecord(delivery.message_id or "", "", 1, True, None, delivery.redelivered)
+        if self._completion.active:
+            try:
+                await self._completion.failed(record, dead, dead=True)
+            except TransportError as error:  # the dead letter itself still carries why
+                logger.warning("could not record %s as dead: %s", record.job_id, error)
+        await self._dead_letter(delivery, logical, dead, observer, attempts=1)
+
+    async def _run_and_settle(
+        self, delivery: Delivery, logical: str, job: _Job, observer: JobObserver
+    ) -> None:
         try:
-            job = self._resolve(delivery, logical)
-        except (DecodeError, UnknownTaskError) as exc:
-            reason = "unknown-task" if isinstance(exc, UnknownTaskError) else "decode-error"
-            dead = Outcome(reason, exc)
-            record = JobRecord(delivery.message_id or "", "", 1, True, None, delivery.redelivered)
-            if self._completion.active:
-                try:
-                    await self._completion.failed(record, dead, dead=True)
-                except TransportError as error:  # the dead letter itself still carries why
-                    logger.warning("could not record %s as dead: %s", record.job_id, error)
-            await self._dead_letter(delivery, logical, dead, attempts=1)
-            return
-        try:
-            outcome = await self._attempt(job)
+            outcome = await self._attempt(job, observer)
         except TransportError as exc:  # the result backend or a workflow step's publish
             logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
             await _reject_quietly(delivery)
+            observer.settled("requeued", exc)
             return
         if outcome is None:
-            await self._settle_success(delivery, job.context)
+            await self._settle_success(delivery, job.context, observer)
             return
         delay = self._retry_delay(job, outcome)
         if not await self._record_failure(
             delivery, job.record, outcome, retrying=delay is not None
         ):
+            observer.settled("requeued", outcome.error)
             return
         if delay is None:
             await self._dead_letter(
                 delivery,
                 logical,
                 outcome,
+                observer,
                 attempts=job.context.attempt,
                 history=job.headers.history,
             )
         else:
-            await self._retry(delivery, job, outcome, delay)
+            await self._retry(delivery, job, outcome, delay, observer)
 
-    async def _attempt(self, job: _Job) -> Outcome | None:
+    async def _attempt(self, job: _Job, observer: JobObserver) -> Outcome | None:
         """Run the job (unless it already succeeded) and record its success.
 
         Raises:
@@ -125,7 +152,13 @@ class JobRunner:
                 await self._completion.started(job.record)
             except TransportError as exc:  # a missing "running" state loses nothing
                 logger.warning("could not record job %s as running: %s", job.record.job_id, exc)
+            started = time.perf_counter()
             outcome, value = await self._run(job)
+            observer.finished(
+                job.context,
+                None if outcome is None else outcome.error,
+                time.perf_counter() - started,
+            )
             if outcome is not None:
                 return outcome
         try:
@@ -215,7 +248,8 @@ class JobRunner:
                 else:
                     with anyio.fail_after(timeout) as deadline:
                         value = await call()
-            except Exception as exc:  # noqa: BLE001 - a task's exception is its outcome
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's exception is its outcome;
+                # SystemExit too: a task calling sys.exit() must not stop the worker
                 timed_out = (
                     isinstance(exc, TimeoutError)
                     and deadline is not None
@@ -251,7 +285,9 @@ class JobRunner:
 
     # -- settle ----------------------------------------------------------------------------
 
-    async def _settle_success(self, delivery: Delivery, context: JobContext) -> None:
+    async def _settle_success(
+        self, delivery: Delivery, context: JobContext, observer: JobObserver
+    ) -> None:
         try:
             await delivery.ack()
         except ConnectionLost as exc:
@@ -260,10 +296,14 @@ class JobRunner:
                 context.job_id,
                 exc,
             )
+            observer.settled("requeued", exc)
             return
         self._counts["succeeded"] += 1
+        observer.settled("succeeded", None)
 
-    async def _retry(self, delivery: Delivery, job: _Job, outcome: Outcome, delay: float) -> None:
+    async def _retry(
+        self, delivery: Delivery, job: _Job, outcome: Outcome, delay: float, observer: JobObserver
+    ) -> None:
         """Publish the next attempt through the delay levels (confirmed), then ack."""
         self._counts["failed"] += 1
         delay_ms = math.ceil(delay * 1000)
@@ -292,18 +332,23 @@ class JobRunner:
 
         if await self._publish_then_ack(delivery, build, delayed=delay_ms > 0):
             self._counts["retried"] += 1
+            observer.settled("retried", outcome.error)
+        else:
+            observer.settled("requeued", outcome.error)
 
     async def _dead_letter(
         self,
         delivery: Delivery,
         logical: str,
         outcome: Outcome,
+        observer: JobObserver,
         *,
         attempts: int,
         history: tuple[Failure, ...] = (),
     ) -> None:
         """Publish the dead-letter copy (confirmed), then ack the original."""
         self._counts["failed"] += 1
+        task = delivery.headers.get(HEADER_TASK)
         logger.warning(
             "job %s on %s dead-lettered after %d attempt(s) (%s): %s: %s",
             delivery.message_id,
@@ -312,6 +357,13 @@ class JobRunner:
             outcome.reason,
             type(outcome.error).__name__,
             outcome.error,
+            # the job may never have been decoded: no current job to take the fields from
+            extra={
+                "job_id": delivery.message_id or "",
+                "task": task if isinstance(task, str) else "",
+                "attempt": attempts,
+                "queue": logical,
+            },
         )
         message = dead_letter_message(
             self.queue.names,
@@ -324,6 +376,9 @@ class JobRunner:
         )
         if await self._publish_then_ack(delivery, lambda: message, delayed=False):
             self._counts["dead_lettered"] += 1
+            observer.settled("dead-lettered", outcome.error)
+        else:
+            observer.settled("requeued", outcome.error)
 
     async def _publish_then_ack(
         self, delivery: Delivery, build: Callable[[], OutgoingMessage], *, delayed: bool

@@ -10,8 +10,9 @@ import anyio
 
 from aqueue._config import ProducerSettings
 from aqueue._envelope import Envelope
+from aqueue._hooks import Instrumentation, publish_hooks
 from aqueue._serialization import CONTENT_TYPE, encode_arguments
-from aqueue._topology import TopologyNames, job_route
+from aqueue._topology import Topology, TopologyNames, job_route
 from aqueue._transport import OutgoingMessage, Transport
 from aqueue.exceptions import ConnectionLost, EncodeError, PublishError, TransportError
 
@@ -40,11 +41,17 @@ class Producer:
     """
 
     def __init__(
-        self, transport: Transport, names: TopologyNames, settings: ProducerSettings
+        self,
+        transport: Transport,
+        names: TopologyNames,
+        settings: ProducerSettings,
+        instrumentation: Sequence[Instrumentation] = (),
     ) -> None:
         self._transport = transport
         self._names = names
         self._settings = settings
+        #: Hooks around every publish (tracing adds the trace context to the headers).
+        self.instrumentation: tuple[Instrumentation, ...] = tuple(instrumentation)
 
     def job_message(self, envelope: Envelope, *, delay_ms: int = 0) -> OutgoingMessage:
         """Encode a job for its work queue, through the delay levels when `delay_ms` > 0.
@@ -73,11 +80,25 @@ class Producer:
     async def publish(self, message: OutgoingMessage) -> None:
         """Publish and wait for the confirm; on a lost connection wait for the reconnect and retry.
 
+        Every publish, whoever makes it, goes through the instrumentation's hooks here.
+
         Raises:
             PublishError: nacked, unroutable, blocked or timed out (not retried: the broker
                 answered, or may have stored it).
             ConnectionLost: still no connection at the deadline (``publish_deadline``).
         """
+        instrumentation = self.instrumentation
+        if not instrumentation:
+            await self._publish(message)
+        elif len(instrumentation) == 1:
+            with instrumentation[0].publish(message) as sent:
+                await self._publish(sent)
+        else:
+            stack, sent = publish_hooks(instrumentation, message)
+            with stack:
+                await self._publish(sent)
+
+    async def _publish(self, message: OutgoingMessage) -> None:
         settings = self._settings
         # one clock read per publish on the happy path: this is `enqueue_many`'s inner loop
         deadline = anyio.current_time() + settings.publish_deadline
@@ -92,6 +113,23 @@ class Producer:
                 logger.info("retrying publish of %s after reconnect", message.message_id)
                 remaining = deadline - anyio.current_time()
                 timeout = min(settings.publish_timeout, max(remaining, 0.001))
+            else:
+                return
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare on the publishing transport, retried across reconnects like a publish.
+
+        Raises:
+            ConnectionLost: still no connection at the deadline (``publish_deadline``).
+        """
+        deadline = anyio.current_time() + self._settings.publish_deadline
+        pause = RETRY_PAUSE_MIN
+        while True:
+            try:
+                await self._transport.declare(topology)
+            except ConnectionLost as exc:
+                await self._wait_for_reconnect(deadline, exc, pause)
+                pause = min(pause * 2, RETRY_PAUSE_MAX)
             else:
                 return
 

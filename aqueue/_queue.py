@@ -18,6 +18,7 @@ from aqueue._config import DEFAULT_QUEUE, ProducerSettings, TaskOptionsDict
 from aqueue._deadletters import DeadLetterQueue
 from aqueue._envelope import Envelope
 from aqueue._flows import Flows
+from aqueue._hooks import Instrumentation
 from aqueue._jobs import BatchResult, GroupJob, Job
 from aqueue._middleware import Middleware
 from aqueue._producer import Producer
@@ -74,6 +75,11 @@ class TaskQueue:
         max_message_bytes: larger encoded jobs are refused at enqueue.
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight.
         middleware: run around every job in workers, outermost first.
+        instrumentation: hooks that observe every publish and every job (`Instrumentation`),
+            after the OpenTelemetry one; more can be added with `instrument`.
+        telemetry: install `aqueue.telemetry.Telemetry` first: spans and trace context for
+            every publish and job, and job metrics, through the OpenTelemetry API (no-ops
+            until the application sets up an SDK).
         name: names the connections (visible in the RabbitMQ management UI).
         results: where job states and results are kept (`RedisResultBackend`); None:
             fire-and-forget, and asking for a result raises `ConfigurationError`.
@@ -93,6 +99,8 @@ class TaskQueue:
         max_message_bytes: int = 1024 * 1024,
         max_in_flight: int = 1000,
         middleware: Sequence[Middleware] = (),
+        instrumentation: Sequence[Instrumentation] = (),
+        telemetry: bool = True,
         name: str = "aqueue",
         results: ResultBackend | None = None,
         result_ttl: float = 86400.0,
@@ -127,6 +135,14 @@ class TaskQueue:
         # Concurrent first enqueues wait for one declaration instead of each declaring
         # everything again (1,000 concurrent delayed enqueues made 1,000 declarations).
         self._declare_lock = anyio.Lock()
+        self.instrumentation: tuple[Instrumentation, ...] = ()
+        if telemetry:
+            # imported here: a TaskQueue(telemetry=False) never loads OpenTelemetry
+            from aqueue.telemetry import Telemetry
+
+            self.instrument(Telemetry())
+        for instrument in instrumentation:
+            self.instrument(instrument)
 
     def __repr__(self) -> str:
         return f"<TaskQueue prefix={self.names.prefix!r} tasks={len(list(self.registry))}>"
@@ -194,7 +210,9 @@ class TaskQueue:
                 await self.results.open()
                 stack.push_async_callback(self.results.aclose)
             self._transport = transport
-            self._producer = Producer(transport, self.names, self.producer_settings)
+            self._producer = Producer(
+                transport, self.names, self.producer_settings, self.instrumentation
+            )
             self._declared.clear()
             self._declare_lock = anyio.Lock()  # bound to this open's event loop
             for queue in sorted(self.registry.queues()):
@@ -208,6 +226,22 @@ class TaskQueue:
         self._producer = None
         if stack is not None:
             await stack.aclose()
+
+    def instrument(self, instrumentation: Instrumentation) -> None:
+        """Add an instrumentation: it observes every later publish and job.
+
+        Workers read the list when each delivery arrives.
+
+        Raises:
+            ConfigurationError: not an `Instrumentation`.
+        """
+        if not isinstance(instrumentation, Instrumentation):
+            raise ConfigurationError(
+                f"instrumentation must be an aqueue.Instrumentation, not {instrumentation!r}"
+            )
+        self.instrumentation = (*self.instrumentation, instrumentation)
+        if self._producer is not None:
+            self._producer.instrumentation = self.instrumentation
 
     @property
     def producer(self) -> Producer:
@@ -240,7 +274,7 @@ class TaskQueue:
         async with self._declare_lock:
             if queue in self._declared:  # a concurrent call declared it meanwhile
                 return False
-            await self.transport.declare(queue_topology(self.names, queue, self.queue_settings))
+            await self.producer.declare(queue_topology(self.names, queue, self.queue_settings))
             self._declared.add(queue)
         return True
 
@@ -387,6 +421,13 @@ class TaskQueue:
                 delay_ms = eta_to_delay_ms(eta, time.time())
             envelopes, messages = self._batch(task, calls, delay_ms)
         failures = await self.producer.publish_many(messages)
+        if task.options.store_result:
+            # as `enqueue` does, for the confirmed jobs, in one round trip
+            lost = {failure.job_id for failure in failures}
+            status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
+            await self.flows.record_many(
+                [JobState(e.job_id, status, task=e.task) for e in envelopes if e.job_id not in lost]
+            )
         jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self.results) for e in envelopes]
         return BatchResult(jobs, failures)
 
@@ -436,7 +477,7 @@ class TaskQueue:
         async with self._declare_lock:
             if _DELAY_LEVELS in self._declared:  # a concurrent call declared them meanwhile
                 return False
-            await self.transport.declare(delay_topology(self.names, self.queue_settings))
+            await self.producer.declare(delay_topology(self.names, self.queue_settings))
             self._declared.add(_DELAY_LEVELS)
         return True
 

@@ -5,6 +5,7 @@ Never pickle: a message is data that any language can read and nothing can execu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,33 +44,52 @@ def loads(data: bytes) -> Any:
 def encode_arguments(args: Sequence[object], kwargs: Mapping[str, object]) -> bytes:
     """Encode a job's arguments as ``{"args": [...], "kwargs": {...}}``.
 
+    Only JSON's own types pass: str, int, float (finite), bool, None, list and dict with
+    string keys. Anything else (a datetime, a UUID, a tuple, an enum, NaN) is refused rather
+    than converted, because the task would receive something other than what was sent.
+
     Raises:
-        EncodeError: an argument is not JSON-serializable; the message names it
-            (``args[1]`` or ``kwargs['when']``) and its type.
+        EncodeError: an argument is not JSON; the message names it (``args[1]``,
+            ``kwargs['when']``, ``args[0]['items'][2]``) and its type.
     """
+    for index, value in enumerate(args):
+        _check_json(value, f"args[{index}]")
+    for key, value in kwargs.items():
+        if type(key) is not str:
+            raise EncodeError(f"keyword argument name {key!r} is not a string")
+        _check_json(value, f"kwargs[{key!r}]")
     try:
         return orjson.dumps({"args": list(args), "kwargs": dict(kwargs)})
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise _name_bad_argument(args, kwargs, exc) from exc
+    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. an int over 64 bits
+        raise EncodeError(f"arguments are not JSON-serializable: {exc}") from exc
 
 
-def _name_bad_argument(
-    args: Sequence[object], kwargs: Mapping[str, object], exc: Exception
-) -> EncodeError:
-    named: list[tuple[str, object]] = [(f"args[{i}]", value) for i, value in enumerate(args)]
-    named += [(f"kwargs[{key!r}]", value) for key, value in kwargs.items()]
-    for label, value in named:
-        try:
-            orjson.dumps(value)
-        except (TypeError, orjson.JSONEncodeError) as inner:
-            return EncodeError(
-                f"argument {label} of type {type(value).__name__} is not JSON-serializable: {inner}"
-            )
-    keys: list[object] = list(kwargs)  # run-time input: not every caller runs mypy
-    for key in keys:
-        if not isinstance(key, str):
-            return EncodeError(f"keyword argument name {key!r} is not a string")
-    return EncodeError(f"arguments are not JSON-serializable: {exc}")
+def _check_json(value: object, path: str) -> None:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return
+    # exact types, not isinstance alone: subclasses (enums, named tuples) would arrive as
+    # their base type
+    if kind is float and isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodeError(f"argument {path} is {value}, which JSON cannot carry")
+        return
+    if kind is list and isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]")
+        return
+    if kind is dict and isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise EncodeError(f"argument {path} has a key {key!r} that is not a string")
+            _check_json(item, f"{path}[{key!r}]")
+        return
+    hint = " (use a list)" if kind is tuple else ""
+    raise EncodeError(
+        f"argument {path} of type {kind.__name__} is not JSON{hint}: pass str, int, float, "
+        "bool, None, list or dict, and convert other values (e.g. a datetime with "
+        ".isoformat()) before enqueueing"
+    )
 
 
 def decode_arguments(body: bytes) -> tuple[tuple[JSONValue, ...], dict[str, JSONValue]]:

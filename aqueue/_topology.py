@@ -198,6 +198,11 @@ def validate_name(name: object, *, what: str = "queue name") -> str:
         )
     if len(name.encode()) > MAX_QUEUE_NAME_BYTES:
         raise ConfigurationError(f"{what} {name!r} is longer than {MAX_QUEUE_NAME_BYTES} bytes")
+    if what == "queue name" and (name.endswith(".dlq") or name.startswith("delay.")):
+        raise ConfigurationError(
+            f"queue name {name!r} would collide with aqueue's own queues "
+            "(names ending in '.dlq' and starting with 'delay.' are reserved)"
+        )
     return name
 
 
@@ -239,6 +244,8 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
     validate_name(queue)
     work = names.work_queue(queue)
     dead = names.dead_letter_queue(queue)
+    if len(dead.encode()) > 255:  # AMQP short strings
+        raise ConfigurationError(f"queue name {dead!r} (prefix + queue) is over 255 bytes")
     return Topology(
         exchanges=(
             ExchangeSpec(names.exchange, "direct"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -128,18 +128,23 @@ class Worker:
             if self.queue._stack is None:
                 await self.queue.open()
                 stack.push_async_callback(self.queue.aclose)
-            intake = _Intake()
-            stack.callback(intake.close)
-            consumers = await self._subscribe(stack, intake)
-            await self._serve(consumers, intake)
+            # one intake and one set of runners per queue: a slow queue never takes the
+            # runners of another (isolation), and each has its own consumer prefetch
+            intakes = {queue: _Intake() for queue in self.queues()}
+            for intake in intakes.values():
+                stack.callback(intake.close)
+            consumers = await self._subscribe(stack, intakes)
+            await self._serve(consumers, list(intakes.values()))
 
-    async def _subscribe(self, stack: AsyncExitStack, intake: _Intake) -> list[Consumer]:
+    async def _subscribe(
+        self, stack: AsyncExitStack, intakes: Mapping[str, _Intake]
+    ) -> list[Consumer]:
         transport = self.queue.make_transport("consumer")
         await transport.connect(timeout=self.queue.producer_settings.connect_timeout)
         # closed before the queue's publisher: unsettled deliveries go back to the broker
         stack.push_async_callback(transport.aclose)
         consumers = []
-        for queue in self.queues():
+        for queue, intake in intakes.items():
             await self.queue.declare_queue(queue)
             await transport.declare(
                 queue_topology(self.queue.names, queue, self.queue.queue_settings)
@@ -155,13 +160,14 @@ class Worker:
             )
         return consumers
 
-    async def _serve(self, consumers: list[Consumer], intake: _Intake) -> None:
+    async def _serve(self, consumers: list[Consumer], intakes: Sequence[_Intake]) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
-            # `concurrency` runners, each taking the next delivery when its job is settled:
-            # the concurrency limit without a task and a semaphore round per job.
-            for _ in range(self.settings.concurrency):
-                jobs.start_soon(self._take_jobs, intake)
+            # `concurrency` runners per queue, each taking the next delivery when its job is
+            # settled: the concurrency limit without a task and a semaphore round per job.
+            for intake in intakes:
+                for _ in range(self.settings.concurrency):
+                    jobs.start_soon(self._take_jobs, intake)
             with anyio.CancelScope() as consuming:
                 self._intake = consuming
                 if self._stop_requested:
@@ -172,7 +178,8 @@ class Worker:
             self._intake = None
             # idle runners return at once, busy ones after their job; deliveries not started
             # stay unacked and go back to the broker when the consuming connection closes
-            intake.close()
+            for intake in intakes:
+                intake.close()
             await self._cancel_consumers(consumers)
             logger.info(
                 "worker stopping: waiting up to %ss for %d jobs",

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import uuid
 
 import pytest
 
 from aqueue._serialization import decode_arguments, dumps, encode_arguments, loads
 from aqueue.exceptions import DecodeError, EncodeError
+
+
+class Color(enum.IntEnum):
+    RED = 1
 
 
 def test_arguments_roundtrip() -> None:
@@ -54,3 +60,21 @@ def test_dumps_and_loads() -> None:
         dumps({1, 2})
     with pytest.raises(DecodeError):
         loads(b"{")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), r"args\[0\] of type datetime"),
+        ((1, 2), r"of type tuple is not JSON \(use a list\)"),
+        ([1, {"a": float("nan")}], r"args\[0\]\[1\]\['a'\] is nan"),
+        ({"k": [float("inf")]}, r"args\[0\]\['k'\]\[0\] is inf"),
+        ({1: "x"}, "key 1 that is not a string"),
+        (uuid.UUID(int=1), "of type UUID"),
+        (Color.RED, "of type Color"),
+    ],
+)
+def test_values_json_would_change_are_refused(value: object, message: str) -> None:
+    """Values orjson would convert silently (datetime, UUID, tuple, enum, NaN) are refused."""
+    with pytest.raises(EncodeError, match=message):
+        encode_arguments([value], {})

@@ -63,7 +63,9 @@ def test_topologies_merge_without_duplicates() -> None:
     ]
 
 
-@pytest.mark.parametrize("name", ["", "has space", "slash/no", "x" * (MAX_QUEUE_NAME_BYTES + 1), 3])
+@pytest.mark.parametrize(
+    "name", ["", "has space", "slash/no", "x" * (MAX_QUEUE_NAME_BYTES + 1), 3, "a.dlq", "delay.1"]
+)
 def test_bad_names_are_refused(name: object) -> None:
     """Empty, oversized or oddly spelled names are configuration errors."""
     with pytest.raises(ConfigurationError):

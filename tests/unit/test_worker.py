@@ -322,3 +322,27 @@ async def test_enqueue_many_returns_a_handle_per_job() -> None:
         assert result.confirmed == 3
         assert len({job.job_id for job in result.jobs}) == 3
         assert await queue.transport.message_count("t.default") == 3
+
+
+async def test_a_slow_queue_does_not_starve_another() -> None:
+    """Each queue has its own runners: jobs stuck on one queue leave another's running."""
+    queue = TaskQueue("memory://", prefix="t")
+    release = anyio.Event()
+    fast_done = anyio.Event()
+
+    @queue.task(queue="slow")
+    async def slow() -> None:
+        await release.wait()
+
+    @queue.task(queue="fast")
+    async def fast() -> None:
+        fast_done.set()
+
+    async with queue:
+        await queue.enqueue_many(slow, [() for _ in range(10)])
+        worker = Worker(queue, WorkerSettings(concurrency=2, grace=WAIT))
+        async with running(worker):
+            await queue.enqueue(fast)
+            await wait_event(fast_done)
+            release.set()
+            await wait_until(worker, lambda s: s.succeeded == 11)
