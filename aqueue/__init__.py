@@ -9,6 +9,7 @@ from aqueue._config import TaskOptions, WorkerSettings
 from aqueue._context import JobContext, current_job
 from aqueue._deadletters import DeadLetter, DeadLetterQueue, ReplayResult
 from aqueue._envelope import Failure
+from aqueue._hooks import Instrumentation, JobObserver
 from aqueue._jobs import BatchResult, GroupJob, Job
 from aqueue._middleware import CallNext, Middleware
 from aqueue._producer import PublishFailure
@@ -34,8 +35,10 @@ __all__ = [
     "Failure",
     "Group",
     "GroupJob",
+    "Instrumentation",
     "Job",
     "JobContext",
+    "JobObserver",
     "JobState",
     "JobStatus",
     "MemoryResultBackend",

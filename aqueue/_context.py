@@ -71,6 +71,11 @@ def current_job() -> JobContext:
         raise LookupError("current_job() was called outside a running job") from None
 
 
+def job_or_none() -> JobContext | None:
+    """The job the calling code runs in, or None outside a job (cheap: for log filters)."""
+    return _current.get(None)
+
+
 def set_current_job(context: JobContext) -> contextvars.Token[JobContext]:
     """Make `context` the current job (the worker calls this around each run)."""
     return _current.set(context)

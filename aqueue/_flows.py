@@ -24,6 +24,8 @@ from aqueue._workflows import (
     Node,
     PlannedJob,
     WorkflowLinks,
+    final_ids,
+    first_id,
     plan,
 )
 from aqueue.exceptions import ConfigurationError
@@ -48,6 +50,13 @@ class Flows:
         """Store a job state, when a backend is configured."""
         if self.backend is not None:
             await self.backend.set_state(replace(state, updated_at=time.time()), ttl=self.ttl)
+
+    async def record_many(self, states: Sequence[JobState]) -> None:
+        """Store job states in one round trip, when a backend is configured."""
+        if self.backend is not None:
+            now = time.time()
+            stamped = [replace(state, updated_at=now) for state in states]
+            await self.backend.set_states(stamped, ttl=self.ttl)
 
     def require_backend(self, what: str) -> ResultBackend:
         """The backend, or a clear error saying `what` needs one."""
@@ -94,8 +103,18 @@ class Flows:
         failures = await producer.publish_many(messages)
         if failures:
             raise failures[0].error
-        for job in jobs:
-            await self.record(JobState(job.job_id, JobStatus.QUEUED, task=job.task))
+        # after the publish, so no state names a job that was never sent; a worker may have
+        # started it already, and an initial state never replaces another (see set_state).
+        # The node's handles that wait for other steps (a chord's callback, the end of a
+        # chain) are known from now on too, as pending.
+        started = {job.job_id for job in jobs}
+        states = [JobState(job.job_id, JobStatus.QUEUED, task=job.task) for job in jobs]
+        states += [
+            JobState(job_id, JobStatus.PENDING)
+            for job_id in dict.fromkeys(final_ids(node))
+            if job_id not in started
+        ]
+        await self.record_many(states)
         return jobs
 
     @staticmethod
@@ -141,7 +160,12 @@ class Flows:
             return
 
     async def failed(self, links: WorkflowLinks, job_id: str, error: RemoteError) -> None:
-        """A step failed for good: fail the handles that wait on it; run error callbacks once."""
+        """A step failed for good: fail the handles that wait on it; run error callbacks once.
+
+        Each error callback is claimed in the backend by the first step that fails (and by
+        that step's redeliveries, which publish it again with the same id): a group whose
+        members all fail runs its error callback once, with the first failure.
+        """
         for target in links.fail:
             if target != job_id:
                 await self.record(
@@ -150,9 +174,6 @@ class Flows:
         if not links.on_error:
             return
         backend = self.require_backend("an error callback")
-        once = f"{links.root}:error:{','.join(links.fail) or job_id}"
-        if not await backend.mark_barrier_failed(once, ttl=self.ttl):
-            return  # another failed step of the same workflow ran them already
         payload: JSONValue = {
             "job_id": job_id,
             "type": error.type,
@@ -160,4 +181,6 @@ class Flows:
             "traceback": error.traceback,
         }
         for node in links.on_error:
-            await self.start(node, root=links.root, result=payload, has_result=True)
+            once = f"{links.root}:error:{first_id(node)}"
+            if await backend.claim(once, job_id, ttl=self.ttl):
+                await self.start(node, root=links.root, result=payload, has_result=True)

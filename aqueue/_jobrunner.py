@@ -145,6 +145,8 @@ class JobRunner:
         Raises:
             TransportError: the result backend or the broker failed while recording it.
         """
+        if not self._completion.active and job.record.links is None:
+            return (await self._run_observed(job, observer))[0]  # nothing to record: hot path
         value: object
         done_before, value = await self._completion.finished_before(job.record)
         if not done_before:
@@ -152,20 +154,26 @@ class JobRunner:
                 await self._completion.started(job.record)
             except TransportError as exc:  # a missing "running" state loses nothing
                 logger.warning("could not record job %s as running: %s", job.record.job_id, exc)
-            started = time.perf_counter()
-            outcome, value = await self._run(job)
-            observer.finished(
-                job.context,
-                None if outcome is None else outcome.error,
-                time.perf_counter() - started,
-            )
+            outcome, value = await self._run_observed(job, observer)
             if outcome is not None:
                 return outcome
         try:
             await self._completion.succeeded(job.record, value)
-        except EncodeError as exc:
+        except (EncodeError, ConfigurationError) as exc:
+            # a result that is not JSON, or a workflow step this worker cannot carry on (no
+            # result backend for its barrier): a failed attempt, never a crashed worker
             return Outcome("failed", exc)
         return None
+
+    async def _run_observed(
+        self, job: _Job, observer: JobObserver
+    ) -> tuple[Outcome | None, object]:
+        started = time.perf_counter()
+        outcome, value = await self._run(job)
+        observer.finished(
+            job.context, None if outcome is None else outcome.error, time.perf_counter() - started
+        )
+        return outcome, value
 
     async def _record_failure(
         self, delivery: Delivery, record: JobRecord, outcome: Outcome, *, retrying: bool
@@ -180,6 +188,8 @@ class JobRunner:
             logger.warning("job %s not settled (%s); requeueing it", record.job_id, exc)
             await _reject_quietly(delivery)
             return False
+        except ConfigurationError as exc:  # e.g. an error callback and no result backend
+            logger.error("job %s: its workflow cannot go on here: %s", record.job_id, exc)
         return True
 
     def _resolve(self, delivery: Delivery, logical: str) -> _Job:

@@ -22,9 +22,13 @@ from typing import Any, TypeAlias
 
 from aqueue._serialization import dumps, loads
 from aqueue._types import JSONScalar, JSONValue
-from aqueue.exceptions import ConfigurationError, DecodeError
+from aqueue.exceptions import ConfigurationError, DecodeError, EncodeError
 
 HEADER_WORKFLOW = "aqueue-workflow"
+#: The longest ``aqueue-workflow`` header a step may carry. AMQP sends a message's headers in
+#: one frame, and RabbitMQ closes the whole connection on a frame over its ``frame_max``
+#: (128 KiB by default): a longer header is refused before anything is published.
+MAX_HEADER_BYTES = 96 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +102,14 @@ def group(*members: Node | Iterable[Node], on_error: Node | None = None) -> Grou
 
 
 def chord(header: Group | Iterable[Node], body: Node, *, on_error: Node | None = None) -> Chord:
-    """Run the `header` group, then `body` with the list of their results, in order."""
+    """Run the `header` group, then `body` with the list of their results, in order.
+
+    Raises:
+        ConfigurationError: the header is empty (its callback would never run).
+    """
     members = header if isinstance(header, Group) else group(*header)
+    if not members.members:
+        raise ConfigurationError("chord() needs at least one member in its header")
     return Chord(members, _nodes([body])[0], _nodes([on_error] if on_error else []))
 
 
@@ -126,7 +136,11 @@ def derived_id(root: str, path: str) -> str:
 
 
 def assign_ids(node: Node, root: str, path: str = "0") -> Node:
-    """Give every signature of the tree its job id (idempotent: ids already set are kept)."""
+    """Give every signature of the tree its job id (idempotent: ids already set are kept).
+
+    Raises:
+        ConfigurationError: an empty group below the root (what follows it would never run).
+    """
     if isinstance(node, Signature):
         return replace(
             node,
@@ -141,6 +155,10 @@ def assign_ids(node: Node, root: str, path: str = "0") -> Node:
         steps = tuple(assign_ids(n, root, f"{path}.{i}") for i, n in enumerate(node.steps))
         return Chain(steps, errors)
     if isinstance(node, Group):
+        if not node.members and path != "0":
+            raise ConfigurationError(
+                "an empty group inside a workflow would never finish: give it members"
+            )
         members = tuple(assign_ids(n, root, f"{path}.{i}") for i, n in enumerate(node.members))
         return Group(members, errors)
     header = assign_ids(node.header, root, f"{path}.h")
@@ -157,6 +175,20 @@ def final_ids(node: Node) -> list[str]:
     if isinstance(node, Group):
         return [job_id for member in node.members for job_id in final_ids(member)]
     return final_ids(node.body)
+
+
+def first_id(node: Node) -> str:
+    """The job id of the first signature of `node`: a name for the node within its workflow."""
+    while not isinstance(node, Signature):
+        if isinstance(node, Chain):
+            node = node.steps[0]
+        elif isinstance(node, Group):
+            if not node.members:
+                return ""
+            node = node.members[0]
+        else:
+            node = node.header
+    return node.job_id or ""
 
 
 # -- the wire form ----------------------------------------------------------------------------
@@ -259,8 +291,13 @@ class WorkflowLinks:
     links: tuple[Node, ...] = ()
 
     def encode(self) -> str:
-        """The header value: a JSON string."""
-        return dumps(
+        """The header value: a JSON string.
+
+        Raises:
+            EncodeError: it is over `MAX_HEADER_BYTES` (the rest of the workflow is too big
+                to travel with this step: a chain into a group of thousands of members).
+        """
+        data = dumps(
             {
                 "root": self.root,
                 "next": [_continuation_to_json(c) for c in self.next],
@@ -268,7 +305,15 @@ class WorkflowLinks:
                 "on_error": [node_to_json(n) for n in self.on_error],
                 "links": [node_to_json(n) for n in self.links],
             }
-        ).decode()
+        )
+        if len(data) > MAX_HEADER_BYTES:
+            raise EncodeError(
+                f"a workflow step would carry a {len(data):,}-byte {HEADER_WORKFLOW} header "
+                f"(what follows it in the workflow), over the {MAX_HEADER_BYTES:,} bytes "
+                "RabbitMQ takes in one frame: start big groups first (a chord), or enqueue "
+                "them from a task"
+            )
+        return data.decode()
 
     @classmethod
     def decode(cls, value: str) -> WorkflowLinks:

@@ -13,6 +13,7 @@ from benchmarks._report import Environment, command_line, report
 from benchmarks._scenarios import SCENARIOS, SIDES, Scenario, Side, run_all
 
 DEFAULT_URL = os.environ.get("AQUEUE_URL", "amqp://guest:guest@127.0.0.1:5672/")
+DEFAULT_REDIS_URL = os.environ.get("AQUEUE_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _parse() -> argparse.Namespace:
@@ -21,6 +22,12 @@ def _parse() -> argparse.Namespace:
         description="Measure aqueue against raw aio-pika on one broker and print the ratios.",
     )
     parser.add_argument("--url", default=DEFAULT_URL, help="AMQP URL (default: %(default)s)")
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="Redis URL of the result-backend scenarios (default: %(default)s); their keys "
+        "are deleted after each run",
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario per side")
@@ -44,10 +51,17 @@ def _parse() -> argparse.Namespace:
 
 
 async def _main(
-    url: str, sizes: Sizes, repeat: int, scenarios: list[Scenario], sides: tuple[Side, ...]
+    url: str,
+    redis_url: str,
+    sizes: Sizes,
+    repeat: int,
+    scenarios: list[Scenario],
+    sides: tuple[Side, ...],
 ) -> str:
     environment = Environment.collect(await broker_version(url))
-    results = await run_all(url, sizes, repeat=repeat, scenarios=scenarios, sides=sides)
+    results = await run_all(
+        url, sizes, repeat=repeat, scenarios=scenarios, sides=sides, redis_url=redis_url
+    )
     return report(results, scenarios, sizes, environment, repeat=repeat, command=command_line())
 
 
@@ -58,7 +72,7 @@ def main() -> None:
     scenarios = [s for s in SCENARIOS if not wanted or s.key in wanted]
     sides: tuple[Side, ...] = SIDES if options.side == "both" else (options.side,)
     sizes = QUICK if options.quick else FULL
-    text = anyio.run(_main, options.url, sizes, options.repeat, scenarios, sides)
+    text = anyio.run(_main, options.url, options.redis_url, sizes, options.repeat, scenarios, sides)
     print(text)
     if options.output is not None:
         options.output.parent.mkdir(parents=True, exist_ok=True)

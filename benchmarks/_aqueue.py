@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
 
-from aqueue import Task, TaskQueue, Worker, WorkerSettings, WorkerStatistics
+from aqueue import Instrumentation, Task, TaskQueue, Worker, WorkerSettings, WorkerStatistics
 from benchmarks._common import (
     PREFETCH,
     QUEUE,
@@ -40,10 +40,22 @@ class _Bench:
 
 
 @asynccontextmanager
-async def _bench(url: str, scenario: str) -> AsyncIterator[_Bench]:
-    """An open `TaskQueue` on fresh queues (declared at open), deleted afterwards."""
+async def _bench(
+    url: str, scenario: str, *, instrumentation: Sequence[Instrumentation] | None = None
+) -> AsyncIterator[_Bench]:
+    """An open `TaskQueue` on fresh queues (declared at open), deleted afterwards.
+
+    `instrumentation` replaces the default one (OpenTelemetry through the API); ``()``: none.
+    """
     prefix = unique_prefix(scenario, "aqueue")
-    queue = TaskQueue(url, prefix=prefix, max_in_flight=WINDOW, name="bench-aqueue")
+    queue = TaskQueue(
+        url,
+        prefix=prefix,
+        max_in_flight=WINDOW,
+        name="bench-aqueue",
+        telemetry=instrumentation is None,
+        instrumentation=instrumentation or (),
+    )
     samples: list[float] = []
 
     @queue.task(queue=QUEUE, name="noop")
@@ -121,9 +133,16 @@ async def enqueue_one(url: str, count: int) -> Figures:
     return figures
 
 
-async def _drain(url: str, count: int, scenario: str, *, io: bool) -> Figures:
+async def _drain(
+    url: str,
+    count: int,
+    scenario: str,
+    *,
+    io: bool,
+    instrumentation: Sequence[Instrumentation] | None = None,
+) -> Figures:
     """Pre-fill `count` jobs, then time worker subscribed → last ack."""
-    async with _bench(url, scenario) as bench:
+    async with _bench(url, scenario, instrumentation=instrumentation) as bench:
         await _prefill(bench, bench.nap if io else bench.noop, count)
         worker = _worker(bench)
         async with anyio.create_task_group() as tg:

@@ -33,11 +33,19 @@ class Sizes:
     io_bound: int = 2_000
     latency: int = 300
     warmup: int = 1_000
+    #: jobs of the aqueue-only scenarios: plain drains and the chord's members
+    workflow: int = 10_000
 
 
 FULL = Sizes()
 QUICK = Sizes(
-    enqueue_many=2_000, enqueue_one=500, drain=2_000, io_bound=400, latency=50, warmup=200
+    enqueue_many=2_000,
+    enqueue_one=500,
+    drain=2_000,
+    io_bound=400,
+    latency=50,
+    warmup=200,
+    workflow=1_000,
 )
 
 
@@ -49,10 +57,10 @@ class Stopwatch:
     cpu: float = field(default_factory=time.process_time)
 
     def rate(self, count: int) -> dict[str, float]:
-        """Jobs per second, and the client's CPU time per job in microseconds."""
+        """Jobs per second, the client's CPU time per job in microseconds, and the seconds."""
         wall = time.perf_counter() - self.wall
         cpu = time.process_time() - self.cpu
-        return {"rate": count / wall, "cpu": cpu / count * 1e6}
+        return {"rate": count / wall, "cpu": cpu / count * 1e6, "seconds": wall}
 
 
 def unique_prefix(scenario: str, side: str) -> str:

@@ -49,6 +49,8 @@ def _value(value: float | None, metric: Metric) -> str:
         return f"{value:,.2f} ms"
     if metric.unit == "us":
         return f"{value:,.0f} us"
+    if metric.unit == "s":
+        return f"{value:,.2f} s"
     return f"{value:,.0f} {metric.unit}"
 
 
@@ -79,7 +81,8 @@ def table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
         "| # | scenario | jobs | figure | raw aio-pika | aqueue | aqueue/raw | bar |",
         "|---|---|--:|---|--:|--:|--:|---|",
     ]
-    for number, scenario in enumerate(scenarios, 1):
+    compared = [scenario for scenario in scenarios if scenario.raw is not None]
+    for number, scenario in enumerate(compared, 1):
         for metric in scenario.metrics:
             direction = "higher is better" if metric.higher_is_better else "lower is better"
             lines.append(
@@ -88,6 +91,21 @@ def table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
                 f"| {_value(results.median(scenario.key, 'raw', metric.key), metric)} "
                 f"| {_value(results.median(scenario.key, 'aqueue', metric.key), metric)} "
                 f"| {_ratio(results, scenario, metric)} | {_bar(results, scenario, metric)} |"
+            )
+    return "\n".join(lines)
+
+
+def aqueue_table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
+    """The scenarios aqueue alone runs (results, workflows), median over repeats."""
+    lines = ["| # | scenario | jobs | figure | aqueue |", "|---|---|--:|---|--:|"]
+    alone = [scenario for scenario in scenarios if scenario.raw is None]
+    for number, scenario in enumerate(alone, 1):
+        for metric in scenario.metrics:
+            direction = "higher is better" if metric.higher_is_better else "lower is better"
+            lines.append(
+                f"| {number} | {scenario.title} | {scenario.size(sizes):,} "
+                f"| {metric.label} ({direction}) "
+                f"| {_value(results.median(scenario.key, 'aqueue', metric.key), metric)} |"
             )
     return "\n".join(lines)
 
@@ -118,7 +136,15 @@ def report(
         "",
         "",
     ]
-    return "\n".join(header) + table(results, scenarios, sizes) + "\n"
+    tables = []
+    if any(scenario.raw is not None for scenario in scenarios):
+        tables.append(table(results, scenarios, sizes))
+    if any(scenario.raw is None for scenario in scenarios):
+        tables.append(
+            "aqueue alone (RabbitMQ has no results or workflows to compare with):\n\n"
+            + aqueue_table(results, scenarios, sizes)
+        )
+    return "\n".join(header) + "\n\n".join(tables) + "\n"
 
 
 def command_line() -> str:

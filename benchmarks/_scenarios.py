@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from benchmarks import _aqueue, _raw
+from benchmarks import _aqueue, _raw, _telemetry, _workflows
 from benchmarks._common import PREFETCH, SLEEP, WINDOW, Sizes
 
 Side = Literal["raw", "aqueue"]
 SIDES: tuple[Side, Side] = ("raw", "aqueue")
 Figures = dict[str, float]
 Run = Callable[[str, int], Awaitable[Figures]]
+
+
+class RedisRun(Protocol):
+    """A run that also needs Redis (a result backend)."""
+
+    def __call__(self, url: str, count: int, *, redis_url: str) -> Awaitable[Figures]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +38,41 @@ RATE = Metric("rate", "rate", "jobs/s", higher_is_better=True)
 CPU = Metric("cpu", "client CPU per job", "us", higher_is_better=False)
 P50 = Metric("p50", "p50", "ms", higher_is_better=False)
 P99 = Metric("p99", "p99", "ms", higher_is_better=False)
+SECONDS = Metric("seconds", "wall time", "s", higher_is_better=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """What is measured, how many jobs, and the two implementations."""
+    """What is measured, how many jobs, and the two implementations.
+
+    A scenario without a `raw` side (results, workflows: RabbitMQ has neither) is reported in
+    a table of its own; one that needs Redis has its aqueue side in `with_redis`.
+    """
 
     key: str
     title: str
     size: Callable[[Sizes], int]
     metrics: tuple[Metric, ...]
-    raw: Run
-    aqueue: Run
+    raw: Run | None
+    aqueue: Run | None = None
     #: The issue's acceptance bar for aqueue/raw (reported, never asserted).
     bar: float | None = None
+    with_redis: RedisRun | None = None
 
-    def run(self, side: Side) -> Run:
+    @property
+    def sides(self) -> tuple[Side, ...]:
+        """The sides this scenario has."""
+        return SIDES if self.raw is not None else ("aqueue",)
+
+    def run(self, side: Side, *, redis_url: str = "") -> Run:
         """The implementation of one side."""
-        return self.raw if side == "raw" else self.aqueue
+        if side == "raw" and self.raw is not None:
+            return self.raw
+        if side == "aqueue" and self.aqueue is not None:
+            return self.aqueue
+        if side == "aqueue" and self.with_redis is not None:
+            return functools.partial(self.with_redis, redis_url=redis_url)
+        raise ValueError(f"scenario {self.key} has no {side} side")
 
 
 SCENARIOS = (
@@ -94,6 +118,46 @@ SCENARIOS = (
         (P50, P99),
         _raw.latency,
         _aqueue.latency,
+    ),
+    Scenario(
+        "plain",
+        f"drain no-op jobs, no result backend, 1 worker, prefetch {PREFETCH}",
+        lambda s: s.workflow,
+        (SECONDS, RATE, CPU),
+        None,
+        _aqueue.drain,
+    ),
+    Scenario(
+        "results",
+        "the same, each job's states and result kept in Redis",
+        lambda s: s.workflow,
+        (SECONDS, RATE, CPU),
+        None,
+        with_redis=_workflows.drain_with_results,
+    ),
+    Scenario(
+        "chord",
+        "chord of no-op members, enqueue to callback (Redis)",
+        lambda s: s.workflow,
+        (SECONDS, RATE, CPU),
+        None,
+        with_redis=_workflows.chord_to_callback,
+    ),
+    Scenario(
+        "untraced",
+        "the plain drain, telemetry=False (no instrumentation hooks)",
+        lambda s: s.workflow,
+        (SECONDS, RATE, CPU),
+        None,
+        _telemetry.untraced,
+    ),
+    Scenario(
+        "traced",
+        "the plain drain, traced: OpenTelemetry SDK, BatchSpanProcessor, no-op exporter",
+        lambda s: s.workflow,
+        (SECONDS, RATE, CPU),
+        None,
+        _telemetry.traced,
     ),
 )
 
@@ -141,6 +205,7 @@ async def run_all(
     repeat: int,
     scenarios: Sequence[Scenario] = SCENARIOS,
     sides: Sequence[Side] = SIDES,
+    redis_url: str = "",
 ) -> Results:
     """Run every scenario for every side, interleaved; odd repeats swap the order of the sides."""
     results = Results()
@@ -150,8 +215,8 @@ async def run_all(
         order = list(sides) if index % 2 == 0 else list(reversed(sides))
         for scenario in scenarios:
             count = scenario.size(sizes)
-            for side in order:
-                figures = await scenario.run(side)(url, count)
+            for side in (side for side in order if side in scenario.sides):
+                figures = await scenario.run(side, redis_url=redis_url)(url, count)
                 results.add(scenario.key, side, figures)
                 shown = ", ".join(f"{key}={value:,.2f}" for key, value in figures.items())
                 _log(f"[{index + 1}/{repeat}] {scenario.key:<12} {side:<6} n={count:<6} {shown}")

@@ -20,6 +20,8 @@ from aqueue.exceptions import DecodeError
 class JobStatus(enum.StrEnum):
     """Where a job is in its life."""
 
+    #: a step of a workflow, not published yet: it waits for the steps before it
+    PENDING = "pending"
     #: published, waiting for a worker
     QUEUED = "queued"
     #: published with a delay or ETA, waiting in the broker
@@ -39,6 +41,18 @@ class JobStatus(enum.StrEnum):
     def is_final(self) -> bool:
         """True for succeeded, failed and dead."""
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD)
+
+    @property
+    def is_initial(self) -> bool:
+        """True for pending, queued and scheduled: what a job is before any worker saw it."""
+        return self in (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.SCHEDULED)
+
+    @property
+    def kind(self) -> str:
+        """``"initial"``, ``"active"`` or ``"final"``: what `ResultBackend.set_state` goes by."""
+        if self.is_final:
+            return "final"
+        return "initial" if self.is_initial else "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +163,20 @@ class ResultBackend(abc.ABC):
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         """Store a job's state, replacing the one before; final states wake every waiter.
 
-        A final state is never replaced by a non-final one (a late "running" from a
-        redelivered copy cannot hide a result).
+        Two rules keep a late write from hiding a newer one, whatever the order the writes
+        arrive in (a redelivered copy, a publisher slower than the worker):
+
+        - an initial state (pending, queued, scheduled) is stored only when no state is
+          known, or when "pending" is and the new one is queued or scheduled: the producer
+          records it after the publish, when a worker may already run the job;
+        - a final state is never replaced by a non-final one (a late "running" from a
+          redelivered copy cannot hide a result).
         """
+
+    async def set_states(self, states: Sequence[JobState], *, ttl: float) -> None:
+        """`set_state` for each of `states` (backends send them in one round trip)."""
+        for state in states:
+            await self.set_state(state, ttl=ttl)
 
     @abc.abstractmethod
     async def get_state(self, job_id: str) -> JobState | None:
@@ -168,11 +193,16 @@ class ResultBackend(abc.ABC):
         """Record member `index`'s value of a barrier of `size`; atomic.
 
         The first value recorded for an index wins (a redelivered member cannot change the
-        data). Returns every value, in index order, to each call that finds the barrier
-        complete; None while members are missing. Callers that complete it more than once
-        (redeliveries) get the same values, so what they publish is the same.
+        data). The call that completes the barrier gets every value, in index order, and so
+        do later calls for the same index (redeliveries of the completing member, which may
+        have died before it carried on); every other call gets None. So one member, and only
+        one, carries the workflow on, and each time it does it carries the same values.
         """
 
     @abc.abstractmethod
-    async def mark_barrier_failed(self, barrier_id: str, *, ttl: float) -> bool:
-        """Mark a barrier failed; True only for the first call (so its error path runs once)."""
+    async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Claim `key` for `owner`; atomic. Runs error callbacks once per workflow.
+
+        True for the first owner, and again for that same owner (its redeliveries, which may
+        have died before they acted on the claim); False for every other.
+        """

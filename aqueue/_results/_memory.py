@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from aqueue._results._base import JobState, ResultBackend
+from aqueue._results._base import JobState, JobStatus, ResultBackend
 from aqueue._types import JSONValue
 
 
@@ -17,7 +17,8 @@ class MemoryResultBackend(ResultBackend):
         self._states: dict[str, JobState] = {}
         self._final: dict[str, anyio.Event] = {}
         self._barriers: dict[str, dict[int, JSONValue]] = {}
-        self._failed: set[str] = set()
+        self._completers: dict[str, int] = {}
+        self._claims: dict[str, str] = {}
 
     async def open(self) -> None:
         return None
@@ -27,7 +28,10 @@ class MemoryResultBackend(ResultBackend):
 
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         current = self._states.get(state.job_id)
-        if current is not None and current.status.is_final and not state.status.is_final:
+        if current is not None and (
+            (state.status.is_initial and not _follows_pending(current.status, state.status))
+            or (current.status.is_final and not state.status.is_final)
+        ):
             return
         self._states[state.job_id] = state
         if state.status.is_final:
@@ -49,13 +53,16 @@ class MemoryResultBackend(ResultBackend):
         members.setdefault(index, value)
         if len(members) < size:
             return None
+        if self._completers.setdefault(barrier_id, index) != index:
+            return None
         return [members[i] for i in range(size)]
 
-    async def mark_barrier_failed(self, barrier_id: str, *, ttl: float) -> bool:
-        if barrier_id in self._failed:
-            return False
-        self._failed.add(barrier_id)
-        return True
+    async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
+        return self._claims.setdefault(key, owner) == owner
 
     def _event(self, job_id: str) -> anyio.Event:
         return self._final.setdefault(job_id, anyio.Event())
+
+
+def _follows_pending(current: JobStatus, new: JobStatus) -> bool:
+    return current is JobStatus.PENDING and new is not JobStatus.PENDING

@@ -122,6 +122,9 @@ async def _close_quietly(channel: _Channel | None) -> None:
         await channel.close()
 
 
+_PLAIN = frozenset({str, int, bool, float, type(None)})
+
+
 def _header_value(value: object) -> HeaderValue:
     """A header value as a `HeaderValue`: pamqp decodes more types than aqueue writes."""
     if value is None or isinstance(value, str | bool | int | float):
@@ -153,9 +156,15 @@ class AmqpDelivery(Delivery):
         self._delivery_tag = delivery.delivery_tag
         self._settled = False
         self.body = message.body
-        self.headers = {str(k): _header_value(v) for k, v in (properties.headers or {}).items()}
+        # most values are plain already: convert only the others (this runs once per job);
+        # mypy cannot narrow on `type(v) in _PLAIN`, which is exactly the HeaderValue scalars
+        self.headers: Mapping[str, HeaderValue] = {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else _header_value(v)  # type: ignore[misc]
+            for k, v in (properties.headers or {}).items()
+        }
         self.message_id = properties.message_id
         self.routing_key = delivery.routing_key or ""
+        self.exchange = delivery.exchange or ""
         self.queue = queue
         self.redelivered = bool(delivery.redelivered)
 
@@ -174,11 +183,14 @@ class AmqpDelivery(Delivery):
         self._settled = True
         if self._channel.is_closed:
             raise ConnectionLost(f"the channel of {self!r} is gone; the broker redelivers it")
-        with _translated(f"settle {self!r}"):
+        try:  # not `with _translated(...)`: no message string and generator on each ack
             if ack:
                 await self._channel.basic_ack(self._delivery_tag)
             else:
                 await self._channel.basic_reject(self._delivery_tag, requeue=requeue)
+        except (asyncio.CancelledError, TimeoutError, *_LOST):
+            with _translated(f"settle {self!r}"):
+                raise
 
 
 class _RotatingConnection(RobustConnection):
@@ -339,6 +351,7 @@ class AmqpTransport(Transport):
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()  # connected *and* restored after a reconnect
         self._closed = False
+        self._last_timestamp: tuple[int | None, datetime | None] = (None, None)
 
     def __repr__(self) -> str:
         return f"<AmqpTransport {self._name!r} {', '.join(map(_safe_url, self._urls))}>"
@@ -479,6 +492,14 @@ class AmqpTransport(Transport):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _timestamp(self, seconds: int | None) -> datetime | None:
+        # whole seconds: consecutive publishes mostly share one, so reuse its datetime
+        if seconds is None:
+            return None
+        if seconds != self._last_timestamp[0]:
+            self._last_timestamp = (seconds, datetime.fromtimestamp(seconds, UTC))
+        return self._last_timestamp[1]
+
     def _blocked(self) -> bool:
         # aiormq tracks connection.blocked only in a private Event: read it defensively, so
         # that a rename in aiormq degrades BrokerBlocked to PublishTimeout, not to a crash.
@@ -494,14 +515,13 @@ class AmqpTransport(Transport):
         channel = self._channel
         if channel is None or channel.is_closed:  # aiormq would write to a closed channel
             channel = await self._publishing_channel("reopen the publishing channel", timeout)
-        headers: FieldTable = dict(message.headers)  # type: ignore[arg-type]
-        timestamp = message.timestamp
+        headers: FieldTable = message.headers  # type: ignore[assignment]
         properties = spec.Basic.Properties(
             content_type=message.content_type,
             headers=headers,
             delivery_mode=2,
             message_id=message.message_id,
-            timestamp=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
+            timestamp=self._timestamp(message.timestamp),
         )
         try:
             await channel.basic_publish(

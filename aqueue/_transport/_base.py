@@ -49,6 +49,8 @@ class Delivery(abc.ABC):
     headers: Mapping[str, HeaderValue]
     message_id: str | None
     routing_key: str
+    #: The exchange it was last published (or dead-lettered) to; ``""``: the default exchange.
+    exchange: str = ""
     #: The broker name of the queue the message was consumed from.
     queue: str
     #: True when the broker delivered this message before (to any consumer).

@@ -56,6 +56,7 @@ class _MemoryDelivery(Delivery):
         self.headers = headers
         self.message_id = message.message_id
         self.routing_key = message.routing_key
+        self.exchange = message.exchange
         self.queue = queue.name
         self.redelivered = message.redelivered
         self._transport = transport

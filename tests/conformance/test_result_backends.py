@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
+from aqueue._results import (
+    JobState,
+    JobStatus,
+    MemoryResultBackend,
+    RemoteError,
+    ResultBackend,
+    _redis,
+)
 from aqueue._results._redis import RedisResultBackend
 
 
@@ -96,11 +103,108 @@ async def test_barrier_completes_once_with_first_values_in_order(backend: Result
     assert await backend.join_barrier("b", 0, 3, "a", ttl=60) is None
     assert await backend.join_barrier("b", 0, 3, "changed", ttl=60) is None
     assert await backend.join_barrier("b", 1, 3, {"x": 1}, ttl=60) == ["a", {"x": 1}, "c"]
-    # a redelivered member completing it again sees the same data
+    # a redelivered completing member completes it again, with the same data
     assert await backend.join_barrier("b", 1, 3, "other", ttl=60) == ["a", {"x": 1}, "c"]
 
 
-async def test_barrier_failure_is_marked_once(backend: ResultBackend) -> None:
-    """Only the first failure of a barrier runs its error path."""
-    assert await backend.mark_barrier_failed("f", ttl=60) is True
-    assert await backend.mark_barrier_failed("f", ttl=60) is False
+async def test_only_the_completing_member_carries_on(backend: ResultBackend) -> None:
+    """Regression: a redelivered member that did not complete the barrier, joining after it
+    completed, gets None, so it cannot publish the chord's callback a second time.
+    """
+    assert await backend.join_barrier("c", 0, 2, "a", ttl=60) is None
+    assert await backend.join_barrier("c", 1, 2, "b", ttl=60) == ["a", "b"]
+    assert await backend.join_barrier("c", 0, 2, "a", ttl=60) is None
+    assert await backend.join_barrier("c", 1, 2, "b", ttl=60) == ["a", "b"]
+
+
+async def test_a_barrier_of_ten_thousand(backend: ResultBackend) -> None:
+    """Regression: Redis's Lua unpack() refuses ~8,000 values; a chord of 10,000 completes."""
+    size = 10_000
+    for index in range(1, size):
+        assert await backend.join_barrier("big", index, size, index * 2, ttl=60) is None
+    assert await backend.join_barrier("big", 0, size, 0, ttl=60) == [i * 2 for i in range(size)]
+
+
+async def test_claim_is_once_per_key_but_again_for_its_owner(backend: ResultBackend) -> None:
+    """Only the first owner's error path runs; its redelivery (same owner) may run it again."""
+    assert await backend.claim("f", "job-1", ttl=60) is True
+    assert await backend.claim("f", "job-2", ttl=60) is False
+    assert await backend.claim("f", "job-1", ttl=60) is True
+    assert await backend.claim("g", "job-2", ttl=60) is True
+
+
+async def test_an_initial_state_never_replaces_another(backend: ResultBackend) -> None:
+    """Regression: "queued", written after the publish, cannot hide a worker's "running"."""
+    await backend.set_state(JobState("q", JobStatus.RUNNING, progress=5), ttl=60)
+    await backend.set_state(JobState("q", JobStatus.QUEUED), ttl=60)
+    state = await backend.get_state("q")
+    assert state is not None
+    assert (state.status, state.progress) == (JobStatus.RUNNING, 5)
+    await backend.set_state(JobState("fresh", JobStatus.SCHEDULED), ttl=60)
+    assert await backend.get_state("fresh") == JobState("fresh", JobStatus.SCHEDULED)
+    # a retry's "retrying" and the next attempt's "running" do replace what was before
+    await backend.set_state(JobState("q", JobStatus.RETRYING, attempt=1), ttl=60)
+    await backend.set_state(JobState("q", JobStatus.RUNNING, attempt=2), ttl=60)
+    state = await backend.get_state("q")
+    assert state is not None
+    assert (state.status, state.attempt) == (JobStatus.RUNNING, 2)
+
+
+async def test_set_states_follows_the_same_rules(backend: ResultBackend) -> None:
+    """The batched write stores each state as set_state would."""
+    await backend.set_state(JobState("s1", JobStatus.SUCCEEDED, result=1), ttl=60)
+    await backend.set_states(
+        [JobState("s1", JobStatus.QUEUED), JobState("s2", JobStatus.QUEUED, task="t")], ttl=60
+    )
+    first, second = await backend.get_state("s1"), await backend.get_state("s2")
+    assert first is not None
+    assert second is not None
+    assert (first.status, second.status, second.task) == (
+        JobStatus.SUCCEEDED,
+        JobStatus.QUEUED,
+        "t",
+    )
+    await backend.set_states([], ttl=60)
+
+
+async def test_pending_gives_way_to_queued_and_nothing_else_to_pending(
+    backend: ResultBackend,
+) -> None:
+    """A workflow handle is pending until its step is published (queued), and pending never
+    hides what came after it.
+    """
+    await backend.set_state(JobState("p", JobStatus.PENDING), ttl=60)
+    await backend.set_state(JobState("p", JobStatus.QUEUED, task="t"), ttl=60)
+    await backend.set_state(JobState("p", JobStatus.PENDING), ttl=60)  # a redelivered planner
+    state = await backend.get_state("p")
+    assert state is not None
+    assert (state.status, state.task) == (JobStatus.QUEUED, "t")
+    await backend.set_state(JobState("r", JobStatus.PENDING), ttl=60)
+    await backend.set_state(JobState("r", JobStatus.FAILED), ttl=60)
+    await backend.set_state(JobState("r", JobStatus.PENDING), ttl=60)
+    state = await backend.get_state("r")
+    assert state is not None
+    assert state.status is JobStatus.FAILED
+
+
+async def test_wait_final_sees_a_result_whose_notification_was_lost(
+    backend: ResultBackend, backend_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: Redis pub/sub delivers at most once; a waiter whose notification is lost
+    (a reconnect) read the state only after a notification, so it waited until its timeout.
+    It reads the state again after a few seconds of silence.
+    """
+    if not isinstance(backend, RedisResultBackend):
+        pytest.skip(f"pub/sub is Redis's ({backend_kind} wakes its waiters in-process)")
+    monkeypatch.setattr(_redis, "RECHECK", 0.1)
+    state = JobState("lost", JobStatus.SUCCEEDED, result="late")
+
+    async def write_without_notifying() -> None:
+        await anyio.sleep(0.3)
+        await backend.client.set(backend._key("job", "lost"), state.encode())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write_without_notifying)
+        with anyio.fail_after(5):
+            found = await backend.wait_final("lost", timeout=30)
+    assert found == state

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
-from aqueue._results import JobStatus, MemoryResultBackend
-from aqueue._workflows import assign_ids, chain, chord, final_ids, group
-from aqueue.exceptions import ConfigurationError, JobFailed, ResultTimeout
+from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError
+from aqueue._workflows import (
+    Node,
+    PlannedJob,
+    assign_ids,
+    chain,
+    chord,
+    final_ids,
+    group,
+    plan,
+)
+from aqueue.exceptions import (
+    ConfigurationError,
+    EncodeError,
+    JobFailed,
+    PublishError,
+    ResultTimeout,
+)
 
 WAIT = 10.0
 
@@ -148,9 +164,12 @@ async def test_chord_gathers_results_in_order() -> None:
         calls.append(values)
         return sum(values)
 
-    async with queue, running(queue):
+    async with queue:
         job = await queue.enqueue(chord([square.s(n) for n in range(10)], total.s()))
-        assert await job.result(timeout=WAIT) == sum(n * n for n in range(10))
+        # the callback is not published yet, but its handle is known: pending
+        assert await job.status() is JobStatus.PENDING
+        async with running(queue):
+            assert await job.result(timeout=WAIT) == sum(n * n for n in range(10))
     assert calls == [[n * n for n in range(10)]]
 
 
@@ -244,3 +263,226 @@ async def test_redelivered_finished_step_does_not_run_again() -> None:
         await queue.flows.start(flow, root="root-1")
         await until(worker, lambda s: s.succeeded == 4)
     assert runs == ["first", "second"]
+
+
+async def test_group_whose_members_all_fail_runs_its_error_callback_once() -> None:
+    """Regression: each failing member of a plain group published the group's error callback
+    (the copies share one id, so a second copy ran again only if both were in flight at once).
+    """
+    queue = make_queue()
+    errors: list[dict[str, object]] = []
+
+    @queue.task
+    async def broken(n: int) -> None:
+        raise ValueError(f"member {n} broke")
+
+    @queue.task
+    async def on_error(error: dict[str, object]) -> None:
+        errors.append(error)
+
+    async with queue, running(queue) as worker:
+        grouped = await queue.enqueue(group(broken.s(1), broken.s(2), on_error=on_error.s()))
+        with pytest.raises(JobFailed, match="broke"):
+            await grouped.result(timeout=WAIT)
+        for member in grouped.jobs:
+            with pytest.raises(JobFailed):
+                await member.result(timeout=WAIT)
+        # the two members (failed) and the one error callback (succeeded) are settled
+        await until(worker, lambda s: s.failed >= 2 and s.succeeded >= 1)
+        # a sentinel behind anything still queued: once it ran, nothing else is coming
+        sentinel = await queue.enqueue(on_error, {"sentinel": True})
+        await sentinel.result(timeout=WAIT)
+        await until(worker, lambda s: s.succeeded >= 2)
+        # two members, one error callback (not a copy per failing member), the sentinel
+        assert worker.statistics().received == 4
+    assert len(errors) == 2
+    assert errors[0]["type"] == "ValueError"
+    assert errors[1] == {"sentinel": True}
+
+
+async def test_member_redelivered_after_the_barrier_does_not_publish_the_callback() -> None:
+    """Regression: a member that did not complete the barrier, redelivered after it was
+    complete, published the chord's callback a second time (a second run if both copies were
+    in flight at once). Only the completing member, and its redeliveries, carry on.
+    """
+    queue = make_queue()
+    calls: list[list[int]] = []
+
+    @queue.task
+    async def ident(n: int) -> int:
+        return n
+
+    @queue.task
+    async def total(values: list[int]) -> int:
+        calls.append(values)
+        return sum(values)
+
+    flow = assign_ids(chord([ident.s(n) for n in range(3)], total.s()), "root-r")
+    members = plan(flow, root="root-r")
+    [handle] = final_ids(flow)
+    async with queue, running(queue) as worker:
+        await queue.flows.start(flow, root="root-r")
+        assert await queue.job(handle).result(timeout=WAIT) == 3
+        await until(worker, lambda s: s.succeeded == 4)
+        # every member's redelivery carries on again; only the completing one publishes
+        for index, member in enumerate(members):
+            await queue.flows.succeeded(member.links, index)
+        sentinel = await queue.enqueue(ident, 99)
+        assert await sentinel.result(timeout=WAIT) == 99
+        await until(worker, lambda s: s.succeeded >= 6)
+        assert worker.statistics().received == 6  # 4 steps, 1 callback copy, the sentinel
+    assert calls == [[0, 1, 2]]
+
+
+async def test_error_callback_survives_a_failed_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the error path claimed "once" before publishing the callback; when that
+    publish failed, the redelivered step found the claim taken and the callback never ran.
+    """
+    queue = make_queue()
+    errors: list[dict[str, object]] = []
+
+    @queue.task
+    async def step() -> None: ...
+
+    @queue.task
+    async def on_error(error: dict[str, object]) -> None:
+        errors.append(error)
+
+    flow = assign_ids(chain(step.s(), step.si(), on_error=on_error.s()), "root-e")
+    [first] = plan(flow, root="root-e")
+    [callback] = final_ids(flow.error_links[0])
+    error = RemoteError("ValueError", "broke", "Traceback ...")
+    real_start = queue.flows.start
+    calls = 0
+
+    async def flaky_start(node: Node, **kwargs: Any) -> list[PlannedJob]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise PublishError("broker said no")
+        return await real_start(node, **kwargs)
+
+    async with queue, running(queue):
+        monkeypatch.setattr(queue.flows, "start", flaky_start)
+        with pytest.raises(PublishError):
+            await queue.flows.failed(first.links, first.job_id, error)
+        await queue.flows.failed(first.links, first.job_id, error)  # the redelivery
+        await queue.flows.failed(first.links, "another-step", error)  # claimed: nothing
+        with pytest.raises(JobFailed, match="broke"):
+            await queue.job(final_ids(flow)[0]).result(timeout=WAIT)
+        await queue.job(callback).result(timeout=WAIT)
+    assert calls == 2
+    assert [e["job_id"] for e in errors] == [first.job_id]
+
+
+async def test_empty_groups_inside_workflows_are_refused() -> None:
+    """Regression: an empty group before a callback never finished; it is refused up front."""
+    queue = make_queue()
+
+    @queue.task
+    async def a(*values: object) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="at least one member"):
+        chord([], a.s())
+    async with queue:
+        with pytest.raises(ConfigurationError, match="empty group"):
+            await queue.enqueue(chain(a.s(), group(), a.s()))
+        assert await (await queue.enqueue(group())).result(timeout=1) == []
+
+
+async def test_status_is_not_set_back_to_queued_by_a_late_record() -> None:
+    """Regression: "queued" is recorded after the publish; a fast worker's "running" stays."""
+    queue = make_queue()
+    started = anyio.Event()
+    finish = anyio.Event()
+
+    @queue.task
+    async def slow() -> None:
+        started.set()
+        await finish.wait()
+
+    async with queue, running(queue):
+        job = await queue.enqueue(slow)
+        with anyio.fail_after(WAIT):
+            await started.wait()
+        await queue.flows.record_many([JobState(job.job_id, JobStatus.QUEUED)])
+        assert await job.status() is JobStatus.RUNNING
+        finish.set()
+        await job.result(timeout=WAIT)
+
+
+async def test_enqueue_many_records_queued_and_scheduled_states() -> None:
+    """Regression: jobs sent with enqueue_many had no state (status None) until a worker
+    started them; they are queued (or scheduled) from the confirm on, as with enqueue.
+    """
+    queue = make_queue()
+
+    @queue.task
+    async def noop(n: int) -> None: ...
+
+    @queue.task(store_result=False)
+    async def untracked(n: int) -> None: ...
+
+    async with queue:
+        now = await queue.enqueue_many(noop, [(n,) for n in range(3)])
+        later = await queue.enqueue_many(noop, [(9,)], delay=60)
+        hidden = await queue.enqueue_many(untracked, [(1,)])
+        assert [await job.status() for job in now.jobs] == [JobStatus.QUEUED] * 3
+        assert await later.jobs[0].status() is JobStatus.SCHEDULED
+        assert await hidden.jobs[0].status() is None
+
+
+async def test_a_workflow_header_too_big_for_one_frame_is_refused_at_enqueue() -> None:
+    """Regression: a step carrying a huge continuation (a chain into a group of 1,000)
+    made RabbitMQ close the connection (frame_too_large) on every retry of the publish, for
+    30 s, then ConnectionLost. It is an EncodeError at enqueue, and nothing is published.
+    """
+    queue = make_queue()
+
+    @queue.task
+    async def first() -> int:
+        return 1
+
+    @queue.task
+    async def member(value: int) -> int:
+        return value
+
+    async with queue:
+        with pytest.raises(EncodeError, match="aqueue-workflow header"):
+            await queue.enqueue(chain(first.s(), group(member.s() for _ in range(1000))))
+        work_queue = queue.names.work_queue("default")
+        assert await queue.transport.message_count(work_queue) == 0
+        # the same members as a chord's header travel in their own messages: fine
+        await queue.enqueue(chord([member.s(n) for n in range(1000)], member.s()))
+        assert await queue.transport.message_count(work_queue) == 1000
+
+
+async def test_worker_without_backend_survives_a_chord_member() -> None:
+    """A chord member reaching a worker with no result backend fails; the worker goes on."""
+    producer = make_queue()
+    consumer = TaskQueue("memory://", prefix="t")
+    consumer._memory_broker = producer._memory_broker
+    ran = anyio.Event()
+
+    for app in (producer, consumer):
+
+        @app.task(name="member")
+        async def member() -> int:
+            return 1
+
+        @app.task(name="after")
+        async def after(values: list[int]) -> None: ...
+
+        @app.task(name="plain")
+        async def plain() -> None:
+            ran.set()
+
+    async with producer, consumer:
+        member_task = producer.registry.get("member")
+        after_task = producer.registry.get("after")
+        await producer.enqueue(chord([member_task.s()], after_task.s()))
+        async with running(consumer) as worker:
+            await until(worker, lambda s: s.dead_lettered == 1)
+            await consumer.enqueue(consumer.registry.get("plain"))
+            with anyio.fail_after(WAIT):
+                await ran.wait()
