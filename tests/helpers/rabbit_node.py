@@ -680,13 +680,29 @@ def stale_base_dirs() -> Iterator[Path]:
             yield base
 
 
+def _exiting(pid: int) -> bool:
+    """True while `pid` exists and is not yet a zombie (it may still hold its sockets)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X")
+
+
 def reap_stale() -> list[Path]:
     """SIGKILL what dead test runs left (only processes naming their base dir); remove the dirs."""
     reaped: list[Path] = []
     for base in stale_base_dirs():
-        for pid in processes_of(base):
+        killed = processes_of(base)
+        for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # SIGKILL is asynchronous, and a dying process loses its command line before it closes
+        # its sockets: wait until each is a zombie or gone (its listeners closed by then)
+        deadline = time.monotonic() + 10
+        while any(_exiting(pid) for pid in killed) and time.monotonic() < deadline:
+            _pause(0.05)
         shutil.rmtree(base, ignore_errors=True)
         reaped.append(base)
     return reaped
