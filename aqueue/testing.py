@@ -36,6 +36,42 @@ to start or stop besides ``connect()`` and ``aclose()`` of each transport.
 
 from __future__ import annotations
 
-from aqueue._transport._memory import MemoryBroker, MemoryTransport
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-__all__ = ["MemoryBroker", "MemoryTransport"]
+import anyio
+
+from aqueue._config import WorkerSettings
+from aqueue._queue import TaskQueue
+from aqueue._transport._memory import MemoryBroker, MemoryTransport
+from aqueue._worker import Worker
+
+__all__ = ["MemoryBroker", "MemoryTransport", "running_worker"]
+
+
+@asynccontextmanager
+async def running_worker(
+    queue: TaskQueue, settings: WorkerSettings | None = None, *, start_timeout: float = 10.0
+) -> AsyncIterator[Worker]:
+    """Run a `Worker` for `queue` in the background for the ``async with`` block.
+
+    The worker consumes before the block starts and is stopped gracefully when it ends; wait
+    for what you expect with ``await worker.wait_until(lambda stats: ...)`` inside the block::
+
+        async with queue, running_worker(queue) as worker:
+            await queue.enqueue(send_welcome, 42)
+            with anyio.fail_after(5):
+                await worker.wait_until(lambda stats: stats.succeeded == 1)
+
+    Raises:
+        TimeoutError: the worker did not start consuming within `start_timeout` seconds.
+    """
+    worker = Worker(queue, settings)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(start_timeout):
+            await worker.wait_started()
+        try:
+            yield worker
+        finally:
+            worker.stop()

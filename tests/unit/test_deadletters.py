@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
@@ -24,20 +23,14 @@ from aqueue._topology import QueueType
 from aqueue._transport import OutgoingMessage
 from aqueue._types import HeaderValue
 from aqueue.exceptions import ConfigurationError, PublishNacked
+from aqueue.testing import running_worker
 from tests.unit.test_worker import WAIT, wait_until
 
 QUEUE_TYPES: list[QueueType] = ["quorum", "classic"]
 
 
-@asynccontextmanager
-async def running(queue: TaskQueue, **settings: object) -> AsyncIterator[Worker]:
-    worker = Worker(queue, WorkerSettings(**settings))  # type: ignore[arg-type]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        with anyio.fail_after(WAIT):
-            await worker.wait_started()
-        yield worker
-        worker.stop()
+def running(queue: TaskQueue, **settings: object) -> AbstractAsyncContextManager[Worker]:
+    return running_worker(queue, WorkerSettings(**settings))  # type: ignore[arg-type]
 
 
 async def put_dead_letters(

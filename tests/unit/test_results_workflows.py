@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -28,19 +28,13 @@ from aqueue.exceptions import (
     PublishError,
     ResultTimeout,
 )
+from aqueue.testing import running_worker
 
 WAIT = 10.0
 
 
-@asynccontextmanager
-async def running(queue: TaskQueue) -> AsyncIterator[Worker]:
-    worker = Worker(queue, WorkerSettings(concurrency=20))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        with anyio.fail_after(WAIT):
-            await worker.wait_started()
-        yield worker
-        worker.stop()
+def running(queue: TaskQueue) -> AbstractAsyncContextManager[Worker]:
+    return running_worker(queue, WorkerSettings(concurrency=20))
 
 
 async def until(worker: Worker, condition: Callable[[WorkerStatistics], bool]) -> None:

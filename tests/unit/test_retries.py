@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
@@ -19,19 +19,12 @@ from aqueue._topology import TopologyNames
 from aqueue._transport import Delivery
 from aqueue._types import HeaderValue
 from aqueue.exceptions import ConfigurationError
-from aqueue.testing import MemoryBroker, MemoryTransport
+from aqueue.testing import MemoryBroker, MemoryTransport, running_worker
 from tests.unit.test_worker import WAIT
 
 
-@asynccontextmanager
-async def running(queue: TaskQueue, **settings: object) -> AsyncIterator[Worker]:
-    worker = Worker(queue, WorkerSettings(**settings))  # type: ignore[arg-type]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        with anyio.fail_after(WAIT):
-            await worker.wait_started()
-        yield worker
-        worker.stop()
+def running(queue: TaskQueue, **settings: object) -> AbstractAsyncContextManager[Worker]:
+    return running_worker(queue, WorkerSettings(**settings))  # type: ignore[arg-type]
 
 
 async def until(worker: Worker, condition: Callable[[WorkerStatistics], bool]) -> None:
