@@ -6,6 +6,7 @@ import datetime as dt
 import math
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -125,7 +126,7 @@ class TaskQueue:
         self.results = results
         self.flows = Flows(self, results, float(result_ttl))
         self.registry = TaskRegistry()
-        self._memory_broker = MemoryBroker() if self.urls[0].startswith("memory://") else None
+        self._memory_broker = _memory_broker(self.urls[0])
         self._stack: AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._producer: Producer | None = None
@@ -538,6 +539,23 @@ def eta_to_delay_ms(eta: object, now: float) -> int:
             "(e.g. datetime.now(timezone.utc) + timedelta(...))"
         )
     return delay_to_ms(max(0.0, eta.timestamp() - now))
+
+
+#: Named in-memory brokers: every TaskQueue("memory://name") in a process shares one, as two
+#: applications share a vhost; "memory://" alone is private to its TaskQueue.
+_NAMED_BROKERS: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
+
+
+def _memory_broker(url: str) -> MemoryBroker | None:
+    if not url.startswith("memory://"):
+        return None
+    name = url.removeprefix("memory://").strip("/")
+    if not name:
+        return MemoryBroker()
+    broker = _NAMED_BROKERS.get(name)
+    if broker is None:
+        broker = _NAMED_BROKERS[name] = MemoryBroker()
+    return broker
 
 
 def _check_urls(url: object) -> tuple[str, ...]:

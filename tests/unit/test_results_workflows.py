@@ -453,9 +453,8 @@ async def test_a_workflow_header_too_big_for_one_frame_is_refused_at_enqueue() -
 
 async def test_worker_without_backend_survives_a_chord_member() -> None:
     """A chord member reaching a worker with no result backend fails; the worker goes on."""
-    producer = make_queue()
-    consumer = TaskQueue("memory://", prefix="t")
-    consumer._memory_broker = producer._memory_broker
+    producer = TaskQueue("memory://no-backend", prefix="t", results=MemoryResultBackend())
+    consumer = TaskQueue("memory://no-backend", prefix="t")
     ran = anyio.Event()
 
     for app in (producer, consumer):

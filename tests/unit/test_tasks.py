@@ -136,3 +136,12 @@ def test_bad_urls_are_refused(url: object) -> None:
     """A TaskQueue needs at least one URL with a scheme."""
     with pytest.raises(ConfigurationError, match="url"):
         TaskQueue(url)  # type: ignore[arg-type]
+
+
+def test_named_memory_brokers_are_shared_and_bare_ones_private() -> None:
+    """TaskQueue("memory://name") queues share one broker; "memory://" ones each get their own."""
+    one, two = TaskQueue("memory://shared"), TaskQueue("memory://shared")
+    alone = TaskQueue("memory://")
+    assert one._memory_broker is two._memory_broker
+    assert alone._memory_broker is not None
+    assert alone._memory_broker is not one._memory_broker
