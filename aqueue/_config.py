@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
+from aqueue._checks import is_number, is_whole
 from aqueue._retry import RetryPolicy
 from aqueue._topology import validate_name
 from aqueue.exceptions import ConfigurationError
@@ -71,7 +71,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
-        if self.timeout is not None and not _positive_finite(self.timeout):
+        if self.timeout is not None and not is_number(self.timeout, above=0):
             raise ConfigurationError(
                 f"timeout must be a positive number of seconds or None, not {self.timeout!r}"
             )
@@ -93,15 +93,6 @@ class TaskOptions:
             jitter=self.jitter,
             retry_on=self.retry_on,
         )
-
-
-def _positive_finite(value: object) -> bool:
-    # user input is checked at run time too: not every caller runs mypy
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
-
-
-def _whole_at_least_one(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_option_names(given: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:
@@ -144,7 +135,7 @@ class ProducerSettings:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not _positive_finite(value):
+            if not is_number(value, above=0):
                 raise ConfigurationError(f"{field.name} must be a positive number, not {value!r}")
 
 
@@ -172,11 +163,11 @@ class WorkerSettings:
             validate_name(queue)
         for name in ("concurrency", "threads"):
             value = getattr(self, name)
-            if not _whole_at_least_one(value):
+            if not is_whole(value, at_least=1):
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
-        if self.prefetch is not None and not _whole_at_least_one(self.prefetch):
+        if self.prefetch is not None and not is_whole(self.prefetch, at_least=1):
             raise ConfigurationError(f"prefetch must be an integer >= 1, not {self.prefetch!r}")
-        if not (_positive_finite(self.grace) or self.grace == 0):
+        if not is_number(self.grace, at_least=0):
             raise ConfigurationError(f"grace must be >= 0 seconds, not {self.grace!r}")
 
     @property

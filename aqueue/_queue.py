@@ -15,6 +15,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
 import anyio
 from typing_extensions import Unpack
 
+from aqueue._checks import is_number
 from aqueue._config import DEFAULT_QUEUE, ProducerSettings, TaskOptionsDict
 from aqueue._deadletters import DeadLetterQueue
 from aqueue._envelope import Envelope
@@ -120,8 +121,7 @@ class TaskQueue:
         self.name = name
         if results is not None and not isinstance(results, ResultBackend):
             raise ConfigurationError(f"results must be a ResultBackend, not {results!r}")
-        ttl: object = result_ttl  # run-time input: not every caller runs mypy
-        if not (isinstance(ttl, int | float) and ttl > 0):
+        if not is_number(result_ttl, above=0):
             raise ConfigurationError(f"result_ttl must be a positive number, not {result_ttl!r}")
         self.results = results
         self.flows = Flows(self, results, float(result_ttl))
@@ -422,7 +422,7 @@ class TaskQueue:
                 delay_ms = eta_to_delay_ms(eta, time.time())
             envelopes, messages = self._batch(task, calls, delay_ms)
         failures = await self.producer.publish_many(messages)
-        if task.options.store_result:
+        if self.results is not None and task.options.store_result:
             # as `enqueue` does, for the confirmed jobs, in one round trip
             lost = {failure.job_id for failure in failures}
             status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
@@ -509,15 +509,12 @@ def delay_to_ms(delay: object) -> int:
         ConfigurationError: not a number or timedelta, negative, or over the longest delay.
     """
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if (
-        not isinstance(seconds, int | float)
-        or isinstance(seconds, bool)
-        or not 0 <= seconds < math.inf
-    ):
+    if is_number(seconds, at_least=0):
+        milliseconds = math.ceil(seconds * 1000)
+    else:
         raise ConfigurationError(
             f"delay must be a number of seconds >= 0 or a timedelta, not {delay!r}"
         )
-    milliseconds = math.ceil(seconds * 1000)
     if milliseconds > MAX_DELAY_MS:
         raise ConfigurationError(
             f"delay of {seconds}s is over the longest delay, {MAX_DELAY_MS // 1000}s (~31 days)"

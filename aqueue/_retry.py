@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from aqueue._checks import is_number, is_whole
 from aqueue.exceptions import ConfigurationError
 
 
@@ -41,11 +42,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, object, bool]] = [
-            ("max_attempts", self.max_attempts, _is_int(self.max_attempts, minimum=1)),
-            ("backoff", self.backoff, _is_number(self.backoff, minimum=0)),
-            ("factor", self.factor, _is_number(self.factor, minimum=1)),
-            ("max_backoff", self.max_backoff, _is_number(self.max_backoff, minimum=0)),
-            ("jitter", self.jitter, _is_number(self.jitter, minimum=0, maximum=1)),
+            ("max_attempts", self.max_attempts, is_whole(self.max_attempts, at_least=1)),
+            ("backoff", self.backoff, is_number(self.backoff, at_least=0)),
+            ("factor", self.factor, is_number(self.factor, at_least=1)),
+            ("max_backoff", self.max_backoff, is_number(self.max_backoff, at_least=0)),
+            ("jitter", self.jitter, is_number(self.jitter, at_least=0, at_most=1)),
         ]
         for name, value, ok in checks:
             if not ok:
@@ -71,16 +72,3 @@ class RetryPolicy:
             full = math.inf
         capped = min(self.max_backoff, full)
         return capped * (1 - self.jitter * random_value)
-
-
-def _is_number(value: object, *, minimum: float, maximum: float = math.inf) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and minimum <= value <= maximum
-        and math.isfinite(value)
-    )
-
-
-def _is_int(value: object, *, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

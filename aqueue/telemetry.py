@@ -68,6 +68,7 @@ from aqueue._hooks import (
 )
 from aqueue._logging import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._serialization import loads
+from aqueue._settle import qualified_name
 from aqueue._transport import Delivery, OutgoingMessage
 from aqueue._types import HeaderValue
 from aqueue._workflows import HEADER_WORKFLOW
@@ -236,10 +237,7 @@ def current_trace_ids() -> tuple[str, str] | None:
 
 
 def _error_type(error: BaseException) -> str:
-    cls = type(error)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return qualified_name(type(error))
 
 
 def _fail(span: trace.Span, error: BaseException) -> None:

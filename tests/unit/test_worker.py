@@ -346,3 +346,17 @@ async def test_a_slow_queue_does_not_starve_another() -> None:
             await wait_event(fast_done)
             release.set()
             await wait_until(worker, lambda s: s.succeeded == 11)
+
+
+async def test_enqueue_many_takes_a_generator_even_when_it_declares_first() -> None:
+    """A generator of calls is read once: a first-time declaration does not empty the batch."""
+    queue = TaskQueue("memory://", prefix="t")
+
+    @queue.task
+    async def echo(x: int) -> None: ...
+
+    async with queue:
+        elsewhere = echo.with_options(queue="not-declared-at-open")
+        result = await queue.enqueue_many(elsewhere, ((i,) for i in range(5)))
+        assert result.confirmed == 5
+        assert await queue.transport.message_count("t.not-declared-at-open") == 5

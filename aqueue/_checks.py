@@ -1,0 +1,24 @@
+"""Checks of user-given values at run time (not every caller runs mypy). Pure, layer 0."""
+
+from __future__ import annotations
+
+import math
+from typing import TypeGuard
+
+
+def is_number(
+    value: object,
+    *,
+    at_least: float = -math.inf,
+    above: float | None = None,
+    at_most: float = math.inf,
+) -> TypeGuard[float]:
+    """A finite int or float (never a bool) within the bounds."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return at_least <= value <= at_most and (above is None or value > above)
+
+
+def is_whole(value: object, *, at_least: int) -> TypeGuard[int]:
+    """An int (never a bool) of at least `at_least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
