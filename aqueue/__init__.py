@@ -5,23 +5,24 @@ Nothing is lost, nothing waits longer than it must, and you can see all of it.
 
 from typing import TYPE_CHECKING
 
-from aqueue._config import TaskOptions, WorkerSettings
-from aqueue._context import JobContext, current_job
-from aqueue._deadletters import DeadLetter, DeadLetterQueue, ReplayResult
-from aqueue._envelope import Failure
-from aqueue._hooks import Instrumentation, JobObserver
-from aqueue._jobs import BatchResult, GroupJob, Job
-from aqueue._middleware import CallNext, Middleware
-from aqueue._producer import PublishFailure
-from aqueue._queue import TaskQueue
+from aqueue._client.deadletters import DeadLetter, DeadLetterQueue, ReplayResult
+from aqueue._client.producer import PublishFailure
+from aqueue._client.queue import TaskQueue
+from aqueue._core.config import TaskOptions, WorkerSettings
+from aqueue._core.wire import Failure
+from aqueue._observability.hooks import Instrumentation, JobMetrics, JobObserver, MetricSink
+from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
-from aqueue._tasks import Task
-from aqueue._worker import Worker, WorkerStatistics
+from aqueue._results.handles import BatchResult, GroupJob, Job
+from aqueue._tasks.context import JobContext, current_job
+from aqueue._tasks.middleware import CallNext, Middleware
+from aqueue._tasks.task import Task
+from aqueue._worker.worker import Worker, WorkerStatistics
 from aqueue._workflows import Chain, Chord, Group, Signature, chain, chord, group
 from aqueue.exceptions import Retry
 
 if TYPE_CHECKING:  # imported on first use at run time: redis is an optional dependency
-    from aqueue._results._redis import RedisResultBackend
+    from aqueue._results.redis_backend import RedisResultBackend
 
 __version__ = "0.1.0.dev0"
 
@@ -38,10 +39,14 @@ __all__ = [
     "Instrumentation",
     "Job",
     "JobContext",
+    "JobLogFilter",
+    "JobMetrics",
     "JobObserver",
     "JobState",
     "JobStatus",
+    "JsonLogFormatter",
     "MemoryResultBackend",
+    "MetricSink",
     "Middleware",
     "PublishFailure",
     "RedisResultBackend",
@@ -53,6 +58,7 @@ __all__ = [
     "Task",
     "TaskOptions",
     "TaskQueue",
+    "TextLogFormatter",
     "Worker",
     "WorkerSettings",
     "WorkerStatistics",
@@ -66,7 +72,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # the Redis backend imports redis, an optional dependency (pip install "aqueue[redis]")
     if name == "RedisResultBackend":
-        from aqueue._results._redis import RedisResultBackend
+        from aqueue._results.redis_backend import RedisResultBackend
 
         return RedisResultBackend
     raise AttributeError(f"module 'aqueue' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from aqueue._types import JSONValue
+from aqueue._core.types import JSONValue
 from aqueue.exceptions import DecodeError, EncodeError
 
 CONTENT_TYPE = "application/json"

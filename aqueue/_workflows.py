@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
+from aqueue._core.types import JSONScalar, JSONValue
 from aqueue._serialization import dumps, loads
-from aqueue._types import JSONScalar, JSONValue
 from aqueue.exceptions import ConfigurationError, DecodeError, EncodeError
 
 HEADER_WORKFLOW = "aqueue-workflow"

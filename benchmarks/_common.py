@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import aio_pika
 
-from aqueue._topology import QueueSettings, TopologyNames, queue_topology, work_queue_arguments
+from aqueue._core.topology import QueueSettings, TopologyNames, queue_topology, work_queue_arguments
 
 #: The logical queue every scenario uses (broker name ``<prefix>.bench`` on both sides).
 QUEUE = "bench"

@@ -18,7 +18,7 @@ from rich.table import Table
 
 import aqueue
 from aqueue import JobContext, TaskQueue, Worker, WorkerSettings
-from aqueue._middleware import CallNext
+from aqueue._tasks.middleware import CallNext
 
 URL = os.environ.get("AQUEUE_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

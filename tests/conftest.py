@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aqueue._topology import TopologyNames
+from aqueue._core.topology import TopologyNames
 
 pytest_plugins = ["tests.helpers.fixtures", "tests.helpers.otel"]
 
@@ -85,7 +85,7 @@ def names(prefix: str) -> TopologyNames:
 @pytest.fixture
 async def amqp_cleanup(amqp_url: str) -> AsyncIterator[list[str]]:
     """A list to append broker queue names to; they are deleted when the test ends."""
-    from aqueue._transport._amqp import AmqpTransport
+    from aqueue._transport.amqp import AmqpTransport
 
     queues: list[str] = []
     yield queues

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue._transport._base import Transport
-from aqueue._transport._memory import MemoryBroker, MemoryTransport
+from aqueue._transport.base import Transport
+from aqueue._transport.memory import MemoryBroker, MemoryTransport
 from tests.conformance.helpers import TransportFactory
 
 
@@ -45,7 +45,7 @@ async def transport_factory(
         broker = MemoryBroker()
         factory = TransportFactory("memory", lambda: MemoryTransport(broker, connection_name=name))
     else:
-        from aqueue._transport._amqp import AmqpTransport
+        from aqueue._transport.amqp import AmqpTransport
 
         url = request.getfixturevalue("amqp_url")
 

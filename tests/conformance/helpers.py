@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import anyio
 
-from aqueue._topology import (
+from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
     ExchangeSpec,
@@ -15,8 +15,8 @@ from aqueue._topology import (
     QueueSpec,
     Topology,
 )
-from aqueue._transport._base import Delivery, OutgoingMessage, Transport
-from aqueue._types import HeaderValue
+from aqueue._core.types import HeaderValue
+from aqueue._transport.base import Delivery, OutgoingMessage, Transport
 
 #: Bound on every wait for a delivery: generous for a loaded CI machine, never a sleep.
 WAIT = 10.0

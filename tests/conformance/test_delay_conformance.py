@@ -16,12 +16,18 @@ from collections.abc import Mapping
 import anyio
 import pytest
 
-from aqueue import _topology as t
-from aqueue._envelope import Envelope, read_headers
-from aqueue._settle import Outcome, retry_message
-from aqueue._topology import QueueSettings, TopologyNames, delay_topology, job_route, queue_topology
-from aqueue._transport._base import Delivery, OutgoingMessage, Transport
-from aqueue._types import HeaderValue
+from aqueue._core import topology as t
+from aqueue._core.topology import (
+    QueueSettings,
+    TopologyNames,
+    delay_topology,
+    job_route,
+    queue_topology,
+)
+from aqueue._core.types import HeaderValue
+from aqueue._core.wire import Envelope, read_headers
+from aqueue._transport.base import Delivery, OutgoingMessage, Transport
+from aqueue._worker.settle import Outcome, retry_message
 from tests.conformance.helpers import WAIT, Inbox, TransportFactory
 
 QUEUE = "jobs"

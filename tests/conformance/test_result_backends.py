@@ -14,9 +14,9 @@ from aqueue._results import (
     MemoryResultBackend,
     RemoteError,
     ResultBackend,
-    _redis,
+    redis_backend,
 )
-from aqueue._results._redis import RedisResultBackend
+from aqueue._results.redis_backend import RedisResultBackend
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -196,7 +196,7 @@ async def test_wait_final_sees_a_result_whose_notification_was_lost(
     """
     if not isinstance(backend, RedisResultBackend):
         pytest.skip(f"pub/sub is Redis's ({backend_kind} wakes its waiters in-process)")
-    monkeypatch.setattr(_redis, "RECHECK", 0.1)
+    monkeypatch.setattr(redis_backend, "RECHECK", 0.1)
     state = JobState("lost", JobStatus.SUCCEEDED, result="late")
 
     async def write_without_notifying() -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aqueue._topology import ArgumentValue, QueueSettings, TopologyNames, queue_topology
-from aqueue._transport._base import OutgoingMessage
-from aqueue._types import HeaderValue
+from aqueue._core.topology import ArgumentValue, QueueSettings, TopologyNames, queue_topology
+from aqueue._core.types import HeaderValue
+from aqueue._transport.base import OutgoingMessage
 from aqueue.exceptions import (
     ConfigurationError,
     ConnectionLost,

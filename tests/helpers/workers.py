@@ -9,7 +9,7 @@ import aio_pika
 import anyio
 
 from aqueue import Worker, WorkerStatistics
-from aqueue._topology import QueueSettings, TopologyNames, delay_topology, queue_topology
+from aqueue._core.topology import QueueSettings, TopologyNames, delay_topology, queue_topology
 from aqueue._transport import Delivery, Transport
 
 
@@ -49,7 +49,7 @@ async def drain(transport: Transport, queue: str) -> list[Delivery]:
 async def delete_topology(url: str, prefix: str, queues: Sequence[str] = ("default",)) -> None:
     """Delete everything aqueue declares under `prefix` for the logical `queues` (test cleanup).
 
-    That is each queue's topology and the delay levels, as ``aqueue._topology`` describes them
+    That is each queue's topology and the delay levels, as ``aqueue._core.topology`` describes them
     (deleting what was never declared is harmless). A name in `queues` that starts with
     ``prefix + "."`` is a broker queue of the test's own, deleted as is.
     """

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from aqueue._topology import (
+from aqueue._core.topology import (
     ExchangeSpec,
     QueueSettings,
     QueueSpec,
@@ -28,8 +28,8 @@ from aqueue._topology import (
     TopologyNames,
     queue_topology,
 )
-from aqueue._transport._amqp import AmqpTransport
-from aqueue._transport._base import Delivery, OutgoingMessage
+from aqueue._transport.amqp import AmqpTransport
+from aqueue._transport.base import Delivery, OutgoingMessage
 from aqueue.exceptions import (
     BrokerBlocked,
     ConfigurationError,

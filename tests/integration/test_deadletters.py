@@ -26,10 +26,10 @@ from aqueue import (
     WorkerSettings,
     current_job,
 )
-from aqueue import _topology as t
-from aqueue._topology import QueueType
+from aqueue._core import topology as t
+from aqueue._core.topology import QueueType
+from aqueue._core.types import HeaderValue
 from aqueue._transport import OutgoingMessage
-from aqueue._types import HeaderValue
 from tests.helpers.polling import wait_for
 from tests.helpers.rabbit_node import free_ports
 from tests.helpers.worker_process import ROOT, aqueue_command, subprocess_env

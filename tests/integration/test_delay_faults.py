@@ -14,7 +14,7 @@ import anyio.to_thread
 import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._topology import DELAY_LEVELS
+from aqueue._core.topology import DELAY_LEVELS
 from tests.helpers.rabbit_node import RabbitNode
 from tests.helpers.workers import running, wait_until
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue import _topology as t
-from aqueue._envelope import Envelope
-from aqueue._topology import BindingSpec, QueueSpec, Topology, TopologyNames
+from aqueue._core import topology as t
+from aqueue._core.topology import BindingSpec, QueueSpec, Topology, TopologyNames
+from aqueue._core.wire import Envelope
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import EncodeError, PublishNacked
 from tests.helpers.workers import delete_topology, drain, running, wait_until

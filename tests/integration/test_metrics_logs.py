@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from aqueue import TaskQueue, Worker, WorkerSettings
-from aqueue import _topology as t
-from aqueue._prometheus import PrometheusMetrics, serve_metrics
+from aqueue._core import topology as t
+from aqueue._observability.prometheus import PrometheusMetrics, serve_metrics
 from tests.helpers.polling import wait_for
 from tests.helpers.rabbit_node import free_ports
 from tests.helpers.worker_process import ROOT, WorkerProcess, aqueue_command, subprocess_env

@@ -24,7 +24,7 @@ import anyio.to_thread
 import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._topology import DELAY_LEVELS, DELAY_UNIT_MS, TopologyNames
+from aqueue._core.topology import DELAY_LEVELS, DELAY_UNIT_MS, TopologyNames
 from tests.helpers.polling import read_lines, wait_for
 from tests.helpers.worker_process import WorkerProcess
 from tests.helpers.workers import running, wait_until

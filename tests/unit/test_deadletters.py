@@ -18,10 +18,10 @@ from aqueue import (
     WorkerSettings,
     current_job,
 )
-from aqueue import _topology as t
-from aqueue._topology import QueueType
+from aqueue._core import topology as t
+from aqueue._core.topology import QueueType
+from aqueue._core.types import HeaderValue
 from aqueue._transport import OutgoingMessage
-from aqueue._types import HeaderValue
 from aqueue.exceptions import ConfigurationError, PublishNacked
 from aqueue.testing import running_worker
 from tests.unit.test_worker import WAIT, wait_until

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._topology import Topology
+from aqueue._core.topology import Topology
 from tests.helpers.workers import running, wait_until
 
 #: How long the fake broker takes to declare anything, like a loaded RabbitMQ (~0.7 s for the

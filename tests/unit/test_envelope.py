@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from aqueue import _topology as t
-from aqueue._envelope import FORMAT_VERSION, Envelope, read_headers
+from aqueue._core import topology as t
+from aqueue._core.wire import FORMAT_VERSION, Envelope, read_headers
 from aqueue.exceptions import DecodeError
 
 

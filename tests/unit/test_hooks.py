@@ -11,8 +11,8 @@ from types import TracebackType
 import pytest
 
 from aqueue import Instrumentation, JobContext, JobObserver, TaskQueue, Worker
-from aqueue import _topology as t
-from aqueue._hooks import (
+from aqueue._core import topology as t
+from aqueue._observability.hooks import (
     NO_OBSERVER,
     Counter,
     Histogram,

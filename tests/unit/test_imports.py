@@ -1,6 +1,6 @@
 """Where OpenTelemetry and prometheus_client may be imported, and what happens without them.
 
-import-linter (pyproject.toml) keeps ``opentelemetry`` to aqueue.telemetry and the CLI's
+import-linter (pyproject.toml) keeps ``opentelemetry`` to ``aqueue._observability.otel`` and the CLI's
 telemetry module, but can only name root packages: the API/SDK split is checked here.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aqueue._cli_telemetry import ObservabilityError, require_extra
+from aqueue._cli.telemetry import ObservabilityError, require_extra
 
 PACKAGE = Path(__file__).resolve().parents[2] / "aqueue"
 SDK_PREFIXES = ("opentelemetry.sdk", "opentelemetry.exporter")
@@ -40,24 +40,24 @@ def _importers(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
 
 def test_the_sdk_and_exporters_are_imported_by_the_cli_only() -> None:
     """The library depends on the OpenTelemetry API; the SDK is the application's choice."""
-    assert set(_importers(SDK_PREFIXES)) == {"_cli_telemetry.py"}
+    assert set(_importers(SDK_PREFIXES)) == {"_cli/telemetry.py"}
 
 
 def test_the_api_is_imported_by_telemetry_and_the_cli_only() -> None:
     """Every other module reaches OpenTelemetry through the instrumentation hooks."""
-    assert set(_importers(("opentelemetry",))) == {"telemetry.py", "_cli_telemetry.py"}
+    assert set(_importers(("opentelemetry",))) == {"_observability/otel.py", "_cli/telemetry.py"}
 
 
 def test_prometheus_client_is_imported_by_one_module() -> None:
     """The optional metrics extra enters in one place."""
-    assert set(_importers(("prometheus_client",))) == {"_prometheus.py"}
+    assert set(_importers(("prometheus_client",))) == {"_observability/prometheus.py"}
 
 
 def test_a_queue_without_telemetry_loads_no_opentelemetry() -> None:
     """``TaskQueue(telemetry=False)``: not even the API is imported (and the CLI module loads
     neither the SDK nor prometheus_client until an option asks for them)."""
     code = (
-        "import sys, aqueue, aqueue._cli\n"
+        "import sys, aqueue, aqueue._cli.app\n"
         "aqueue.TaskQueue('memory://', telemetry=False)\n"
         "print(sorted({m.split('.')[0] for m in sys.modules\n"
         "              if m.startswith(('opentelemetry', 'prometheus_client'))}))\n"

@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from aqueue import JobContext, TaskQueue, Worker
-from aqueue import _topology as t
-from aqueue._context import reset_current_job, set_current_job
-from aqueue.telemetry import JobLogFilter, JsonLogFormatter, TextLogFormatter
+from aqueue import JobContext, JobLogFilter, JsonLogFormatter, TaskQueue, TextLogFormatter, Worker
+from aqueue._core import topology as t
+from aqueue._tasks.context import reset_current_job, set_current_job
 from tests.helpers.workers import running, wait_until
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from aqueue._topology import (
+from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
     ExchangeSpec,
@@ -22,8 +22,8 @@ from aqueue._topology import (
     TopologyNames,
     queue_topology,
 )
-from aqueue._transport._base import Delivery
-from aqueue._transport._memory_broker import topic_matches
+from aqueue._transport.base import Delivery
+from aqueue._transport.memory_broker import topic_matches
 from aqueue.exceptions import ConfigurationError, ConnectionLost, PublishNacked
 from aqueue.testing import MemoryBroker, MemoryTransport
 from tests.conformance.helpers import Inbox, exchange_with_queues, message, single_queue

@@ -5,11 +5,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aqueue._config import ProducerSettings
-from aqueue._producer import Producer
-from aqueue._topology import TopologyNames
+from aqueue._client.producer import Producer
+from aqueue._core.config import ProducerSettings
+from aqueue._core.topology import TopologyNames
 from aqueue._transport import OutgoingMessage
-from aqueue._transport._memory import MemoryTransport
+from aqueue._transport.memory import MemoryTransport
 from aqueue.exceptions import ConnectionLost
 
 

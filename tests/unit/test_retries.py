@@ -12,12 +12,12 @@ import anyio
 import pytest
 
 from aqueue import Retry, TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
-from aqueue import _topology as t
-from aqueue._envelope import Envelope, read_headers
-from aqueue._settle import Outcome, retry_message
-from aqueue._topology import TopologyNames
+from aqueue._core import topology as t
+from aqueue._core.topology import TopologyNames
+from aqueue._core.types import HeaderValue
+from aqueue._core.wire import Envelope, read_headers
 from aqueue._transport import Delivery
-from aqueue._types import HeaderValue
+from aqueue._worker.settle import Outcome, retry_message
 from aqueue.exceptions import ConfigurationError
 from aqueue.testing import running_worker
 from tests.unit.test_worker import WAIT

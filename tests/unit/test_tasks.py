@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from aqueue import TaskQueue
-from aqueue._config import WorkerSettings
+from aqueue._core.config import WorkerSettings
 from aqueue.exceptions import ConfigurationError, UnknownTaskError
 
 

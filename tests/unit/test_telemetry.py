@@ -17,14 +17,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from aqueue import JobContext, Retry, TaskQueue, Worker, WorkerSettings, chain, current_job
-from aqueue import _topology as t
-from aqueue._hooks import NO_OBSERVER
+from aqueue._core import topology as t
+from aqueue._core.types import HeaderValue
+from aqueue._observability.hooks import NO_OBSERVER
+from aqueue._observability.otel import _Watch
 from aqueue._transport import OutgoingMessage
-from aqueue._types import HeaderValue
 from aqueue._workflows import HEADER_WORKFLOW, WorkflowLinks
 from aqueue.telemetry import (
     Telemetry,
-    _Watch,
     current_trace_ids,
     extract_context,
     inject_context,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from aqueue._topology import (
+from aqueue._core.topology import (
     DELAY_LEVELS,
     MAX_DELAY_MS,
     MAX_QUEUE_NAME_BYTES,

@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from aqueue import JobContext, TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
-from aqueue import _topology as t
-from aqueue._middleware import CallNext
+from aqueue._core import topology as t
+from aqueue._tasks.middleware import CallNext
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import ConfigurationError, EncodeError
 

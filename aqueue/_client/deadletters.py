@@ -1,0 +1,553 @@
+"""Dead letters: read them, replay them, purge them (the CLI is ``aqueue dlq``).
+
+Every logical queue has a dead-letter queue, ``{prefix}.{queue}.dlq``. Two writers put
+messages there:
+
+- the worker, for a job it will not run again (its retries are used up, it timed out, its body
+  cannot be decoded, its task is unknown): a confirmed copy with ``aqueue-dead-*`` headers;
+- RabbitMQ, for a message no worker settled: a quorum work queue dead-letters a message after
+  ``delivery_limit`` deliveries that ended without an ack (workers that crashed on it), with
+  the ``x-death`` / ``x-first-death-*`` headers.
+
+Reading without removing. AMQP 0-9-1 cannot browse a queue: a reader takes messages and gives
+them back, and where they go back decides the order. Measured on RabbitMQ 3.10.8 (the
+dead-letters page has the numbers):
+
+- closing the connection gives unacked messages back to the head of a classic queue in order,
+  but a quorum queue scrambles more than about eight of them, and puts them behind messages
+  given back earlier;
+- ``reject(requeue=True)`` puts a message back where it was (classic), at the back (quorum
+  without a delivery limit: aqueue's dead-letter queues on 3.x) or among the returned messages
+  at the head (quorum with one); messages rejected one by one in the order taken keep that
+  order, *but* a quorum queue's channel sends at most 32 settlements ahead of the queue and
+  batches the rest, in no particular order.
+
+So a read is a *full pass*: take every message the queue held when the read began, then
+reject them in the order taken, 16 at a time, waiting for the queue to have taken each batch
+back before the next. The order of the queue is unchanged (a dead letter that arrives during
+the pass may end up in front of older ones); a reader that crashes gives its messages back on
+its connection's close, nothing lost but the order maybe changed. The cost is one
+``basic.get`` per dead letter, and each pass counts one more delivery of every message
+(``x-delivery-count``).
+
+Replay is at-least-once: each dead letter is published again (a fresh copy, confirmed) and
+only then acked. A crash between the confirm and the ack leaves the dead letter in place, so a
+later replay runs that job a second time; a crash anywhere loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import anyio
+
+from aqueue._core import topology as t
+from aqueue._core.topology import queue_topology, validate_name
+from aqueue._core.types import HeaderValue
+from aqueue._core.wire import Failure
+from aqueue._transport import Delivery, OutgoingMessage, Transport
+from aqueue._worker.settle import delivery_content_type
+from aqueue.exceptions import AqueueError, ConfigurationError, ConnectionLost, DecodeError
+
+if TYPE_CHECKING:
+    # Only for annotations: TaskQueue creates DeadLetterQueues (`queue.dead_letters(name)`),
+    # so the import-linter layers contract ignores this one upward import.
+    from aqueue._client.queue import TaskQueue
+
+__all__ = ["DeadLetter", "DeadLetterQueue", "ReplayResult"]
+
+#: Messages given back at a time: well under the 32 settlements a quorum queue's channel
+#: keeps in flight before it batches them out of order.
+PUT_BACK_BATCH = 16
+#: Seconds to wait for one batch to be back in the queue before sending the next anyway.
+PUT_BACK_BATCH_WAIT = 5.0
+
+_DEAD_PREFIX = "aqueue-dead-"
+
+logger = logging.getLogger("aqueue.dead_letters")
+
+#: Deliveries a pass holds, in the order taken (`DeadLetterQueue.list` shadows ``list``).
+_Held: TypeAlias = list[Delivery]
+
+Source = Literal["worker", "broker"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message of a dead-letter queue, as read by `DeadLetterQueue.list` or `find`.
+
+    Attributes:
+        job_id: the job id (AMQP ``message_id``; ``""`` if the message had none).
+        task: the task name, or ``None`` when the message has no ``aqueue-task`` header.
+        queue: the logical queue the job was sent to.
+        reason: why it is here. Written by the worker: ``failed``, ``timeout``,
+            ``decode-error`` or ``unknown-task``. Written by RabbitMQ: ``delivery_limit``
+            (workers died on it too often), ``rejected``, ``expired`` or ``maxlen``.
+        source: ``"worker"`` or ``"broker"``: who dead-lettered it.
+        exception_type: the qualified name of the last exception (worker only).
+        exception_message: its message (worker only).
+        traceback: the tail of its traceback (worker only).
+        attempts: how many times the job ran. Worker: counted by the worker. Broker, for
+            ``delivery_limit``: the attempt it was on plus the queue's delivery limit (the
+            broker delivered it that many more times); other broker reasons: the attempt it
+            was on. ``None`` when nothing tells.
+        first_failed_at: the first failed attempt (aware, UTC), if known.
+        last_failed_at: when it was dead-lettered (aware, UTC), if known.
+        enqueued_at: when the job was first enqueued (aware, UTC), if known.
+        history: the earlier failed attempts the job carries, oldest first.
+        body_size: the size of the body in bytes.
+        body: the body (JSON arguments, as the job was sent).
+        headers: every AMQP header of the message, as received.
+    """
+
+    job_id: str
+    task: str | None
+    queue: str
+    reason: str
+    source: Source
+    exception_type: str | None
+    exception_message: str | None
+    traceback: str | None = field(repr=False)
+    attempts: int | None
+    first_failed_at: dt.datetime | None
+    last_failed_at: dt.datetime | None
+    enqueued_at: dt.datetime | None
+    history: tuple[Failure, ...] = field(repr=False)
+    body_size: int
+    body: bytes = field(repr=False)
+    headers: Mapping[str, HeaderValue] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay did.
+
+    Attributes:
+        replayed: dead letters published again to their work queue and removed.
+        skipped: dead letters looked at and left in place (another task than the one asked
+            for, or past the limit).
+    """
+
+    replayed: int
+    skipped: int
+
+
+#: Called after every dead letter a replay looks at: the counts so far, and how many it will
+#: look at in all (at most).
+ProgressCallback = Callable[[ReplayResult, int], None]
+
+
+class DeadLetterQueue:
+    """The dead-letter queue of one logical queue: count, list, find, replay, purge.
+
+    Use it while its `TaskQueue` is open (``async with queue:``); reads and replays take the
+    messages on a connection of their own, so a crash gives every untouched one back.
+
+    Args:
+        queue: the task queue (broker URL, prefix and publisher).
+        name: the logical queue whose dead letters these are.
+
+    Raises:
+        ConfigurationError: `name` is not a valid queue name.
+
+    One tool at a time: messages a reader holds are invisible to another (a `replay` running
+    during a `list` does not see the messages the list holds, and leaves them for later).
+    """
+
+    def __init__(self, queue: TaskQueue, name: str) -> None:
+        self._queue = queue
+        self.name = validate_name(name)
+
+    def __repr__(self) -> str:
+        return f"<DeadLetterQueue {self.broker_name!r}>"
+
+    @property
+    def broker_name(self) -> str:
+        """The name of the dead-letter queue on the broker."""
+        return self._queue.names.dead_letter_queue(self.name)
+
+    async def count(self) -> int:
+        """How many dead letters are ready (not those a reader holds right now).
+
+        Raises:
+            ConfigurationError: the dead-letter queue does not exist.
+        """
+        try:
+            return await self._queue.transport.message_count(self.broker_name)
+        except ConfigurationError as exc:
+            raise self._missing(exc) from exc
+
+    async def list(self, limit: int = 100) -> list[DeadLetter]:
+        """The first `limit` dead letters, oldest first, left in place and in order.
+
+        A full pass: every dead letter is taken and given back (see the module notes).
+
+        Raises:
+            ConfigurationError: `limit` is below 1, or the dead-letter queue does not exist.
+        """
+        _check_limit(limit)
+        found: list[DeadLetter] = []
+
+        def collect(delivery: Delivery) -> None:
+            if len(found) < limit:
+                found.append(self._parse(delivery))
+
+        await self._read(collect)
+        return found
+
+    async def find(self, job_id: str) -> DeadLetter | None:
+        """The dead letter of job `job_id` (the oldest, if there are several), left in place.
+
+        Raises:
+            ConfigurationError: the dead-letter queue does not exist.
+        """
+        found: list[DeadLetter] = []
+
+        def collect(delivery: Delivery) -> None:
+            if not found and delivery.message_id == job_id:
+                found.append(self._parse(delivery))
+
+        await self._read(collect)
+        return found[0] if found else None
+
+    async def replay(
+        self,
+        *,
+        task: str | None = None,
+        limit: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> ReplayResult:
+        """Send dead letters back to their work queue, oldest first.
+
+        Each one is published as a fresh job (same job id and body; attempt 1; its history of
+        failures kept; RabbitMQ's and the dead-letter headers removed), confirmed by the
+        broker, and only then removed from the dead-letter queue. At-least-once: a crash
+        between the two replays that one job again on the next run; a crash anywhere loses
+        nothing. Dead letters that arrive while it runs are left for the next replay.
+
+        Args:
+            task: replay only the jobs of this task; the others stay in place, in order.
+            limit: replay at most this many.
+            on_progress: called after each dead letter looked at (see `ProgressCallback`).
+
+        Returns:
+            How many were replayed, and how many were left in place.
+
+        Raises:
+            ConfigurationError: a bad `task` or `limit`; the dead-letter queue does not exist.
+            PublishError: the broker did not take a copy (that dead letter stays in place; the
+                replay stops).
+            ConnectionLost: the connection was lost (what is not replayed stays in place).
+        """
+        if limit is not None:
+            _check_limit(limit)
+        task_name: object = task  # run-time input: not every caller runs mypy
+        if task_name is not None and (not isinstance(task_name, str) or not task_name):
+            raise ConfigurationError(f"task must be a non-empty task name, not {task!r}")
+        total = await self.count()
+        if total == 0:
+            return ReplayResult(0, 0)
+        await self._ensure_work_queue()
+        # Without a task filter nothing is held back, so the replay can stop at the limit;
+        # with one it looks at every dead letter, to give the others back in order.
+        planned = min(total, limit) if task is None and limit is not None else total
+        return await self._replay(task, limit, planned, on_progress)
+
+    async def purge(self) -> int:
+        """Delete every ready dead letter; return how many.
+
+        Raises:
+            ConfigurationError: the dead-letter queue does not exist.
+        """
+        try:
+            return await self._queue.transport.purge(self.broker_name)
+        except ConfigurationError as exc:
+            raise self._missing(exc) from exc
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _missing(self, cause: ConfigurationError) -> ConfigurationError:
+        return ConfigurationError(
+            f"there is no dead-letter queue {self.broker_name!r} (queue {self.name!r}, prefix "
+            f"{self._queue.names.prefix!r}): check the queue name and the prefix ({cause})"
+        )
+
+    @asynccontextmanager
+    async def _pass(self) -> AsyncIterator[tuple[Transport, _Held]]:
+        """A connection of its own, and a list of the deliveries it holds.
+
+        When the block ends, the held deliveries go back in the order taken (`_put_back`).
+        After an error or a cancellation they go back by closing the connection: to the head
+        of the queue, as after a crash (in order on a classic queue; a quorum queue may
+        scramble more than a few).
+        """
+        transport = self._queue.make_transport("dead-letters")
+        await transport.connect(timeout=self._queue.producer_settings.connect_timeout)
+        held: _Held = []
+        try:
+            yield transport, held
+            await self._put_back(held)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
+
+    async def _put_back(self, held: Sequence[Delivery]) -> None:
+        """Reject the held deliveries with requeue, in order, one batch at a time.
+
+        Each batch must be back in the queue (its ready count grown by it) before the next is
+        sent: a quorum queue's channel reorders settlements beyond 32 in flight.
+        """
+        if not held:
+            return
+        try:
+            base = await self.count()
+            for start in range(0, len(held), PUT_BACK_BATCH):
+                batch = held[start : start + PUT_BACK_BATCH]
+                for delivery in batch:
+                    await delivery.reject(requeue=True)
+                await self._wait_for_count(base + start + len(batch))
+        except ConnectionLost:
+            # the connection holding them dropped (the broker took them all back), or the one
+            # counting them did (closing gives back the rest)
+            return
+        except AqueueError as exc:  # closing the connection gives back the rest
+            logger.warning("could not give back dead letters in order: %s", exc)
+
+    async def _wait_for_count(self, expected: int) -> None:
+        with anyio.move_on_after(PUT_BACK_BATCH_WAIT):
+            while True:
+                if await self.count() >= expected:
+                    return
+                await anyio.sleep(0.002)
+
+    async def _read(self, visit: Callable[[Delivery], None]) -> None:
+        """Take every dead letter there is now, show each to `visit`, give all back in order."""
+        total = await self.count()
+        if total == 0:
+            return
+        async with self._pass() as (transport, held):
+            # at most `total`: one pass, never the ones given back by this pass
+            for _ in range(total):
+                delivery = await transport.get(self.broker_name)
+                if delivery is None:
+                    break
+                held.append(delivery)
+                visit(delivery)
+
+    async def _replay(
+        self,
+        task: str | None,
+        limit: int | None,
+        planned: int,
+        on_progress: ProgressCallback | None,
+    ) -> ReplayResult:
+        replayed = skipped = 0
+        async with self._pass() as (transport, held):
+            for _ in range(planned):
+                if limit is not None and replayed >= limit and not held:
+                    break
+                delivery = await transport.get(self.broker_name)
+                if delivery is None:
+                    break
+                held.append(delivery)  # until its copy is confirmed and it is acked
+                wanted = limit is None or replayed < limit
+                if wanted and (task is None or delivery.headers.get(t.HEADER_TASK) == task):
+                    await self._replay_one(delivery)
+                    held.pop()
+                    replayed += 1
+                else:
+                    skipped += 1
+                if on_progress is not None:
+                    on_progress(ReplayResult(replayed, skipped), planned)
+        return ReplayResult(replayed, skipped)
+
+    async def _replay_one(self, delivery: Delivery) -> None:
+        await self._queue.producer.publish(self._replay_message(delivery))
+        try:
+            await delivery.ack()
+        except ConnectionLost as exc:
+            raise ConnectionLost(
+                f"job {delivery.message_id} was replayed, but the connection was lost before "
+                f"its dead letter was removed: it stays in {self.broker_name!r} and a later "
+                f"replay runs it again ({exc})"
+            ) from exc
+
+    def _replay_message(self, delivery: Delivery) -> OutgoingMessage:
+        """A fresh job: the job headers without RabbitMQ's and the dead-letter ones."""
+        now_ms = time.time_ns() // 1_000_000
+        headers = {
+            key: value
+            for key, value in delivery.headers.items()
+            if key not in t.BROKER_HEADERS and not key.startswith(_DEAD_PREFIX)
+        }
+        headers[t.HEADER_ATTEMPT] = 1
+        headers[t.HEADER_QUEUE] = self.name
+        # Due now: queue latency (due → started) measures the wait after the replay, not the
+        # time spent in the dead-letter queue. The enqueue time and the history stay.
+        headers[t.HEADER_ETA] = now_ms
+        return OutgoingMessage(
+            exchange=self._queue.names.exchange,
+            routing_key=self.name,
+            body=delivery.body,
+            message_id=delivery.message_id or "",
+            headers=headers,
+            content_type=delivery_content_type(delivery),
+            timestamp=now_ms // 1000,
+        )
+
+    async def _ensure_work_queue(self) -> None:
+        """Declare the work queue if it does not exist yet.
+
+        An existing queue is left as its application declared it: declaring it again with
+        this TaskQueue's settings (another delivery limit, say) would be refused (406).
+        """
+        queue = self._queue
+        try:
+            await queue.transport.message_count(queue.names.work_queue(self.name))
+        except ConfigurationError:
+            # not `queue.declare_queue`: it declares once per open, and the queue may have
+            # been deleted since
+            await queue.transport.declare(
+                queue_topology(queue.names, self.name, queue.queue_settings)
+            )
+
+    def _parse(self, delivery: Delivery) -> DeadLetter:
+        return parse_dead_letter(
+            delivery,
+            queue=self.name,
+            work_queue=self._queue.names.work_queue(self.name),
+            delivery_limit=self._queue.queue_settings.delivery_limit,
+        )
+
+
+def parse_dead_letter(
+    delivery: Delivery, *, queue: str, work_queue: str, delivery_limit: int
+) -> DeadLetter:
+    """Read a delivery from a dead-letter queue, whoever dead-lettered it (never raises)."""
+    headers = delivery.headers
+    history = _history(headers)
+    why = (
+        _worker_cause(headers)
+        if isinstance(headers.get(t.HEADER_DEAD_REASON), str)
+        else _broker_cause(headers, history, work_queue, delivery_limit)
+    )
+    task = headers.get(t.HEADER_TASK)
+    logical = headers.get(t.HEADER_DEAD_QUEUE, headers.get(t.HEADER_QUEUE))
+    return DeadLetter(
+        job_id=delivery.message_id or "",
+        task=task if isinstance(task, str) and task else None,
+        queue=logical if isinstance(logical, str) and logical else queue,
+        reason=why.reason,
+        source=why.source,
+        exception_type=why.exception_type,
+        exception_message=why.exception_message,
+        traceback=why.traceback,
+        attempts=why.attempts,
+        first_failed_at=why.first_failed_at,
+        last_failed_at=why.last_failed_at,
+        enqueued_at=_from_ms(_integer(headers.get(t.HEADER_ENQUEUED_AT)) or None),
+        history=history,
+        body_size=len(delivery.body),
+        body=delivery.body,
+        headers=dict(headers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Cause:
+    reason: str
+    source: Source
+    attempts: int | None
+    first_failed_at: dt.datetime | None
+    last_failed_at: dt.datetime | None
+    exception_type: str | None = None
+    exception_message: str | None = None
+    traceback: str | None = None
+
+
+def _worker_cause(headers: Mapping[str, HeaderValue]) -> _Cause:
+    """What the worker wrote on its dead-letter copy (the ``aqueue-dead-*`` headers)."""
+    return _Cause(
+        reason=str(headers.get(t.HEADER_DEAD_REASON)),
+        source="worker",
+        attempts=_integer(headers.get(t.HEADER_DEAD_ATTEMPTS)),
+        first_failed_at=_from_ms(_integer(headers.get(t.HEADER_DEAD_FIRST_FAILED_AT))),
+        last_failed_at=_from_ms(_integer(headers.get(t.HEADER_DEAD_LAST_FAILED_AT))),
+        exception_type=_string(headers.get(t.HEADER_DEAD_EXC_TYPE)),
+        exception_message=_string(headers.get(t.HEADER_DEAD_EXC_MESSAGE)),
+        traceback=_string(headers.get(t.HEADER_DEAD_TRACEBACK)),
+    )
+
+
+def _broker_cause(
+    headers: Mapping[str, HeaderValue],
+    history: tuple[Failure, ...],
+    work_queue: str,
+    delivery_limit: int,
+) -> _Cause:
+    """What RabbitMQ wrote when it dead-lettered the message (``x-death``)."""
+    death = _death(headers, work_queue)
+    reason = _string(death.get("reason")) or _string(headers.get("x-first-death-reason"))
+    died_at = _integer(death.get("time"))
+    last = None if died_at is None else dt.datetime.fromtimestamp(died_at, dt.UTC)
+    attempts = _integer(headers.get(t.HEADER_ATTEMPT))
+    if attempts is not None and reason == "delivery_limit":
+        # the broker delivered it `delivery_limit` more times, each one counted by a worker
+        # as an attempt (its x-delivery-count), before dead-lettering it
+        attempts += delivery_limit
+    return _Cause(
+        reason=reason or "unknown",
+        source="broker",
+        attempts=attempts,
+        first_failed_at=_from_ms(history[0].at_ms) if history else last,
+        last_failed_at=last,
+    )
+
+
+def _death(headers: Mapping[str, HeaderValue], work_queue: str) -> Mapping[str, HeaderValue]:
+    """The ``x-death`` entry of the work queue, else the most recent one (first), else {}.
+
+    A delayed job carries entries from the delay levels too (reason ``expired``), and
+    ``x-first-death-reason`` names the first of those, not why it ended here.
+    """
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return {}
+    entries = [entry for entry in deaths if isinstance(entry, dict)]
+    for entry in entries:
+        if entry.get("queue") == work_queue:
+            return entry
+    return entries[0] if entries else {}
+
+
+def _history(headers: Mapping[str, HeaderValue]) -> tuple[Failure, ...]:
+    value = headers.get(t.HEADER_HISTORY)
+    if not isinstance(value, list):
+        return ()
+    try:
+        return tuple(Failure.from_header(item) for item in value)
+    except DecodeError:
+        return ()
+
+
+def _string(value: HeaderValue) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _integer(value: HeaderValue) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _from_ms(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+
+
+def _check_limit(limit: object) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ConfigurationError(f"limit must be an integer >= 1, not {limit!r}")

@@ -1,0 +1,176 @@
+"""Settings and options as frozen dataclasses, validated where they are given (pure, no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypedDict
+
+from aqueue._core.checks import is_number, is_whole
+from aqueue._core.retry import RetryPolicy
+from aqueue._core.topology import validate_name
+from aqueue.exceptions import ConfigurationError
+
+DEFAULT_QUEUE = "default"
+
+
+class TaskOverridesDict(TypedDict, total=False):
+    """The options `task.with_options(...)` accepts (see `TaskOptions`)."""
+
+    queue: str
+    timeout: float | None
+    retries: int
+    backoff: float
+    max_backoff: float
+    jitter: float
+
+
+class TaskOptionsDict(TaskOverridesDict, total=False):
+    """The keyword options `@queue.task(...)` accepts: the overrides, a name and `retry_on`."""
+
+    name: str
+    retry_on: tuple[type[BaseException], ...]
+    store_result: bool
+
+
+#: Options the worker needs to see per job when `with_options` changed them at enqueue; they
+#: travel in the ``aqueue-options`` header (the worker otherwise uses the registered task's).
+PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How a task runs.
+
+    Attributes:
+        queue: the logical queue its jobs are sent to.
+        timeout: seconds a run may take before it is cancelled and counted as a failure;
+            ``None`` for no limit. A plain (sync) function cannot be interrupted: on timeout
+            the worker stops waiting for its thread, which runs on to its end.
+        retries: how many times a failed run is retried (0: never); then the job is
+            dead-lettered with its history.
+        backoff: seconds before the first retry; each later one waits twice as long.
+        max_backoff: cap on one retry delay, in seconds.
+        jitter: share of each retry delay that is random (0 to 1), so jobs that failed
+            together do not all come back together.
+        retry_on: exception types that are retried; others are dead-lettered at once.
+        store_result: keep this task's job states and results in the result backend (when
+            the queue has one); False for jobs nobody awaits, to save the writes.
+    """
+
+    queue: str = DEFAULT_QUEUE
+    timeout: float | None = None
+    retries: int = 0
+    backoff: float = 1.0
+    max_backoff: float = 3600.0
+    jitter: float = 0.2
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    store_result: bool = True
+
+    def __post_init__(self) -> None:
+        validate_name(self.queue)
+        if self.timeout is not None and not is_number(self.timeout, above=0):
+            raise ConfigurationError(
+                f"timeout must be a positive number of seconds or None, not {self.timeout!r}"
+            )
+        retries: object = self.retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        self.retry_policy()  # validates the backoff options
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy these options describe.
+
+        Raises:
+            ConfigurationError: a backoff option has a bad value.
+        """
+        return RetryPolicy(
+            max_attempts=self.retries + 1,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            jitter=self.jitter,
+            retry_on=self.retry_on,
+        )
+
+
+def check_option_names(given: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:
+    """Raise a clear error naming unknown options, with a suggestion when one is close.
+
+    Raises:
+        ConfigurationError: an option name is not in `allowed`.
+    """
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"unknown option {key!r} for {where}{hint} (known: {', '.join(sorted(allowed))})"
+            )
+
+
+TASK_OPTION_NAMES = frozenset({"name"} | {f.name for f in dataclasses.fields(TaskOptions)})
+OVERRIDE_OPTION_NAMES = frozenset(TaskOverridesDict.__annotations__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    """How jobs are published.
+
+    Attributes:
+        publish_timeout: seconds to wait for one publisher confirm.
+        publish_deadline: seconds a publish keeps retrying across reconnects before it raises.
+        max_message_bytes: encoded bodies larger than this are refused at enqueue.
+        max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight at once.
+        connect_timeout: seconds to wait for the broker when the queue opens.
+    """
+
+    publish_timeout: float = 10.0
+    publish_deadline: float = 30.0
+    max_message_bytes: int = 1024 * 1024
+    max_in_flight: int = 1000
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not is_number(value, above=0):
+                raise ConfigurationError(f"{field.name} must be a positive number, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker consumes.
+
+    Attributes:
+        queues: logical queues to consume; empty means every queue a registered task uses.
+        concurrency: jobs run at once per queue by this process: each queue has its own
+            runners, so a slow queue never holds back another.
+        prefetch: unacked deliveries per queue consumer; ``None`` means `concurrency`.
+        grace: seconds a graceful stop waits for running jobs before cancelling them.
+        threads: threads for plain (sync) task functions.
+    """
+
+    queues: tuple[str, ...] = ()
+    concurrency: int = 100
+    prefetch: int | None = None
+    grace: float = 30.0
+    threads: int = 40
+
+    def __post_init__(self) -> None:
+        for queue in self.queues:
+            validate_name(queue)
+        for name in ("concurrency", "threads"):
+            value = getattr(self, name)
+            if not is_whole(value, at_least=1):
+                raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
+        if self.prefetch is not None and not is_whole(self.prefetch, at_least=1):
+            raise ConfigurationError(f"prefetch must be an integer >= 1, not {self.prefetch!r}")
+        if not is_number(self.grace, at_least=0):
+            raise ConfigurationError(f"grace must be >= 0 seconds, not {self.grace!r}")
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch each queue consumer uses."""
+        return self.prefetch if self.prefetch is not None else self.concurrency

@@ -1,0 +1,269 @@
+"""Instrumentation: the seam through which traces, metrics and logs observe aqueue.
+
+The producer and the job runner call these hooks and know nothing else about observability:
+`aqueue._observability.otel` (OpenTelemetry) and the Prometheus exporter of ``aqueue worker
+--metrics-port`` are instrumentations, so neither OpenTelemetry nor prometheus_client is
+imported by the core. A `TaskQueue` holds its instrumentations in order (OpenTelemetry first,
+unless ``telemetry=False``); with none, publishing and running a job cost one tuple test more.
+
+Two hooks:
+
+- ``publish(message)`` wraps every confirmed publish: enqueue, `enqueue_many`, a worker's
+  retry copies, dead letters and workflow continuations, dead-letter replays. It returns a
+  context manager whose value is the message to send (a tracer adds ``traceparent``) and
+  whose exit sees the confirm or the error.
+- ``job(delivery, queue)`` returns a `JobObserver`, entered when the delivery arrives (before
+  anything is decoded) and exited once it is settled. A span opened on entry is therefore
+  current while the job runs *and* while the job runner publishes its retry copy, its dead
+  letter or its workflow continuation, so each of those is a child of the job's span. The
+  observer is told when the job starts, when its run returns or raises, and how the delivery
+  was settled: what a middleware cannot see, since the settling happens after it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
+from typing import Literal, Protocol, TypeAlias
+
+from aqueue._core import topology as t
+from aqueue._tasks.context import JobContext
+from aqueue._transport import Delivery, OutgoingMessage
+
+#: How a delivery was settled: acked after success, moved to its next attempt, moved to the
+#: dead-letter queue, or given back to the broker (it will be delivered again).
+Settlement: TypeAlias = Literal["succeeded", "retried", "dead-lettered", "requeued"]
+
+
+class JobObserver:
+    """Follows one delivery from its receipt to its settlement; every method does nothing.
+
+    Used as a context manager by the job runner: entered when the delivery arrives, exited
+    when it is settled, or with the exception (cancellation at shutdown) that left it unsettled.
+    The events come in this order, each at most once: `started`, `finished`, `settled`; a
+    delivery that cannot be decoded gets only `settled`.
+
+    Added in 0.1.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> JobObserver:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def started(self, job: JobContext) -> None:
+        """The delivery was decoded into `job`, which is about to run."""
+
+    def finished(self, job: JobContext, error: BaseException | None, duration: float) -> None:
+        """The job's run (its middleware chain) returned (`error` is None) or raised.
+
+        Args:
+            job: the job.
+            error: what the run raised, including `Retry` and timeouts; None on success.
+            duration: seconds the run took.
+        """
+
+    def settled(self, settlement: Settlement, error: BaseException | None) -> None:
+        """How the delivery was settled; `error` is why (retried, dead-lettered, requeued)."""
+
+
+#: The observer of instrumentations that watch no jobs (shared: it keeps no state).
+NO_OBSERVER = JobObserver()
+
+
+class Instrumentation:
+    """Observes what a `TaskQueue` publishes and what its workers run.
+
+    Subclass it and override either hook; the defaults do nothing. Pass instances to
+    ``TaskQueue(instrumentation=[...])`` or `TaskQueue.instrument`. Hooks run on the event
+    loop, inline with every publish and job: keep them quick and never block.
+
+    Added in 0.1.
+    """
+
+    def publish(self, message: OutgoingMessage) -> AbstractContextManager[OutgoingMessage]:
+        """Wrap one publish: the context manager's value is the message to send.
+
+        It is exited when the broker confirmed the message, or with the error that the
+        publish raises (after its retries across reconnects).
+        """
+        return nullcontext(message)
+
+    def job(self, delivery: Delivery, queue: str) -> JobObserver:
+        """An observer of one delivery, from the logical `queue`, not yet decoded."""
+        return NO_OBSERVER
+
+
+def publish_hooks(
+    instrumentation: Sequence[Instrumentation], message: OutgoingMessage
+) -> tuple[contextlib.ExitStack, OutgoingMessage]:
+    """Enter every publish hook in order, each given the message the one before returned.
+
+    Returns:
+        The stack to exit after the publish, and the message to send.
+    """
+    stack = contextlib.ExitStack()
+    with stack:
+        for instrument in instrumentation:
+            message = stack.enter_context(instrument.publish(message))
+        return stack.pop_all(), message
+
+
+def observe_job(
+    instrumentation: Sequence[Instrumentation], delivery: Delivery, queue: str
+) -> JobObserver:
+    """The observer of one delivery: each instrumentation's, as one."""
+    if not instrumentation:
+        return NO_OBSERVER
+    if len(instrumentation) == 1:
+        return instrumentation[0].job(delivery, queue)
+    return _Observers(tuple(instrument.job(delivery, queue) for instrument in instrumentation))
+
+
+class _Observers(JobObserver):
+    """Several observers as one: entered in order, exited in reverse."""
+
+    __slots__ = ("_observers", "_stack")
+
+    def __init__(self, observers: tuple[JobObserver, ...]) -> None:
+        self._observers = observers
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> JobObserver:
+        with contextlib.ExitStack() as stack:
+            for observer in self._observers:
+                stack.enter_context(observer)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.__exit__(exc_type, exc, tb)
+
+    def started(self, job: JobContext) -> None:
+        for observer in self._observers:
+            observer.started(job)
+
+    def finished(self, job: JobContext, error: BaseException | None, duration: float) -> None:
+        for observer in self._observers:
+            observer.finished(job, error, duration)
+
+    def settled(self, settlement: Settlement, error: BaseException | None) -> None:
+        for observer in self._observers:
+            observer.settled(settlement, error)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+#: The job counters every metrics backend keeps, per task and queue.
+Counter: TypeAlias = Literal["started", "succeeded", "failed", "retried", "dead_lettered"]
+#: The histograms, in seconds: a job's run time, and its wait from due to start.
+Histogram: TypeAlias = Literal["duration", "queue_wait"]
+#: Bucket bounds of both histograms, in seconds: from a 5 ms job to a ten-minute wait.
+SECONDS_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+
+class MetricSink(Protocol):
+    """Where `JobMetrics` records: one implementation per metrics library."""
+
+    def count(self, counter: Counter, task: str, queue: str) -> None:
+        """Add one to `counter`."""
+
+    def observe(self, histogram: Histogram, seconds: float, task: str, queue: str) -> None:
+        """Record a value in `histogram`."""
+
+    def in_flight(self, delta: int, task: str, queue: str) -> None:
+        """Jobs running now, up or down by `delta`."""
+
+
+class JobMetrics(Instrumentation):
+    """Job metrics per task and queue, recorded into a `MetricSink`.
+
+    Counts jobs started, succeeded, failed, retried and dead-lettered; times their runs and
+    their queue waits; tracks jobs in flight. ``failed`` counts attempts that ended in an
+    exception and were settled as such: each is also counted in ``retried`` or
+    ``dead_lettered``. A delivery that could not be decoded counts as failed and dead-lettered
+    under the task its header names (``""`` if none).
+    """
+
+    def __init__(self, sink: MetricSink) -> None:
+        self.sink = sink
+
+    def job(self, delivery: Delivery, queue: str) -> JobObserver:
+        return JobMetricsObserver(self.sink, delivery, queue)
+
+
+class JobMetricsObserver(JobObserver):
+    """The `JobObserver` of `JobMetrics` (subclassed by observers that also record metrics)."""
+
+    __slots__ = ("_queue", "_running", "_sink", "_task")
+
+    def __init__(self, sink: MetricSink, delivery: Delivery, queue: str) -> None:
+        self._sink = sink
+        task = delivery.headers.get(t.HEADER_TASK)
+        self._task = task if isinstance(task, str) else ""
+        self._queue = queue
+        self._running = False
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._running:
+            self._running = False
+            self._sink.in_flight(-1, self._task, self._queue)
+
+    def started(self, job: JobContext) -> None:
+        self._task, self._queue = job.task, job.queue
+        sink = self._sink
+        sink.count("started", job.task, job.queue)
+        sink.observe("queue_wait", job.queue_wait, job.task, job.queue)
+        sink.in_flight(1, job.task, job.queue)
+        self._running = True
+
+    def finished(self, job: JobContext, error: BaseException | None, duration: float) -> None:
+        self._sink.observe("duration", duration, job.task, job.queue)
+
+    def settled(self, settlement: Settlement, error: BaseException | None) -> None:
+        sink, task, queue = self._sink, self._task, self._queue
+        if settlement == "succeeded":
+            sink.count("succeeded", task, queue)
+        elif settlement == "retried":
+            sink.count("failed", task, queue)
+            sink.count("retried", task, queue)
+        elif settlement == "dead-lettered":
+            sink.count("failed", task, queue)
+            sink.count("dead_lettered", task, queue)

@@ -1,0 +1,119 @@
+"""Prometheus metrics for ``aqueue worker --metrics-port``.
+
+The only module that imports prometheus_client (the optional extra ``aqueue[metrics]``).
+The same job metrics as the OpenTelemetry ones (`aqueue._observability.hooks.JobMetrics`), under
+Prometheus names, each labelled ``task`` and ``queue``:
+
+- ``aqueue_jobs_started_total``, ``aqueue_jobs_succeeded_total``, ``aqueue_jobs_failed_total``,
+  ``aqueue_jobs_retried_total``, ``aqueue_jobs_dead_lettered_total`` (counters);
+- ``aqueue_jobs_in_flight`` (gauge);
+- ``aqueue_job_duration_seconds`` and ``aqueue_job_queue_wait_seconds`` (histograms).
+
+``aqueue_job_queue_wait_seconds`` is the figure to scale workers on: how long jobs waited
+between becoming due and starting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
+from prometheus_client import Histogram as PromHistogram
+
+from aqueue._observability.hooks import SECONDS_BUCKETS, Counter, Histogram, JobMetrics, MetricSink
+
+_LABELS = ("task", "queue")
+
+
+class PrometheusMetrics(JobMetrics):
+    """Job metrics kept in a prometheus_client registry.
+
+    Args:
+        registry: where the metrics are registered (default: prometheus_client's global one,
+            which also has the process and Python collectors). One `PrometheusMetrics` per
+            registry: a second one would register the same names again.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(_PrometheusSink(registry))
+        self.registry = registry
+
+
+class _PrometheusSink(MetricSink):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counters = {
+            name: PromCounter(f"aqueue_jobs_{name}", description, _LABELS, registry=registry)
+            for name, description in (
+                ("started", "Jobs that started running."),
+                ("succeeded", "Jobs that succeeded (acked)."),
+                ("failed", "Attempts that failed (each retried or dead-lettered)."),
+                ("retried", "Failed attempts sent to a next attempt."),
+                ("dead_lettered", "Jobs sent to the dead-letter queue."),
+            )
+        }
+        self.histograms = {
+            "duration": PromHistogram(
+                "aqueue_job_duration_seconds",
+                "How long a job's run (its middleware chain) took.",
+                _LABELS,
+                registry=registry,
+                buckets=SECONDS_BUCKETS,
+            ),
+            "queue_wait": PromHistogram(
+                "aqueue_job_queue_wait_seconds",
+                "How long a job waited between becoming due and starting.",
+                _LABELS,
+                registry=registry,
+                buckets=SECONDS_BUCKETS,
+            ),
+        }
+        self.in_flight_gauge = PromGauge(
+            "aqueue_jobs_in_flight", "Jobs running now.", _LABELS, registry=registry
+        )
+
+    def count(self, counter: Counter, task: str, queue: str) -> None:
+        self.counters[counter].labels(task, queue).inc()
+
+    def observe(self, histogram: Histogram, seconds: float, task: str, queue: str) -> None:
+        self.histograms[histogram].labels(task, queue).observe(seconds)
+
+    def in_flight(self, delta: int, task: str, queue: str) -> None:
+        self.in_flight_gauge.labels(task, queue).inc(delta)
+
+
+@dataclass(slots=True)
+class MetricsServer:
+    """The HTTP server of ``/metrics``, in a daemon thread."""
+
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) it listens on (the port the system chose, for port 0)."""
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve_metrics(
+    port: int,
+    address: str = "0.0.0.0",  # noqa: S104 - scraped from outside its container
+    registry: CollectorRegistry = REGISTRY,
+) -> MetricsServer:
+    """Serve `registry` in the Prometheus text format on ``http://address:port/metrics``.
+
+    Raises:
+        OSError: the port cannot be bound (in use, or not allowed).
+    """
+    server, thread = start_http_server(port, address, registry)
+    return MetricsServer(server, thread)

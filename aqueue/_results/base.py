@@ -1,0 +1,208 @@
+"""The result backend interface: job states by id, waiting for them, and chord barriers.
+
+RabbitMQ cannot look a message up by id, so what a job came to lives in a key-value store.
+Every method is safe to call again with the same arguments (redeliveries happen).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aqueue._core.types import JSONValue
+from aqueue._serialization import dumps, loads
+from aqueue.exceptions import DecodeError
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life."""
+
+    #: a step of a workflow, not published yet: it waits for the steps before it
+    PENDING = "pending"
+    #: published, waiting for a worker
+    QUEUED = "queued"
+    #: published with a delay or ETA, waiting in the broker
+    SCHEDULED = "scheduled"
+    #: a worker runs it
+    RUNNING = "running"
+    #: an attempt failed; the next one waits in the broker
+    RETRYING = "retrying"
+    #: finished with a result
+    SUCCEEDED = "succeeded"
+    #: its last attempt failed; it is in the dead-letter queue
+    FAILED = "failed"
+    #: dead-lettered without a result for another reason (undecodable, unknown task)
+    DEAD = "dead"
+
+    @property
+    def is_final(self) -> bool:
+        """True for succeeded, failed and dead."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD)
+
+    @property
+    def is_initial(self) -> bool:
+        """True for pending, queued and scheduled: what a job is before any worker saw it."""
+        return self in (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.SCHEDULED)
+
+    @property
+    def kind(self) -> str:
+        """``"initial"``, ``"active"`` or ``"final"``: what `ResultBackend.set_state` goes by."""
+        if self.is_final:
+            return "final"
+        return "initial" if self.is_initial else "active"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteError:
+    """An exception raised in a worker, as text (exceptions are never unpickled)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What is known about one job.
+
+    Attributes:
+        job_id: the job.
+        status: where it is.
+        task: the task name, when known.
+        attempt: the attempt that set this state.
+        result: the return value (succeeded only).
+        error: the failure (failed and dead only).
+        progress: the last value the task reported with `report_progress`.
+        updated_at: when this state was written, Unix seconds.
+    """
+
+    job_id: str
+    status: JobStatus
+    task: str | None = None
+    attempt: int = 0
+    result: JSONValue = None
+    error: RemoteError | None = None
+    progress: JSONValue = None
+    updated_at: float = 0.0
+    extra: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def with_progress(self, progress: JSONValue, now: float) -> JobState:
+        """This state with new progress."""
+        return replace(self, progress=progress, updated_at=now)
+
+    def encode(self) -> bytes:
+        """The stored form (JSON)."""
+        error = self.error
+        return dumps(
+            {
+                "job_id": self.job_id,
+                "status": self.status.value,
+                "task": self.task,
+                "attempt": self.attempt,
+                "result": self.result,
+                "error": None
+                if error is None
+                else {"type": error.type, "message": error.message, "traceback": error.traceback},
+                "progress": self.progress,
+                "updated_at": self.updated_at,
+                "extra": dict(self.extra),
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> JobState:
+        """Parse the stored form.
+
+        Raises:
+            DecodeError: not a stored job state.
+        """
+        raw: Any = loads(data)
+        try:
+            error = raw.get("error")
+            return cls(
+                job_id=str(raw["job_id"]),
+                status=JobStatus(raw["status"]),
+                task=raw.get("task"),
+                attempt=int(raw.get("attempt", 0)),
+                result=raw.get("result"),
+                error=None if error is None else RemoteError(**error),
+                progress=raw.get("progress"),
+                updated_at=float(raw.get("updated_at", 0.0)),
+                extra=raw.get("extra") or {},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DecodeError(f"not a stored job state: {exc}") from exc
+
+
+class ResultBackend(abc.ABC):
+    """Where job states, results and chord barriers are kept.
+
+    Implementations: `RedisResultBackend` (several processes) and `MemoryResultBackend`
+    (one process: tests). Both are async context managers.
+    """
+
+    async def __aenter__(self) -> ResultBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect. Idempotent."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Disconnect. Idempotent."""
+
+    @abc.abstractmethod
+    async def set_state(self, state: JobState, *, ttl: float) -> None:
+        """Store a job's state, replacing the one before; final states wake every waiter.
+
+        Two rules keep a late write from hiding a newer one, whatever the order the writes
+        arrive in (a redelivered copy, a publisher slower than the worker):
+
+        - an initial state (pending, queued, scheduled) is stored only when no state is
+          known, or when "pending" is and the new one is queued or scheduled: the producer
+          records it after the publish, when a worker may already run the job;
+        - a final state is never replaced by a non-final one (a late "running" from a
+          redelivered copy cannot hide a result).
+        """
+
+    async def set_states(self, states: Sequence[JobState], *, ttl: float) -> None:
+        """`set_state` for each of `states` (backends send them in one round trip)."""
+        for state in states:
+            await self.set_state(state, ttl=ttl)
+
+    @abc.abstractmethod
+    async def get_state(self, job_id: str) -> JobState | None:
+        """The job's last stored state, or None if none is known (or it expired)."""
+
+    @abc.abstractmethod
+    async def wait_final(self, job_id: str, *, timeout: float) -> JobState | None:
+        """Wait, without polling, until the job's state is final; None at the timeout."""
+
+    @abc.abstractmethod
+    async def join_barrier(
+        self, barrier_id: str, index: int, size: int, value: JSONValue, *, ttl: float
+    ) -> Sequence[JSONValue] | None:
+        """Record member `index`'s value of a barrier of `size`; atomic.
+
+        The first value recorded for an index wins (a redelivered member cannot change the
+        data). The call that completes the barrier gets every value, in index order, and so
+        do later calls for the same index (redeliveries of the completing member, which may
+        have died before it carried on); every other call gets None. So one member, and only
+        one, carries the workflow on, and each time it does it carries the same values.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Claim `key` for `owner`; atomic. Runs error callbacks once per workflow.
+
+        True for the first owner, and again for that same owner (its redeliveries, which may
+        have died before they acted on the claim); False for every other.
+        """

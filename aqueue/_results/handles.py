@@ -1,0 +1,130 @@
+"""Job handles: what `enqueue` returns, and what `queue.job(job_id)` gives in any process."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import anyio
+
+from aqueue._client.producer import PublishFailure
+from aqueue._core.types import JSONValue
+from aqueue._results import JobState, JobStatus, ResultBackend
+from aqueue.exceptions import ConfigurationError, JobFailed, ResultTimeout
+
+R = TypeVar("R")
+
+_NO_BACKEND = (
+    "no result backend is configured for this TaskQueue, so jobs are fire-and-forget and their "
+    "results and states are not kept: pass results=RedisResultBackend(...) to TaskQueue"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Job(Generic[R]):
+    """A handle on one enqueued job.
+
+    Attributes:
+        job_id: the job id (AMQP ``message_id``), stable across attempts.
+        task: the task name.
+        queue: the logical queue it was sent to.
+    """
+
+    job_id: str
+    task: str
+    queue: str
+    backend: ResultBackend | None = field(default=None, repr=False, compare=False)
+
+    def _require_backend(self) -> ResultBackend:
+        if self.backend is None:
+            raise ConfigurationError(_NO_BACKEND)
+        return self.backend
+
+    async def state(self) -> JobState | None:
+        """Everything known about the job, or None if nothing is (unknown id, or expired).
+
+        Raises:
+            ConfigurationError: no result backend is configured.
+        """
+        return await self._require_backend().get_state(self.job_id)
+
+    async def status(self) -> JobStatus | None:
+        """Where the job is: queued, scheduled, running, retrying, succeeded, failed or dead.
+
+        Raises:
+            ConfigurationError: no result backend is configured.
+        """
+        state = await self.state()
+        return None if state is None else state.status
+
+    async def progress(self) -> JSONValue:
+        """The last progress the task reported (``current_job().report_progress(...)``)."""
+        state = await self.state()
+        return None if state is None else state.progress
+
+    async def result(self, *, timeout: float | None = None) -> R:
+        """Wait for the job's result, without polling.
+
+        Raises:
+            JobFailed: the job failed for good; carries the remote type, message, traceback.
+            ResultTimeout: no result within `timeout` seconds (None: wait for ever).
+            ConfigurationError: no result backend is configured.
+        """
+        backend = self._require_backend()
+        state = await backend.wait_final(
+            self.job_id, timeout=math.inf if timeout is None else timeout
+        )
+        if state is None:
+            raise ResultTimeout(f"job {self.job_id} has no result after {timeout}s")
+        if state.status is JobStatus.SUCCEEDED:
+            return cast("R", state.result)
+        error = state.error
+        if error is None:
+            raise JobFailed(self.job_id, "aqueue.JobFailed", f"job ended {state.status.value}")
+        raise JobFailed(self.job_id, error.type, error.message, error.traceback)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupJob:
+    """A handle on a group's members; its result is theirs, in order."""
+
+    jobs: Sequence[Job[Any]]
+
+    async def result(self, *, timeout: float | None = None) -> list[Any]:
+        """Every member's result, in member order.
+
+        Raises:
+            JobFailed: a member failed (the first one in order that did).
+            ResultTimeout: not every member finished within `timeout`.
+        """
+        results: list[Any] = []
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            results.extend([await job.result() for job in self.jobs])
+        if scope.cancelled_caught:
+            raise ResultTimeout(f"group of {len(self.jobs)} has no full result after {timeout}s")
+        return results
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult(Generic[R]):
+    """What `enqueue_many` returns.
+
+    Attributes:
+        jobs: a handle for every job, in input order (failed ones included).
+        failures: the jobs that were not confirmed, with their error, in input order.
+    """
+
+    jobs: Sequence[Job[R]]
+    failures: Sequence[PublishFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every job was confirmed."""
+        return not self.failures
+
+    @property
+    def confirmed(self) -> int:
+        """How many jobs the broker confirmed."""
+        return len(self.jobs) - len(self.failures)

@@ -1,0 +1,184 @@
+"""The transport interface: bytes and headers in, bytes and headers out; never an Envelope.
+
+Both implementations (`AmqpTransport`, `MemoryTransport`) pass the same conformance suite
+(``tests/conformance``), so what is stated here holds for each of them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aqueue._core.topology import Topology
+from aqueue._core.types import HeaderValue
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to publish: always persistent, always mandatory, always confirmed.
+
+    Attributes:
+        exchange: the exchange name (``""`` is the default exchange).
+        routing_key: the routing key.
+        body: the encoded body.
+        message_id: the AMQP ``message_id`` (aqueue's job id).
+        headers: the AMQP header table.
+        content_type: the AMQP ``content_type``.
+        timestamp: the AMQP ``timestamp``, whole seconds since the Unix epoch.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    content_type: str = "application/json"
+    timestamp: int | None = None
+
+
+class Delivery(abc.ABC):
+    """One receipt of a message from a queue, to be settled exactly once.
+
+    A delivery belongs to the channel that delivered it. If that channel is gone (the
+    connection dropped), settling raises `ConnectionLost` and the broker has already put the
+    message back: it will be delivered again, to this worker or another.
+    """
+
+    body: bytes
+    headers: Mapping[str, HeaderValue]
+    message_id: str | None
+    routing_key: str
+    #: The exchange it was last published (or dead-lettered) to; ``""``: the default exchange.
+    exchange: str = ""
+    #: The broker name of the queue the message was consumed from.
+    queue: str
+    #: True when the broker delivered this message before (to any consumer).
+    redelivered: bool
+
+    @property
+    def delivery_count(self) -> int:
+        """How many earlier deliveries of this message ended without an ack.
+
+        Quorum queues count them in ``x-delivery-count``; elsewhere only the redelivered flag
+        is known, so this is 1 for a redelivery and 0 otherwise.
+        """
+        count = self.headers.get("x-delivery-count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        return 1 if self.redelivered else 0
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Acknowledge: the broker forgets the message.
+
+        Raises:
+            ConnectionLost: the delivering channel is gone; the message will be redelivered.
+        """
+
+    @abc.abstractmethod
+    async def reject(self, *, requeue: bool) -> None:
+        """Reject: requeue the message, or dead-letter it through its queue's dead-letter exchange.
+
+        Raises:
+            ConnectionLost: the delivering channel is gone; the message will be redelivered.
+        """
+
+
+#: Called by the transport for every delivery, on the event loop; it must not block.
+DeliveryCallback = Callable[[Delivery], None]
+
+
+class Consumer(abc.ABC):
+    """A subscription to one queue, created by `Transport.consume`."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop new deliveries (``basic.cancel``).
+
+        Deliveries already handed over stay unsettled until settled or until the transport
+        closes, when the broker requeues them. Idempotent.
+        """
+
+
+class Transport(abc.ABC):
+    """A connection to a broker (or to the in-memory broker) used by a producer or a worker.
+
+    The transport survives connection loss on its own: it reconnects, re-declares every
+    topology passed to `declare`, and resumes every consumer. Operations under way when the
+    connection drops raise `ConnectionLost`; `publish` does not retry (the producer does).
+    """
+
+    @abc.abstractmethod
+    async def connect(self, *, timeout: float) -> None:
+        """Open the connection.
+
+        Raises:
+            ConnectionFailed: no broker answered within `timeout` seconds.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection; unsettled deliveries are requeued by the broker. Idempotent."""
+
+    @abc.abstractmethod
+    async def wait_connected(self) -> None:
+        """Return once the transport is connected (at once if it is); callers bound the wait."""
+
+    @abc.abstractmethod
+    async def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues and bindings idempotently; re-declared after reconnects.
+
+        Raises:
+            ConfigurationError: an existing queue has different arguments (406
+                PRECONDITION_FAILED).
+            ConnectionLost: the connection dropped during the declaration.
+        """
+
+    @abc.abstractmethod
+    async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
+        """Publish persistent and mandatory; return once the broker confirmed it.
+
+        Many calls may run at once: confirms are pipelined.
+
+        Raises:
+            Unroutable: no queue is bound for the routing key.
+            PublishNacked: the broker refused the message (``basic.nack``).
+            BrokerBlocked: the connection is blocked by a resource alarm past `timeout`.
+            PublishTimeout: no confirm within `timeout` seconds (the message may be stored).
+            ConnectionLost: the connection dropped before the confirm arrived, or is down.
+        """
+
+    @abc.abstractmethod
+    async def consume(
+        self, queue: str, *, prefetch: int, on_delivery: DeliveryCallback
+    ) -> Consumer:
+        """Subscribe to a broker queue with manual acks and a per-consumer prefetch.
+
+        `on_delivery` is called on the event loop for each delivery and must not block; at most
+        `prefetch` deliveries are unsettled at a time. The subscription resumes after a
+        reconnect.
+
+        Raises:
+            ConnectionLost: the connection dropped while subscribing.
+        """
+
+    @abc.abstractmethod
+    async def get(self, queue: str) -> Delivery | None:
+        """Take one message from a queue (``basic.get``, manual ack); ``None`` when empty."""
+
+    @abc.abstractmethod
+    async def message_count(self, queue: str) -> int:
+        """How many messages are ready in a queue (not counting unacked ones).
+
+        Raises:
+            ConfigurationError: the queue does not exist.
+        """
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Delete every ready message of a queue; return how many."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, queue: str) -> None:
+        """Delete a queue (tests and tooling only). Idempotent."""
