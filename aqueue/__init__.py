@@ -6,17 +6,18 @@ Nothing is lost, nothing waits longer than it must, and you can see all of it.
 from typing import TYPE_CHECKING
 
 from aqueue._client.deadletters import DeadLetter, DeadLetterQueue, ReplayResult
-from aqueue._client.producer import PublishFailure
+from aqueue._client.producer import BatchResult, PublishFailure
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import TaskOptions, WorkerSettings
 from aqueue._core.wire import Failure
-from aqueue._observability.hooks import Instrumentation, JobMetrics, JobObserver, MetricSink
+from aqueue._observability.hooks import Instrumentation, JobObserver
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
+from aqueue._observability.metrics import JobMetrics, MetricSink
 from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
-from aqueue._results.handles import BatchResult, GroupJob, Job
+from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.context import JobContext, current_job
 from aqueue._tasks.middleware import CallNext, Middleware
-from aqueue._tasks.task import Task
+from aqueue._tasks.task import Call, Task
 from aqueue._worker.worker import Worker, WorkerStatistics
 from aqueue._workflows import Chain, Chord, Group, Signature, chain, chord, group
 from aqueue.exceptions import Retry
@@ -28,6 +29,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BatchResult",
+    "Call",
     "CallNext",
     "Chain",
     "Chord",

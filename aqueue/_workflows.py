@@ -16,15 +16,15 @@ next job, with the same id and data, which the worker runs once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from aqueue._core.types import JSONScalar, JSONValue
+from aqueue._core.wire import HEADER_WORKFLOW
 from aqueue._serialization import dumps, loads
 from aqueue.exceptions import ConfigurationError, DecodeError, EncodeError
 
-HEADER_WORKFLOW = "aqueue-workflow"
 #: The longest ``aqueue-workflow`` header a step may carry. AMQP sends a message's headers in
 #: one frame, and RabbitMQ closes the whole connection on a frame over its ``frame_max``
 #: (128 KiB by default): a longer header is refused before anything is published.
@@ -316,6 +316,16 @@ class WorkflowLinks:
         return data.decode()
 
     @classmethod
+    def of(cls, headers: Mapping[str, str]) -> WorkflowLinks | None:
+        """The links in a job's propagated headers, if it is a workflow step.
+
+        Raises:
+            DecodeError: the workflow header is malformed.
+        """
+        value = headers.get(HEADER_WORKFLOW)
+        return None if value is None else cls.decode(value)
+
+    @classmethod
     def decode(cls, value: str) -> WorkflowLinks:
         """Parse the header value.
 
@@ -380,24 +390,35 @@ def needs_backend(node: Node) -> bool:
     return True
 
 
-def plan(
-    node: Node,
-    *,
-    root: str,
-    then: Sequence[Continuation] = (),
-    fail: Sequence[str] = (),
-    on_error: Sequence[Node] = (),
-    result: JSONValue = None,
-    has_result: bool = False,
-) -> list[PlannedJob]:
-    """The jobs to publish to start `node` (ids already assigned) and go on with `then`.
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a node starts in a running workflow.
 
-    `result`, when `has_result`, is the previous step's result, prepended to the arguments of
-    every mutable signature that starts now.
+    Attributes:
+        then: what follows the node, first item first.
+        fail: handles that fail with it (see `WorkflowLinks.fail`).
+        on_error: error callbacks of the enclosing workflow.
+        result: the previous step's result, when `has_result`: prepended to the arguments of
+            every mutable signature that starts now.
+        has_result: whether there is a previous step (``None`` is a result too).
     """
-    context = _Context(root, tuple(fail), tuple(on_error))
+
+    then: tuple[Continuation, ...] = ()
+    fail: tuple[str, ...] = ()
+    on_error: tuple[Node, ...] = ()
+    result: JSONValue = None
+    has_result: bool = False
+
+
+def plan(node: Node, *, root: str, resume: Resume | None = None) -> list[PlannedJob]:
+    """The jobs to publish to start `node` (ids already assigned), going on as `resume` says.
+
+    Without `resume`: a workflow's first step, with no previous result.
+    """
+    resume = resume or Resume()
+    context = _Context(root, resume.fail, resume.on_error)
     jobs: list[PlannedJob] = []
-    _plan(node, tuple(then), context, result, has_result, jobs)
+    _plan(node, resume.then, context, resume.result, resume.has_result, jobs)
     return jobs
 
 

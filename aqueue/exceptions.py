@@ -3,6 +3,7 @@
 ```text
 AqueueError
 ├── ConfigurationError          bad options at decoration, bad settings, a missing result backend
+│   └── QueueNotFound           a queue the operation names does not exist on the broker
 ├── EncodeError                 arguments that are not JSON, or a message over the size limit
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
@@ -41,6 +42,7 @@ __all__ = [
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
+    "QueueNotFound",
     "ResultTimeout",
     "Retry",
     "TransportError",
@@ -55,6 +57,13 @@ class AqueueError(Exception):
 
 class ConfigurationError(AqueueError, ValueError):
     """A setting or option is wrong; raised where it is given (decoration, construction)."""
+
+
+class QueueNotFound(ConfigurationError):
+    """A queue an operation names does not exist on the broker (AMQP 404).
+
+    A `ConfigurationError`, since it is nearly always a wrong queue name or prefix.
+    """
 
 
 class EncodeError(AqueueError, TypeError):

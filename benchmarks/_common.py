@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import aio_pika
 
-from aqueue._core.topology import QueueSettings, TopologyNames, queue_topology, work_queue_arguments
+from aqueue._core.config import QueueSettings
+from aqueue._core.queues import queue_topology, work_queue_arguments
+from aqueue._core.topology import TopologyNames
 
 #: The logical queue every scenario uses (broker name ``<prefix>.bench`` on both sides).
 QUEUE = "bench"

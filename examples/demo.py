@@ -17,8 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import aqueue
-from aqueue import JobContext, TaskQueue, Worker, WorkerSettings
-from aqueue._tasks.middleware import CallNext
+from aqueue import CallNext, JobContext, TaskQueue, Worker, WorkerSettings
 
 URL = os.environ.get("AQUEUE_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -74,8 +73,9 @@ async def run_demo(url: str, jobs: int, concurrency: int) -> dict[str, float]:
             run_seconds = time.perf_counter() - started
             worker.stop()
         batch = enqueued[0]
-        await queue.transport.delete_queue(queue.names.work_queue("demo"))
-        await queue.transport.delete_queue(queue.names.dead_letter_queue("demo"))
+        async with queue.session() as session:
+            await session.transport.delete_queue(session.names.work_queue("demo"))
+            await session.transport.delete_queue(session.names.dead_letter_queue("demo"))
     ordered = sorted(waits)
     return {
         "jobs": float(jobs),

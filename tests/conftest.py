@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aqueue import TaskQueue
 from aqueue._core.topology import TopologyNames
 
 pytest_plugins = ["tests.helpers.fixtures", "tests.helpers.otel"]
@@ -23,10 +24,19 @@ pytest_plugins = ["tests.helpers.fixtures", "tests.helpers.otel"]
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-@pytest.fixture(scope="session")
-def anyio_backend() -> tuple[str, dict[str, object]]:
-    """Run every async test on asyncio (aio-pika is asyncio-only)."""
-    return ("asyncio", {"debug": False})
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    """Run every async test on asyncio (aio-pika is asyncio-only); the unit and conformance
+    tiers in debug mode.
+
+    Debug mode reports coroutines never awaited, callbacks that block the loop and
+    non-thread-safe calls; with ``filterwarnings = error`` the first of those fails the test.
+    It also records a stack for every callback the loop schedules, which slows the
+    integration tier's throughput tests (10,000 jobs) past their publish timeouts under
+    coverage: those run without it.
+    """
+    debug = request.node.get_closest_marker("integration") is None
+    return ("asyncio", {"debug": debug})
 
 
 def _broker_answers(url: str) -> bool:
@@ -80,6 +90,12 @@ def sweep_shared_broker() -> object:
 def names(prefix: str) -> TopologyNames:
     """The topology names for this test's prefix."""
     return TopologyNames(prefix)
+
+
+@pytest.fixture
+def memory_queue() -> TaskQueue:
+    """A closed `TaskQueue` on its own in-memory broker, prefix ``t`` (so ``t.default``)."""
+    return TaskQueue("memory://", prefix="t")
 
 
 @pytest.fixture

@@ -1,5 +1,15 @@
-"""The ``aqueue`` command line (tier 7): the only place that configures logging and the OTel SDK."""
+"""Tier 7: the ``aqueue`` command line (typer), the one place that sets up logging and OTel.
 
-from aqueue._cli.app import main
+``common`` holds the typer app and what every command shares; ``worker`` and ``dlq`` add
+their commands to it; ``telemetry`` sets up logging, OTLP export and the metrics endpoint.
+"""
 
-__all__ = ["main"]
+from aqueue._cli import dlq, worker
+from aqueue._cli.common import app
+
+__all__ = ["app", "dlq", "main", "worker"]
+
+
+def main() -> None:
+    """Entry point of the ``aqueue`` script."""
+    app()

@@ -1,79 +1,33 @@
 """Dead letters: read them, replay them, purge them (the CLI is ``aqueue dlq``).
 
-Every logical queue has a dead-letter queue, ``{prefix}.{queue}.dlq``. Two writers put
-messages there:
-
-- the worker, for a job it will not run again (its retries are used up, it timed out, its body
-  cannot be decoded, its task is unknown): a confirmed copy with ``aqueue-dead-*`` headers;
-- RabbitMQ, for a message no worker settled: a quorum work queue dead-letters a message after
-  ``delivery_limit`` deliveries that ended without an ack (workers that crashed on it), with
-  the ``x-death`` / ``x-first-death-*`` headers.
-
-Reading without removing. AMQP 0-9-1 cannot browse a queue: a reader takes messages and gives
-them back, and where they go back decides the order. Measured on RabbitMQ 3.10.8 (the
-dead-letters page has the numbers):
-
-- closing the connection gives unacked messages back to the head of a classic queue in order,
-  but a quorum queue scrambles more than about eight of them, and puts them behind messages
-  given back earlier;
-- ``reject(requeue=True)`` puts a message back where it was (classic), at the back (quorum
-  without a delivery limit: aqueue's dead-letter queues on 3.x) or among the returned messages
-  at the head (quorum with one); messages rejected one by one in the order taken keep that
-  order, *but* a quorum queue's channel sends at most 32 settlements ahead of the queue and
-  batches the rest, in no particular order.
-
-So a read is a *full pass*: take every message the queue held when the read began, then
-reject them in the order taken, 16 at a time, waiting for the queue to have taken each batch
-back before the next. The order of the queue is unchanged (a dead letter that arrives during
-the pass may end up in front of older ones); a reader that crashes gives its messages back on
-its connection's close, nothing lost but the order maybe changed. The cost is one
-``basic.get`` per dead letter, and each pass counts one more delivery of every message
-(``x-delivery-count``).
-
-Replay is at-least-once: each dead letter is published again (a fresh copy, confirmed) and
-only then acked. A crash between the confirm and the ack leaves the dead letter in place, so a
-later replay runs that job a second time; a crash anywhere loses nothing.
+Every logical queue has a dead-letter queue, ``{prefix}.{queue}.dlq``, written by the worker
+(a confirmed copy with ``aqueue-dead-*`` headers, for a job it will not run again) and by
+RabbitMQ (a quorum work queue dead-letters a message after ``delivery_limit`` deliveries that
+ended without an ack, with its ``x-death`` headers). Reading leaves every dead letter in place
+and in order (a full pass, `aqueue._transport.browse`); replay is at-least-once: each dead
+letter is published again (confirmed) and only then acked. The dead-letters page has the
+details and the measurements.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import Literal
 
-import anyio
-
-from aqueue._core import topology as t
-from aqueue._core.topology import queue_topology, validate_name
+from aqueue._client.session import Session
+from aqueue._core import wire as t
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import validate_name
 from aqueue._core.types import HeaderValue
-from aqueue._core.wire import Failure
-from aqueue._transport import Delivery, OutgoingMessage, Transport
-from aqueue._worker.settle import delivery_content_type
-from aqueue.exceptions import AqueueError, ConfigurationError, ConnectionLost, DecodeError
-
-if TYPE_CHECKING:
-    # Only for annotations: TaskQueue creates DeadLetterQueues (`queue.dead_letters(name)`),
-    # so the import-linter layers contract ignores this one upward import.
-    from aqueue._client.queue import TaskQueue
+from aqueue._core.wire import Failure, replay_message
+from aqueue._transport import Delivery
+from aqueue._transport.browse import QueuePass, queue_pass, read_queue
+from aqueue.exceptions import ConfigurationError, ConnectionLost, DecodeError, QueueNotFound
 
 __all__ = ["DeadLetter", "DeadLetterQueue", "ReplayResult"]
-
-#: Messages given back at a time: well under the 32 settlements a quorum queue's channel
-#: keeps in flight before it batches them out of order.
-PUT_BACK_BATCH = 16
-#: Seconds to wait for one batch to be back in the queue before sending the next anyway.
-PUT_BACK_BATCH_WAIT = 5.0
-
-_DEAD_PREFIX = "aqueue-dead-"
-
-logger = logging.getLogger("aqueue.dead_letters")
-
-#: Deliveries a pass holds, in the order taken (`DeadLetterQueue.list` shadows ``list``).
-_Held: TypeAlias = list[Delivery]
 
 Source = Literal["worker", "broker"]
 
@@ -146,11 +100,11 @@ ProgressCallback = Callable[[ReplayResult, int], None]
 class DeadLetterQueue:
     """The dead-letter queue of one logical queue: count, list, find, replay, purge.
 
-    Use it while its `TaskQueue` is open (``async with queue:``); reads and replays take the
+    Made by `TaskQueue.dead_letters` while the queue is open; reads and replays take the
     messages on a connection of their own, so a crash gives every untouched one back.
 
     Args:
-        queue: the task queue (broker URL, prefix and publisher).
+        session: the open queue's session (broker, names, publisher).
         name: the logical queue whose dead letters these are.
 
     Raises:
@@ -160,8 +114,8 @@ class DeadLetterQueue:
     during a `list` does not see the messages the list holds, and leaves them for later).
     """
 
-    def __init__(self, queue: TaskQueue, name: str) -> None:
-        self._queue = queue
+    def __init__(self, session: Session, name: str) -> None:
+        self._session = session
         self.name = validate_name(name)
 
     def __repr__(self) -> str:
@@ -170,26 +124,24 @@ class DeadLetterQueue:
     @property
     def broker_name(self) -> str:
         """The name of the dead-letter queue on the broker."""
-        return self._queue.names.dead_letter_queue(self.name)
+        return self._session.names.dead_letter_queue(self.name)
 
     async def count(self) -> int:
         """How many dead letters are ready (not those a reader holds right now).
 
         Raises:
-            ConfigurationError: the dead-letter queue does not exist.
+            QueueNotFound: the dead-letter queue does not exist.
         """
-        try:
-            return await self._queue.transport.message_count(self.broker_name)
-        except ConfigurationError as exc:
-            raise self._missing(exc) from exc
+        return await self._on_queue(self._session.transport.message_count)
 
     async def list(self, limit: int = 100) -> list[DeadLetter]:
         """The first `limit` dead letters, oldest first, left in place and in order.
 
-        A full pass: every dead letter is taken and given back (see the module notes).
+        A full pass: every dead letter is taken and given back (`aqueue._transport.browse`).
 
         Raises:
-            ConfigurationError: `limit` is below 1, or the dead-letter queue does not exist.
+            ConfigurationError: `limit` is below 1.
+            QueueNotFound: the dead-letter queue does not exist.
         """
         _check_limit(limit)
         found: list[DeadLetter] = []
@@ -205,7 +157,7 @@ class DeadLetterQueue:
         """The dead letter of job `job_id` (the oldest, if there are several), left in place.
 
         Raises:
-            ConfigurationError: the dead-letter queue does not exist.
+            QueueNotFound: the dead-letter queue does not exist.
         """
         found: list[DeadLetter] = []
 
@@ -240,7 +192,8 @@ class DeadLetterQueue:
             How many were replayed, and how many were left in place.
 
         Raises:
-            ConfigurationError: a bad `task` or `limit`; the dead-letter queue does not exist.
+            ConfigurationError: a bad `task` or `limit`.
+            QueueNotFound: the dead-letter queue does not exist.
             PublishError: the broker did not take a copy (that dead letter stays in place; the
                 replay stops).
             ConnectionLost: the connection was lost (what is not replayed stays in place).
@@ -263,82 +216,29 @@ class DeadLetterQueue:
         """Delete every ready dead letter; return how many.
 
         Raises:
-            ConfigurationError: the dead-letter queue does not exist.
+            QueueNotFound: the dead-letter queue does not exist.
         """
-        try:
-            return await self._queue.transport.purge(self.broker_name)
-        except ConfigurationError as exc:
-            raise self._missing(exc) from exc
+        return await self._on_queue(self._session.transport.purge)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _missing(self, cause: ConfigurationError) -> ConfigurationError:
-        return ConfigurationError(
-            f"there is no dead-letter queue {self.broker_name!r} (queue {self.name!r}, prefix "
-            f"{self._queue.names.prefix!r}): check the queue name and the prefix ({cause})"
-        )
-
-    @asynccontextmanager
-    async def _pass(self) -> AsyncIterator[tuple[Transport, _Held]]:
-        """A connection of its own, and a list of the deliveries it holds.
-
-        When the block ends, the held deliveries go back in the order taken (`_put_back`).
-        After an error or a cancellation they go back by closing the connection: to the head
-        of the queue, as after a crash (in order on a classic queue; a quorum queue may
-        scramble more than a few).
-        """
-        transport = self._queue.make_transport("dead-letters")
-        await transport.connect(timeout=self._queue.producer_settings.connect_timeout)
-        held: _Held = []
+    async def _on_queue(self, operation: Callable[[str], Awaitable[int]]) -> int:
+        """`operation` on the dead-letter queue, saying clearly if there is none."""
         try:
-            yield transport, held
-            await self._put_back(held)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await transport.aclose()
-
-    async def _put_back(self, held: Sequence[Delivery]) -> None:
-        """Reject the held deliveries with requeue, in order, one batch at a time.
-
-        Each batch must be back in the queue (its ready count grown by it) before the next is
-        sent: a quorum queue's channel reorders settlements beyond 32 in flight.
-        """
-        if not held:
-            return
-        try:
-            base = await self.count()
-            for start in range(0, len(held), PUT_BACK_BATCH):
-                batch = held[start : start + PUT_BACK_BATCH]
-                for delivery in batch:
-                    await delivery.reject(requeue=True)
-                await self._wait_for_count(base + start + len(batch))
-        except ConnectionLost:
-            # the connection holding them dropped (the broker took them all back), or the one
-            # counting them did (closing gives back the rest)
-            return
-        except AqueueError as exc:  # closing the connection gives back the rest
-            logger.warning("could not give back dead letters in order: %s", exc)
-
-    async def _wait_for_count(self, expected: int) -> None:
-        with anyio.move_on_after(PUT_BACK_BATCH_WAIT):
-            while True:
-                if await self.count() >= expected:
-                    return
-                await anyio.sleep(0.002)
+            return await operation(self.broker_name)
+        except QueueNotFound as exc:
+            raise QueueNotFound(
+                f"there is no dead-letter queue {self.broker_name!r} (queue {self.name!r}, "
+                f"prefix {self._session.names.prefix!r}): check the queue name and the prefix "
+                f"({exc})"
+            ) from exc
 
     async def _read(self, visit: Callable[[Delivery], None]) -> None:
-        """Take every dead letter there is now, show each to `visit`, give all back in order."""
-        total = await self.count()
-        if total == 0:
+        """Show every dead letter there is now to `visit`; leave all in place, in order."""
+        if await self.count() == 0:
             return
-        async with self._pass() as (transport, held):
-            # at most `total`: one pass, never the ones given back by this pass
-            for _ in range(total):
-                delivery = await transport.get(self.broker_name)
-                if delivery is None:
-                    break
-                held.append(delivery)
-                visit(delivery)
+        async with self._session.connection_for("dead-letters") as transport:
+            await read_queue(transport, self.broker_name, visit)
 
     async def _replay(
         self,
@@ -348,18 +248,19 @@ class DeadLetterQueue:
         on_progress: ProgressCallback | None,
     ) -> ReplayResult:
         replayed = skipped = 0
-        async with self._pass() as (transport, held):
+        async with (
+            self._session.connection_for("dead-letters") as transport,
+            queue_pass(transport, self.broker_name) as browsing,
+        ):
             for _ in range(planned):
-                if limit is not None and replayed >= limit and not held:
+                if limit is not None and replayed >= limit and not browsing.holding:
                     break
-                delivery = await transport.get(self.broker_name)
+                delivery = await browsing.take()
                 if delivery is None:
                     break
-                held.append(delivery)  # until its copy is confirmed and it is acked
                 wanted = limit is None or replayed < limit
                 if wanted and (task is None or delivery.headers.get(t.HEADER_TASK) == task):
-                    await self._replay_one(delivery)
-                    held.pop()
+                    await self._replay_one(browsing, delivery)
                     replayed += 1
                 else:
                     skipped += 1
@@ -367,10 +268,13 @@ class DeadLetterQueue:
                     on_progress(ReplayResult(replayed, skipped), planned)
         return ReplayResult(replayed, skipped)
 
-    async def _replay_one(self, delivery: Delivery) -> None:
-        await self._queue.producer.publish(self._replay_message(delivery))
+    async def _replay_one(self, browsing: QueuePass, delivery: Delivery) -> None:
+        message = replay_message(
+            self._session.names, delivery, queue=self.name, now_ms=time.time_ns() // 1_000_000
+        )
+        await self._session.producer.publish(message)
         try:
-            await delivery.ack()
+            await browsing.remove(delivery)
         except ConnectionLost as exc:
             raise ConnectionLost(
                 f"job {delivery.message_id} was replayed, but the connection was lost before "
@@ -378,51 +282,28 @@ class DeadLetterQueue:
                 f"replay runs it again ({exc})"
             ) from exc
 
-    def _replay_message(self, delivery: Delivery) -> OutgoingMessage:
-        """A fresh job: the job headers without RabbitMQ's and the dead-letter ones."""
-        now_ms = time.time_ns() // 1_000_000
-        headers = {
-            key: value
-            for key, value in delivery.headers.items()
-            if key not in t.BROKER_HEADERS and not key.startswith(_DEAD_PREFIX)
-        }
-        headers[t.HEADER_ATTEMPT] = 1
-        headers[t.HEADER_QUEUE] = self.name
-        # Due now: queue latency (due → started) measures the wait after the replay, not the
-        # time spent in the dead-letter queue. The enqueue time and the history stay.
-        headers[t.HEADER_ETA] = now_ms
-        return OutgoingMessage(
-            exchange=self._queue.names.exchange,
-            routing_key=self.name,
-            body=delivery.body,
-            message_id=delivery.message_id or "",
-            headers=headers,
-            content_type=delivery_content_type(delivery),
-            timestamp=now_ms // 1000,
-        )
-
     async def _ensure_work_queue(self) -> None:
         """Declare the work queue if it does not exist yet.
 
         An existing queue is left as its application declared it: declaring it again with
         this TaskQueue's settings (another delivery limit, say) would be refused (406).
         """
-        queue = self._queue
+        session = self._session
         try:
-            await queue.transport.message_count(queue.names.work_queue(self.name))
-        except ConfigurationError:
-            # not `queue.declare_queue`: it declares once per open, and the queue may have
+            await session.transport.message_count(session.names.work_queue(self.name))
+        except QueueNotFound:
+            # not `producer.declare_queue`: it declares once per open, and the queue may have
             # been deleted since
-            await queue.transport.declare(
-                queue_topology(queue.names, self.name, queue.queue_settings)
+            await session.producer.declare(
+                queue_topology(session.names, self.name, session.queue_settings)
             )
 
     def _parse(self, delivery: Delivery) -> DeadLetter:
         return parse_dead_letter(
             delivery,
             queue=self.name,
-            work_queue=self._queue.names.work_queue(self.name),
-            delivery_limit=self._queue.queue_settings.delivery_limit,
+            work_queue=self._session.names.work_queue(self.name),
+            delivery_limit=self._session.queue_settings.delivery_limit,
         )
 
 

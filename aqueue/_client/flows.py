@@ -1,83 +1,43 @@
-"""Running workflows and keeping job states: the TaskQueue's side of results and workflows.
+"""Running workflows: publish the jobs a step starts, and carry a workflow on after it.
 
-`Flows` publishes the jobs a workflow step starts (confirmed), records job states in the
-result backend, and carries a workflow on after a step succeeds or fails for good. The worker
-calls it before it acks, so a step that crashes is redelivered and publishes the same jobs (same
-ids, same data) again.
+The worker calls `Flows` before it acks a step, so a step that crashes is redelivered and
+publishes the same jobs (same ids, same data) again. Job states are `JobStates`'; barriers
+and run-once error callbacks need its result backend.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from aqueue._client.producer import Producer
 from aqueue._core.types import JSONValue
-from aqueue._core.wire import Envelope
-from aqueue._results import JobState, JobStatus, RemoteError, ResultBackend
+from aqueue._core.wire import HEADER_WORKFLOW, Envelope
+from aqueue._results import JobState, JobStatus, RemoteError
+from aqueue._results.states import JobStates
 from aqueue._workflows import (
-    HEADER_WORKFLOW,
-    Continuation,
     Join,
     Node,
     PlannedJob,
+    Resume,
     WorkflowLinks,
     final_ids,
     first_id,
     plan,
 )
-from aqueue.exceptions import ConfigurationError
-
-if TYPE_CHECKING:
-    from aqueue._client.queue import TaskQueue
 
 logger = logging.getLogger("aqueue.workflows")
 
 
 class Flows:
-    """Workflow steps and job states for one open `TaskQueue`."""
+    """Workflow steps of one open `TaskQueue`: starts and continuations."""
 
-    def __init__(self, queue: TaskQueue, backend: ResultBackend | None, ttl: float) -> None:
-        self._queue = queue
-        self.backend = backend
-        self.ttl = ttl
-
-    # -- states ----------------------------------------------------------------------------
-
-    async def record(self, state: JobState) -> None:
-        """Store a job state, when a backend is configured."""
-        if self.backend is not None:
-            await self.backend.set_state(replace(state, updated_at=time.time()), ttl=self.ttl)
-
-    async def record_many(self, states: Sequence[JobState]) -> None:
-        """Store job states in one round trip, when a backend is configured."""
-        if self.backend is not None:
-            now = time.time()
-            stamped = [replace(state, updated_at=now) for state in states]
-            await self.backend.set_states(stamped, ttl=self.ttl)
-
-    def require_backend(self, what: str) -> ResultBackend:
-        """The backend, or a clear error saying `what` needs one."""
-        if self.backend is None:
-            raise ConfigurationError(
-                f"{what} needs a result backend: pass results=RedisResultBackend(...) to TaskQueue"
-            )
-        return self.backend
-
-    # -- starting nodes --------------------------------------------------------------------
+    def __init__(self, producer: Producer, states: JobStates) -> None:
+        self._producer = producer
+        self._states = states
 
     async def start(
-        self,
-        node: Node,
-        *,
-        root: str,
-        then: Sequence[Continuation] = (),
-        fail: Sequence[str] = (),
-        on_error: Sequence[Node] = (),
-        result: JSONValue = None,
-        has_result: bool = False,
+        self, node: Node, *, root: str, resume: Resume | None = None
     ) -> list[PlannedJob]:
         """Publish (confirmed) the jobs that start `node`; return them.
 
@@ -86,20 +46,12 @@ class Flows:
             PublishError, ConnectionLost: as for `enqueue` (some jobs may have been published:
                 the caller is redelivered and publishes the same ids again).
         """
-        jobs = plan(
-            node,
-            root=root,
-            then=then,
-            fail=fail,
-            on_error=on_error,
-            result=result,
-            has_result=has_result,
-        )
-        producer = self._queue.producer
+        jobs = plan(node, root=root, resume=resume)
+        producer = self._producer
         now_ms = time.time_ns() // 1_000_000
-        messages = [producer.job_message(self._envelope(job, now_ms)) for job in jobs]
+        messages = [producer.encode(_envelope(job, now_ms)) for job in jobs]
         for queue in sorted({job.queue for job in jobs}):
-            await self._queue.declare_queue(queue)
+            await producer.declare_queue(queue)
         failures = await producer.publish_many(messages)
         if failures:
             raise failures[0].error
@@ -114,49 +66,27 @@ class Flows:
             for job_id in dict.fromkeys(final_ids(node))
             if job_id not in started
         ]
-        await self.record_many(states)
+        await self._states.record_many(states)
         return jobs
-
-    @staticmethod
-    def _envelope(job: PlannedJob, now_ms: int) -> Envelope:
-        return Envelope(
-            job_id=job.job_id,
-            task=job.task,
-            queue=job.queue,
-            args=job.args,
-            kwargs=job.kwargs,
-            enqueued_at_ms=now_ms,
-            options=job.options,
-            extra_headers={HEADER_WORKFLOW: job.links.encode()},
-        )
-
-    # -- after a step ----------------------------------------------------------------------
 
     async def succeeded(self, links: WorkflowLinks, result: JSONValue) -> None:
         """Start the side branches and what follows a step that returned `result`."""
         for branch in links.links:
-            await self.start(branch, root=links.root, result=result, has_result=True)
+            await self.start(branch, root=links.root, resume=Resume(result=result, has_result=True))
         pending = links.next
         while pending:
             head, pending = pending[0], pending[1:]
             if isinstance(head, Join):
-                backend = self.require_backend("a group inside a workflow")
+                backend = self._states.require_backend("a group inside a workflow")
                 values = await backend.join_barrier(
-                    head.barrier, head.index, head.size, result, ttl=self.ttl
+                    head.barrier, head.index, head.size, result, ttl=self._states.ttl
                 )
                 if values is None:
                     return  # other members are still running; the last one goes on
                 result = list(values)
                 continue
-            await self.start(
-                head.node,
-                root=links.root,
-                then=pending,
-                fail=links.fail,
-                on_error=links.on_error,
-                result=result,
-                has_result=True,
-            )
+            resume = Resume(pending, links.fail, links.on_error, result, has_result=True)
+            await self.start(head.node, root=links.root, resume=resume)
             return
 
     async def failed(self, links: WorkflowLinks, job_id: str, error: RemoteError) -> None:
@@ -168,12 +98,12 @@ class Flows:
         """
         for target in links.fail:
             if target != job_id:
-                await self.record(
+                await self._states.record(
                     JobState(target, JobStatus.FAILED, error=error, extra={"failed_job": job_id})
                 )
         if not links.on_error:
             return
-        backend = self.require_backend("an error callback")
+        backend = self._states.require_backend("an error callback")
         payload: JSONValue = {
             "job_id": job_id,
             "type": error.type,
@@ -182,5 +112,19 @@ class Flows:
         }
         for node in links.on_error:
             once = f"{links.root}:error:{first_id(node)}"
-            if await backend.claim(once, job_id, ttl=self.ttl):
-                await self.start(node, root=links.root, result=payload, has_result=True)
+            if await backend.claim(once, job_id, ttl=self._states.ttl):
+                resume = Resume(result=payload, has_result=True)
+                await self.start(node, root=links.root, resume=resume)
+
+
+def _envelope(job: PlannedJob, now_ms: int) -> Envelope:
+    return Envelope(
+        job_id=job.job_id,
+        task=job.task,
+        queue=job.queue,
+        args=job.args,
+        kwargs=job.kwargs,
+        enqueued_at_ms=now_ms,
+        options=job.options,
+        extra_headers={HEADER_WORKFLOW: job.links.encode()},
+    )

@@ -1,43 +1,43 @@
-"""`TaskQueue`: the composition root (transports, registry, producer) and the enqueue API."""
+"""`TaskQueue`: the application's object: its tasks, its settings and the enqueue verbs.
+
+What exists only while it is open (connections, the producer, declarations, job states) is
+its `Session`; the worker and the tools take the session, never the `TaskQueue`.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 import uuid
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
-import anyio
 from typing_extensions import Unpack
 
 from aqueue._client.deadletters import DeadLetterQueue
-from aqueue._client.flows import Flows
-from aqueue._client.producer import Producer
+from aqueue._client.producer import BatchResult
+from aqueue._client.session import Session
 from aqueue._core.checks import is_number
-from aqueue._core.config import DEFAULT_QUEUE, ProducerSettings, TaskOptionsDict
-from aqueue._core.topology import (
-    MAX_DELAY_MS,
+from aqueue._core.config import (
+    DEFAULT_PREFIX,
+    DEFAULT_QUEUE,
+    DEFAULT_URL,
+    ConnectionSettings,
+    ProducerSettings,
     QueueSettings,
-    QueueType,
-    TopologyNames,
-    delay_topology,
-    delay_units,
-    queue_topology,
+    TaskOptionsDict,
 )
+from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
+from aqueue._core.topology import QueueType, TopologyNames, validate_name
 from aqueue._core.wire import Envelope
-from aqueue._observability.hooks import Instrumentation
+from aqueue._observability.hooks import Instrumentation, Instruments
 from aqueue._results import JobState, JobStatus, ResultBackend
-from aqueue._results.handles import BatchResult, GroupJob, Job
+from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
-from aqueue._tasks.task import Task, TaskRegistry, make_task
-from aqueue._transport import OutgoingMessage, Transport
-from aqueue._transport.amqp import AmqpTransport
-from aqueue._transport.memory import MemoryBroker, MemoryTransport
+from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
+from aqueue._transport import check_urls, connector
 from aqueue._workflows import (
     Chain,
     Chord,
@@ -53,10 +53,9 @@ from aqueue.exceptions import ConfigurationError, EncodeError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-TransportRole = Literal["publisher", "consumer", "dead-letters"]
-
-#: Marks the delay levels as declared in `TaskQueue._declared` (no queue name has a space).
-_DELAY_LEVELS = "delay levels"
+_QUEUE = QueueSettings()
+_CONNECTION = ConnectionSettings()
+_PRODUCER = ProducerSettings()
 
 
 class TaskQueue:
@@ -73,13 +72,13 @@ class TaskQueue:
         delivery_limit: quorum queues dead-letter a message after this many unacked deliveries.
         publish_timeout: seconds to wait for one publisher confirm.
         publish_deadline: seconds a publish keeps retrying across reconnects.
-        connect_timeout: seconds to wait for the broker when the queue opens.
+        connect_timeout: seconds to wait for the broker when a connection opens.
         max_message_bytes: larger encoded jobs are refused at enqueue.
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight.
         middleware: run around every job in workers, outermost first.
         instrumentation: hooks that observe every publish and every job (`Instrumentation`),
             after the OpenTelemetry one; more can be added with `instrument`.
-        telemetry: install `aqueue._observability.otel.Telemetry` first: spans and trace context for
+        telemetry: install `aqueue.telemetry.Telemetry` first: spans and trace context for
             every publish and job, and job metrics, through the OpenTelemetry API (no-ops
             until the application sets up an SDK).
         name: names the connections (visible in the RabbitMQ management UI).
@@ -90,16 +89,16 @@ class TaskQueue:
 
     def __init__(
         self,
-        url: str | Sequence[str] = "amqp://guest:guest@localhost/",
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
-        prefix: str = "aqueue",
-        queue_type: QueueType = "quorum",
-        delivery_limit: int = 10,
-        publish_timeout: float = 10.0,
-        publish_deadline: float = 30.0,
-        connect_timeout: float = 10.0,
-        max_message_bytes: int = 1024 * 1024,
-        max_in_flight: int = 1000,
+        prefix: str = DEFAULT_PREFIX,
+        queue_type: QueueType = _QUEUE.queue_type,
+        delivery_limit: int = _QUEUE.delivery_limit,
+        publish_timeout: float = _PRODUCER.publish_timeout,
+        publish_deadline: float = _PRODUCER.publish_deadline,
+        connect_timeout: float = _CONNECTION.connect_timeout,
+        max_message_bytes: int = _PRODUCER.max_message_bytes,
+        max_in_flight: int = _PRODUCER.max_in_flight,
         middleware: Sequence[Middleware] = (),
         instrumentation: Sequence[Instrumentation] = (),
         telemetry: bool = True,
@@ -107,46 +106,55 @@ class TaskQueue:
         results: ResultBackend | None = None,
         result_ttl: float = 86400.0,
     ) -> None:
-        self.urls = _check_urls(url)
-        self.names = TopologyNames(prefix)
-        self.queue_settings = QueueSettings(queue_type, delivery_limit)
-        self.producer_settings = ProducerSettings(
+        urls = check_urls(url)
+        self._names = TopologyNames(prefix)
+        self._queue_settings = QueueSettings(queue_type, delivery_limit)
+        self._connection = ConnectionSettings(connect_timeout=connect_timeout)
+        self._producer_settings = ProducerSettings(
             publish_timeout=publish_timeout,
             publish_deadline=publish_deadline,
             max_message_bytes=max_message_bytes,
             max_in_flight=max_in_flight,
-            connect_timeout=connect_timeout,
         )
-        self.middleware: tuple[Middleware, ...] = tuple(middleware)
-        self.name = name
         if results is not None and not isinstance(results, ResultBackend):
             raise ConfigurationError(f"results must be a ResultBackend, not {results!r}")
         if not is_number(result_ttl, above=0):
             raise ConfigurationError(f"result_ttl must be a positive number, not {result_ttl!r}")
-        self.results = results
-        self.flows = Flows(self, results, float(result_ttl))
-        self.registry = TaskRegistry()
-        self._memory_broker = _memory_broker(self.urls[0])
-        self._stack: AsyncExitStack | None = None
-        self._transport: Transport | None = None
-        self._producer: Producer | None = None
-        # the logical queues declared since the queue opened, and _DELAY_LEVELS once the delay
-        # levels are
-        self._declared: set[str] = set()
-        # Concurrent first enqueues wait for one declaration instead of each declaring
-        # everything again (1,000 concurrent delayed enqueues made 1,000 declarations).
-        self._declare_lock = anyio.Lock()
-        self.instrumentation: tuple[Instrumentation, ...] = ()
+        self._backend = results
+        self._result_ttl = float(result_ttl)
+        self.name = name
+        self._connect = connector(urls, name=name)
+        self._middleware: tuple[Middleware, ...] = tuple(middleware)
+        self._registry = TaskRegistry()
+        self._instruments = Instruments()
         if telemetry:
             # imported here: a TaskQueue(telemetry=False) never loads OpenTelemetry
             from aqueue._observability.otel import Telemetry
 
-            self.instrument(Telemetry())
+            self._instruments.add(Telemetry())
         for instrument in instrumentation:
-            self.instrument(instrument)
+            self._instruments.add(instrument)
+        self._stack: AsyncExitStack | None = None
+        self._session: Session | None = None
+        self._users = 0  # open() calls not yet matched by aclose()
 
     def __repr__(self) -> str:
-        return f"<TaskQueue prefix={self.names.prefix!r} tasks={len(list(self.registry))}>"
+        return f"<TaskQueue prefix={self._names.prefix!r} tasks={len(self._registry)}>"
+
+    @property
+    def tasks(self) -> Mapping[str, Task[Any, Any]]:
+        """The registered tasks, by name."""
+        return self._registry
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware run around every job, outermost first."""
+        return self._middleware
+
+    @property
+    def instrumentation(self) -> tuple[Instrumentation, ...]:
+        """The instrumentations observing every publish and job, in order."""
+        return self._instruments.all
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -168,7 +176,7 @@ class TaskQueue:
             ConfigurationError: an unknown option (the message suggests the closest known one),
                 a bad value, or a name already taken by another function.
         """
-        decorator = _TaskDecorator(self, options)
+        decorator = _TaskDecorator(self._registry, options)
         if fn is None:
             # validate now, so a typo fails where the decorator is written
             decorator.check()
@@ -176,12 +184,6 @@ class TaskQueue:
         return decorator(fn)
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def make_transport(self, role: TransportRole) -> Transport:
-        """A new, unconnected transport; producers and workers each get their own connection."""
-        if self._memory_broker is not None:
-            return MemoryTransport(self._memory_broker, connection_name=f"{self.name}-{role}")
-        return AmqpTransport(self.urls, connection_name=f"{self.name}-{role}")
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -198,100 +200,89 @@ class TaskQueue:
     async def open(self) -> None:
         """Connect the publishing transport and declare every known queue.
 
+        Counted: each `open` (``async with queue:``, `session`) is matched by an `aclose`,
+        and the connection closes with the last one, so a worker and the application can
+        share one queue object.
+
         Raises:
             ConnectionFailed: no broker answered within ``connect_timeout``.
         """
         if self._stack is not None:
+            self._users += 1
             return
         async with AsyncExitStack() as stack:
-            transport = self.make_transport("publisher")
-            await transport.connect(timeout=self.producer_settings.connect_timeout)
-            stack.push_async_callback(transport.aclose)
-            if self.results is not None:
-                await self.results.open()
-                stack.push_async_callback(self.results.aclose)
-            self._transport = transport
-            self._producer = Producer(
-                transport, self.names, self.producer_settings, self.instrumentation
+            session = await stack.enter_async_context(
+                Session.open(
+                    connect=self._connect,
+                    names=self._names,
+                    queue_settings=self._queue_settings,
+                    connection=self._connection,
+                    producer_settings=self._producer_settings,
+                    instruments=self._instruments,
+                    backend=self._backend,
+                    result_ttl=self._result_ttl,
+                )
             )
-            self._declared.clear()
-            self._declare_lock = anyio.Lock()  # bound to this open's event loop
-            for queue in sorted(self.registry.queues()):
-                await self.declare_queue(queue)
+            for queue in sorted(self._registry.queues()):
+                await session.producer.declare_queue(queue)
+            self._session = session
             self._stack = stack.pop_all()
+            self._users = 1
 
     async def aclose(self) -> None:
-        """Close the connection. Idempotent."""
-        stack, self._stack = self._stack, None
-        self._transport = None
-        self._producer = None
+        """Close the connection once every `open` has been matched; extra calls do nothing."""
+        if self._users > 1:
+            self._users -= 1
+            return
+        stack, self._stack, self._session, self._users = self._stack, None, None, 0
         if stack is not None:
             await stack.aclose()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """The open queue's `Session` for the block; opens the queue first if it is closed.
+
+        Closes only what it opened: inside ``async with queue:`` it yields the open session,
+        and a later ``async with queue:`` elsewhere does not close it under the block.
+        The worker, the dead-letter tools and tests use it; applications rarely need it.
+
+        Raises:
+            ConnectionFailed: the queue was closed and no broker answered.
+        """
+        await self.open()
+        try:
+            yield self._require_session()
+        finally:
+            await self.aclose()
+
+    def _require_session(self) -> Session:
+        if self._session is None:
+            raise ConfigurationError(
+                "the TaskQueue is not open: use 'async with queue:' (or await queue.open())"
+            )
+        return self._session
 
     def instrument(self, instrumentation: Instrumentation) -> None:
         """Add an instrumentation: it observes every later publish and job.
 
-        Workers read the list when each delivery arrives.
-
         Raises:
             ConfigurationError: not an `Instrumentation`.
         """
-        if not isinstance(instrumentation, Instrumentation):
-            raise ConfigurationError(
-                f"instrumentation must be an aqueue.Instrumentation, not {instrumentation!r}"
-            )
-        self.instrumentation = (*self.instrumentation, instrumentation)
-        if self._producer is not None:
-            self._producer.instrumentation = self.instrumentation
-
-    @property
-    def producer(self) -> Producer:
-        """The producer of an open queue.
-
-        Raises:
-            ConfigurationError: the queue is not open (use ``async with queue:``).
-        """
-        if self._producer is None:
-            raise ConfigurationError(
-                "the TaskQueue is not open: use 'async with queue:' (or await queue.open())"
-            )
-        return self._producer
-
-    @property
-    def transport(self) -> Transport:
-        """The publishing transport of an open queue."""
-        if self._transport is None:
-            raise ConfigurationError("the TaskQueue is not open: use 'async with queue:'")
-        return self._transport
-
-    async def declare_queue(self, queue: str) -> bool:
-        """Declare a logical queue's topology on the publishing connection (once per open).
-
-        Returns:
-            True if it was declared by this call.
-        """
-        if queue in self._declared:
-            return False
-        async with self._declare_lock:
-            if queue in self._declared:  # a concurrent call declared it meanwhile
-                return False
-            await self.producer.declare(queue_topology(self.names, queue, self.queue_settings))
-            self._declared.add(queue)
-        return True
+        self._instruments.add(instrumentation)
 
     def job(self, job_id: str) -> Job[Any]:
         """A handle on any job by its id, e.g. in another process (``GET /jobs/{id}``)."""
-        return Job(job_id, "", "", self.results)
+        return Job(job_id, "", "", self._backend)
 
     def dead_letters(self, queue: str = DEFAULT_QUEUE) -> DeadLetterQueue:
         """The dead-letter queue of a logical queue: list, find, replay and purge its jobs.
 
-        Use it while the TaskQueue is open (``async with queue:``).
-
         Raises:
-            ConfigurationError: `queue` is not a valid queue name.
+            ConfigurationError: the TaskQueue is not open (``async with queue:``), or `queue`
+                is not a valid queue name.
         """
-        return DeadLetterQueue(self, queue)
+        validate_name(queue)
+        return DeadLetterQueue(self._require_session(), queue)
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -315,14 +306,14 @@ class TaskQueue:
                 nothing was published.
             PublishError: the broker refused it, it was unroutable, or no confirm came in time.
             ConnectionLost: no connection within ``publish_deadline``.
-            ConfigurationError: a workflow with a group or an error callback, and no result
-                backend.
+            ConfigurationError: the queue is not open; a workflow with a group or an error
+                callback, and no result backend.
         """
         if isinstance(task, Signature | Chain | Group | Chord):
             if args or kwargs:
                 raise ConfigurationError("a workflow takes no further arguments at enqueue")
             return await self._enqueue_workflow(task)
-        return await self._enqueue(task, args, kwargs, delay_ms=0, eta=None)
+        return await self._enqueue(task, args, kwargs, delay=0, eta=None)
 
     async def enqueue_in(
         self, delay: float | dt.timedelta, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -337,7 +328,7 @@ class TaskQueue:
             ConfigurationError: a negative delay, or one over the longest (about 31 days).
             EncodeError, PublishError, ConnectionLost: as for `enqueue`.
         """
-        return await self._enqueue(task, args, kwargs, delay_ms=delay_to_ms(delay), eta=None)
+        return await self._enqueue(task, args, kwargs, delay=delay, eta=None)
 
     async def enqueue_at(
         self, eta: dt.datetime, task: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -348,8 +339,7 @@ class TaskQueue:
             ConfigurationError: a naive datetime, or one further than the longest delay.
             EncodeError, PublishError, ConnectionLost: as for `enqueue`.
         """
-        delay_ms = eta_to_delay_ms(eta, time.time())
-        return await self._enqueue(task, args, kwargs, delay_ms=delay_ms, eta=eta)
+        return await self._enqueue(task, args, kwargs, delay=None, eta=eta)
 
     async def _enqueue(
         self,
@@ -357,40 +347,41 @@ class TaskQueue:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         *,
-        delay_ms: int,
-        eta: dt.datetime | None,
+        delay: object,
+        eta: object,
     ) -> Job[R]:
-        producer = self.producer
-        envelope = self._envelope(task, args, kwargs, delay_ms)
-        message = producer.job_message(envelope, delay_ms=delay_ms)  # bad input raises here
-        if await self._declare_route(envelope.queue, delay_ms):
-            # a first-time declaration took a while: stamp the times again so the delay
-            # counts from the publish, and an eta is not missed by the declaration's time
-            if eta is not None:
-                delay_ms = eta_to_delay_ms(eta, time.time())
-            envelope = self._envelope(task, args, kwargs, delay_ms)
-            message = producer.job_message(envelope, delay_ms=delay_ms)
-        await producer.publish(message)
-        status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
+        _check_task(task, "enqueue()")
+        delay_ms = _delay_ms(delay, eta)  # bad delays raise here
+        session = self._require_session()
+        producer = session.producer
+        body = producer.encode_body(task.name, args, kwargs)  # bad input raises here
+        if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
+            # a first-time declaration took a while: an eta is not missed by its time
+            delay_ms = _delay_ms(None, eta)
+        # stamped after any declaration, so the delay counts from the publish
+        envelope = _envelope(task, args, kwargs, delay_ms)
+        await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
         if task.options.store_result:
-            await self.flows.record(JobState(envelope.job_id, status, task=envelope.task))
-        return Job(envelope.job_id, envelope.task, envelope.queue, self.results)
+            status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
+            await session.states.record(JobState(envelope.job_id, status, task=envelope.task))
+        return Job(envelope.job_id, envelope.task, envelope.queue, self._backend)
 
     async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
+        session = self._require_session()
         if needs_backend(flow):
-            self.flows.require_backend("a workflow with a group, a chord or an error callback")
+            session.states.require_backend("a workflow with a group, a chord or an error callback")
         root = uuid.uuid4().hex
         flow = assign_ids(flow, root)
-        await self.flows.start(flow, root=root)
-        handles: list[Job[Any]] = [Job(job_id, "", "", self.results) for job_id in final_ids(flow)]
+        await session.flows.start(flow, root=root)
+        handles: list[Job[Any]] = [Job(job_id, "", "", self._backend) for job_id in final_ids(flow)]
         if isinstance(flow, Group) or len(handles) != 1:
             return GroupJob(handles)
         return handles[0]
 
     async def enqueue_many(
         self,
-        task: Task[Any, R],
-        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        task: Task[P, R],
+        calls: Iterable[Call[P] | Sequence[Any] | Mapping[str, Any]],
         /,
         *,
         delay: float | dt.timedelta | None = None,
@@ -398,7 +389,8 @@ class TaskQueue:
     ) -> BatchResult[R]:
         """Send many jobs of one task with pipelined confirms; return when all are settled.
 
-        Each item of `calls` is a sequence of positional arguments or a mapping of keyword
+        Each item of `calls` is ``task.call(...)`` (its arguments checked by a type checker,
+        as `enqueue`'s are), a sequence of positional arguments, or a mapping of keyword
         arguments. Every job is encoded before the first is published, so bad input publishes
         nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`.
 
@@ -407,167 +399,100 @@ class TaskQueue:
 
         Raises:
             EncodeError: an argument is not JSON (naming the call and the argument).
-            ConfigurationError: a bad delay or eta, or both given.
+            ConfigurationError: a bad delay or eta, or both given; the queue is not open.
         """
-        if not isinstance(task, Task):
-            raise ConfigurationError(f"enqueue_many() needs a task, not {task!r}")
+        _check_task(task, "enqueue_many()")
         if delay is not None and eta is not None:
             raise ConfigurationError("give delay or eta, not both")
-        delay_ms = eta_to_delay_ms(eta, time.time()) if eta is not None else delay_to_ms(delay or 0)
-        calls = list(calls)  # read twice when the times are stamped again
-        envelopes, messages = self._batch(task, calls, delay_ms)  # bad input raises here
-        if await self._declare_route(task.options.queue, delay_ms):
-            # as in `_enqueue`: the delay counts from the publish, an eta is not missed
-            if eta is not None:
-                delay_ms = eta_to_delay_ms(eta, time.time())
-            envelopes, messages = self._batch(task, calls, delay_ms)
-        failures = await self.producer.publish_many(messages)
-        if self.results is not None and task.options.store_result:
+        delay_ms = _delay_ms(delay or 0, eta)
+        session = self._require_session()
+        producer = session.producer
+        encoded = _encode_calls(producer.encode_body, task, calls)  # bad input raises here
+        if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
+            delay_ms = _delay_ms(None, eta)  # as in `_enqueue`: an eta is not missed
+        envelopes = [_envelope(task, args, kwargs, delay_ms) for args, kwargs, _ in encoded]
+        messages = [
+            producer.message(envelope, body, delay_ms=delay_ms)
+            for envelope, (_, _, body) in zip(envelopes, encoded, strict=True)
+        ]
+        failures = await producer.publish_many(messages)
+        if session.states.active and task.options.store_result:
             # as `enqueue` does, for the confirmed jobs, in one round trip
             lost = {failure.job_id for failure in failures}
             status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
-            await self.flows.record_many(
+            await session.states.record_many(
                 [JobState(e.job_id, status, task=e.task) for e in envelopes if e.job_id not in lost]
             )
-        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self.results) for e in envelopes]
+        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self._backend) for e in envelopes]
         return BatchResult(jobs, failures)
 
-    def _batch(
-        self,
-        task: Task[Any, Any],
-        calls: Sequence[Sequence[Any] | Mapping[str, Any]],
-        delay_ms: int,
-    ) -> tuple[list[Envelope], list[OutgoingMessage]]:
-        """Encode every call (raising on the first bad one) with times stamped now."""
-        producer = self.producer
-        envelopes = []
-        messages = []
-        for index, call in enumerate(calls):
-            args, kwargs = ((), call) if isinstance(call, Mapping) else (tuple(call), {})
-            try:
-                envelope = self._envelope(task, args, kwargs, delay_ms)
-                messages.append(producer.job_message(envelope, delay_ms=delay_ms))
-            except EncodeError as exc:
-                raise EncodeError(f"call {index}: {exc}") from exc
-            envelopes.append(envelope)
-        return envelopes, messages
 
-    async def _declare_route(self, queue: str, delay_ms: int) -> bool:
-        """Declare what a job needs on its way.
+_Encoded = tuple[tuple[Any, ...], Mapping[str, Any], bytes]
 
-        Returns:
-            True if it had to wait for a declaration (its own or a concurrent caller's): the
-            job's times were stamped before that wait and must be stamped again.
-        """
-        delayed = delay_units(delay_ms) > 0
-        if queue in self._declared and (_DELAY_LEVELS in self._declared or not delayed):
-            return False
-        await self.declare_queue(queue)
-        if delayed:
-            await self.declare_delays()
-        return True
 
-    async def declare_delays(self) -> bool:
-        """Declare the delay levels once per open (on first use: most apps never delay).
+def _encode_calls(
+    encode: Callable[[str, Sequence[Any], Mapping[str, Any]], bytes],
+    task: Task[Any, Any],
+    calls: Iterable[Call[Any] | Sequence[Any] | Mapping[str, Any]],
+) -> list[_Encoded]:
+    """Encode every call (raising on the first bad one, naming it), reading `calls` once."""
+    encoded: list[_Encoded] = []
+    for index, call in enumerate(calls):
+        args: tuple[Any, ...]
+        kwargs: Mapping[str, Any]
+        if isinstance(call, Call):
+            args, kwargs = call.args, call.kwargs
+        elif isinstance(call, Mapping):
+            args, kwargs = (), call
+        else:
+            args, kwargs = tuple(call), {}
+        try:
+            encoded.append((args, kwargs, encode(task.name, args, kwargs)))
+        except EncodeError as exc:
+            raise EncodeError(f"call {index}: {exc}") from exc
+    return encoded
 
-        Returns:
-            True if they were declared by this call.
-        """
-        if _DELAY_LEVELS in self._declared:
-            return False
-        async with self._declare_lock:
-            if _DELAY_LEVELS in self._declared:  # a concurrent call declared them meanwhile
-                return False
-            await self.producer.declare(delay_topology(self.names, self.queue_settings))
-            self._declared.add(_DELAY_LEVELS)
-        return True
 
-    def _envelope(
-        self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], delay_ms: int
-    ) -> Envelope:
-        if not isinstance(task, Task):
-            raise ConfigurationError(
-                f"enqueue() needs a function registered with @queue.task, not {task!r}"
-            )
-        now_ms = time.time_ns() // 1_000_000
-        return Envelope(
-            job_id=uuid.uuid4().hex,
-            task=task.name,
-            queue=task.options.queue,
-            args=tuple(args),
-            kwargs=kwargs,
-            enqueued_at_ms=now_ms,
-            eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
-            options=task.overrides,
+def _check_task(task: object, where: str) -> None:
+    if not isinstance(task, Task):
+        raise ConfigurationError(
+            f"{where} needs a function registered with @queue.task, not {task!r}"
         )
 
 
-def delay_to_ms(delay: object) -> int:
-    """Milliseconds of a delay given as seconds or a timedelta.
+def _delay_ms(delay: object, eta: object) -> int:
+    """The delay in milliseconds from a delay or an eta (the other being None).
 
     Raises:
-        ConfigurationError: not a number or timedelta, negative, or over the longest delay.
+        ConfigurationError: a bad delay or eta.
     """
-    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if is_number(seconds, at_least=0):
-        milliseconds = math.ceil(seconds * 1000)
-    else:
-        raise ConfigurationError(
-            f"delay must be a number of seconds >= 0 or a timedelta, not {delay!r}"
-        )
-    if milliseconds > MAX_DELAY_MS:
-        raise ConfigurationError(
-            f"delay of {seconds}s is over the longest delay, {MAX_DELAY_MS // 1000}s (~31 days)"
-        )
-    return milliseconds
+    if eta is not None:
+        return eta_to_delay_ms(eta, time.time())
+    return delay_to_ms(delay)
 
 
-def eta_to_delay_ms(eta: object, now: float) -> int:
-    """Milliseconds from `now` (Unix seconds) to a timezone-aware datetime; 0 if it is past.
-
-    Raises:
-        ConfigurationError: not a datetime, naive, or further than the longest delay.
-    """
-    if not isinstance(eta, dt.datetime):
-        raise ConfigurationError(f"eta must be a datetime, not {eta!r}")
-    if eta.tzinfo is None or eta.utcoffset() is None:
-        raise ConfigurationError(
-            f"eta {eta.isoformat()} is naive: give a timezone-aware datetime "
-            "(e.g. datetime.now(timezone.utc) + timedelta(...))"
-        )
-    return delay_to_ms(max(0.0, eta.timestamp() - now))
-
-
-#: Named in-memory brokers: every TaskQueue("memory://name") in a process shares one, as two
-#: applications share a vhost; "memory://" alone is private to its TaskQueue.
-_NAMED_BROKERS: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
-
-
-def _memory_broker(url: str) -> MemoryBroker | None:
-    if not url.startswith("memory://"):
-        return None
-    name = url.removeprefix("memory://").strip("/")
-    if not name:
-        return MemoryBroker()
-    broker = _NAMED_BROKERS.get(name)
-    if broker is None:
-        broker = _NAMED_BROKERS[name] = MemoryBroker()
-    return broker
-
-
-def _check_urls(url: object) -> tuple[str, ...]:
-    # run-time input: not every caller runs mypy
-    urls = (url,) if isinstance(url, str) else tuple(url) if isinstance(url, Sequence) else ()
-    if not urls or not all(isinstance(u, str) and "://" in u for u in urls):
-        raise ConfigurationError(f"url must be an AMQP URL or a list of them, not {url!r}")
-    return tuple(str(u) for u in urls)
+def _envelope(
+    task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], delay_ms: int
+) -> Envelope:
+    """A new job of `task`, stamped now."""
+    now_ms = time.time_ns() // 1_000_000
+    return Envelope(
+        job_id=uuid.uuid4().hex,
+        task=task.name,
+        queue=task.options.queue,
+        args=tuple(args),
+        kwargs=kwargs,
+        enqueued_at_ms=now_ms,
+        eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
+        options=task.overrides,
+    )
 
 
 class _TaskDecorator:
     """What ``@queue.task(...)`` returns before it sees the function."""
 
-    def __init__(self, queue: TaskQueue, options: TaskOptionsDict) -> None:
-        self._queue = queue
+    def __init__(self, registry: TaskRegistry, options: TaskOptionsDict) -> None:
+        self._registry = registry
         self._options = options
 
     def check(self) -> None:
@@ -579,7 +504,7 @@ class _TaskDecorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
         task = make_task(fn, self._options)
-        self._queue.registry.add(task)
+        self._registry.add(task)
         return task
 
 

@@ -1,4 +1,8 @@
-"""Settings and options as frozen dataclasses, validated where they are given (pure, no I/O)."""
+"""Settings and options as frozen dataclasses, validated where they are given (pure, no I/O).
+
+Every default is written once, here; the `TaskQueue` constructor and the CLI take theirs from
+these classes.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from typing import TypedDict
 
 from aqueue._core.checks import is_number, is_whole
 from aqueue._core.retry import RetryPolicy
-from aqueue._core.topology import validate_name
+from aqueue._core.topology import QueueType, validate_name
+from aqueue._core.types import JSONScalar
 from aqueue.exceptions import ConfigurationError
 
+DEFAULT_URL = "amqp://guest:guest@localhost/"
+DEFAULT_PREFIX = "aqueue"
 DEFAULT_QUEUE = "default"
 
 
@@ -33,11 +40,6 @@ class TaskOptionsDict(TaskOverridesDict, total=False):
     name: str
     retry_on: tuple[type[BaseException], ...]
     store_result: bool
-
-
-#: Options the worker needs to see per job when `with_options` changed them at enqueue; they
-#: travel in the ``aqueue-options`` header (the worker otherwise uses the registered task's).
-PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,34 @@ class TaskOptions:
             retry_on=self.retry_on,
         )
 
+    def overrides(self, changed: Mapping[str, object]) -> dict[str, JSONScalar]:
+        """The per-job options among `changed` names, with these options' values.
+
+        What `task.with_options(...)` changed and the worker must see: they travel with each
+        job in the ``aqueue-options`` header.
+        """
+        return {key: getattr(self, key) for key in PER_JOB_OPTIONS if key in changed}
+
+    def with_overrides(self, overrides: Mapping[str, JSONScalar]) -> TaskOptions:
+        """These options with the per-job overrides a job carries.
+
+        Raises:
+            ConfigurationError: an override has a bad value (unknown names are ignored: a
+                newer producer may send options this worker does not know).
+        """
+        changes = {key: value for key, value in overrides.items() if key in PER_JOB_OPTIONS}
+        if not changes:
+            return self
+        try:
+            return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigurationError(f"bad per-job options {changes!r}: {exc}") from exc
+
+
+#: Options the worker needs to see per job when `with_options` changed them at enqueue; they
+#: travel in the ``aqueue-options`` header (the worker otherwise uses the registered task's).
+PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter")
+
 
 def check_option_names(given: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:
     """Raise a clear error naming unknown options, with a suggestion when one is close.
@@ -115,6 +145,44 @@ OVERRIDE_OPTION_NAMES = frozenset(TaskOverridesDict.__annotations__)
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """How work queues are declared.
+
+    Attributes:
+        queue_type: ``"quorum"`` (replicated, delivery limit, at-least-once dead-lettering) or
+            ``"classic"``.
+        delivery_limit: quorum only: after this many deliveries that ended without an ack
+            (a worker crashed or lost its connection each time) the broker dead-letters the
+            message with reason ``delivery_limit``.
+    """
+
+    queue_type: QueueType = "quorum"
+    delivery_limit: int = 10
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in ("quorum", "classic"):
+            raise ConfigurationError(
+                f"queue_type must be 'quorum' or 'classic', not {self.queue_type!r}"
+            )
+        if not is_whole(self.delivery_limit, at_least=1):
+            raise ConfigurationError(f"delivery_limit must be >= 1, not {self.delivery_limit!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How every connection of a `TaskQueue` reaches the broker (publisher, workers, tools).
+
+    Attributes:
+        connect_timeout: seconds to wait for the broker when a connection opens.
+    """
+
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+
+@dataclass(frozen=True, slots=True)
 class ProducerSettings:
     """How jobs are published.
 
@@ -123,20 +191,22 @@ class ProducerSettings:
         publish_deadline: seconds a publish keeps retrying across reconnects before it raises.
         max_message_bytes: encoded bodies larger than this are refused at enqueue.
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight at once.
-        connect_timeout: seconds to wait for the broker when the queue opens.
     """
 
     publish_timeout: float = 10.0
     publish_deadline: float = 30.0
     max_message_bytes: int = 1024 * 1024
     max_in_flight: int = 1000
-    connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not is_number(value, above=0):
-                raise ConfigurationError(f"{field.name} must be a positive number, not {value!r}")
+        _check_positive(self)
+
+
+def _check_positive(settings: object) -> None:
+    for field in dataclasses.fields(settings):  # type: ignore[arg-type]
+        value = getattr(settings, field.name)
+        if not is_number(value, above=0):
+            raise ConfigurationError(f"{field.name} must be a positive number, not {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

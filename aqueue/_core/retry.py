@@ -1,7 +1,8 @@
-"""Retry policy: which failures are retried, and after how long (pure: no clock, no randomness).
+"""The retry decision: which failures are retried, and after how long.
 
-The worker passes in a random number in ``[0, 1)`` so backoff with jitter is tested with plain
-values.
+Pure: no clock, no randomness. The whole rule lives here, `Retry(delay=)` included; the
+worker passes in the attempt number and a random number in ``[0, 1)``, so backoff with jitter
+is tested with plain values.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from aqueue._core.checks import is_number, is_whole
-from aqueue.exceptions import ConfigurationError
+from aqueue.exceptions import ConfigurationError, Retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +73,20 @@ class RetryPolicy:
             full = math.inf
         capped = min(self.max_backoff, full)
         return capped * (1 - self.jitter * random_value)
+
+    def next_delay(self, error: BaseException, attempt: int, random_value: float) -> float | None:
+        """Seconds until the next attempt after attempt number `attempt` failed with `error`.
+
+        Returns:
+            None when the job is not retried: its attempts are used up, or `error` is not one
+            of `retry_on`. ``raise Retry(delay=...)`` is retried whatever `retry_on` says,
+            after its own delay when it gives one.
+        """
+        if attempt >= self.max_attempts:
+            return None
+        if isinstance(error, Retry):
+            if error.delay is not None:
+                return error.delay
+        elif not isinstance(error, self.retry_on):
+            return None
+        return self.delay(attempt, random_value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TypeAlias
 
 JSONScalar: TypeAlias = str | int | float | bool | None
@@ -13,7 +13,3 @@ HeaderValue: TypeAlias = (
     str | int | float | bool | list["HeaderValue"] | dict[str, "HeaderValue"] | None
 )
 Headers: TypeAlias = Mapping[str, HeaderValue]
-
-#: What a task function may be: an async function or a plain one (run in a thread pool).
-AnyCallable: TypeAlias = Callable[..., object]
-AsyncCallable: TypeAlias = Callable[..., Awaitable[object]]

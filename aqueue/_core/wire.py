@@ -1,25 +1,126 @@
-"""The envelope: a job as it travels, and its AMQP header form (pure data, no I/O, no clock).
+"""The wire format: header names, the envelope, and every message aqueue publishes (pure).
 
-The body carries only the arguments (``{"args": [...], "kwargs": {...}}``); everything a
-worker needs *before* decoding the body lives in headers, so that a message naming an unknown
-task can be dead-lettered without touching its body.
+One module for what the wire-format page documents. The body carries only the arguments
+(``{"args": [...], "kwargs": {...}}``, encoded by `aqueue._serialization`); everything a worker
+needs *before* decoding the body lives in headers, so that a message naming an unknown task
+can be dead-lettered without touching its body.
+
+Four builders make every message aqueue sends: `job_message` (enqueue, workflow steps),
+`retry_message` (the next attempt), `dead_letter_message` (a job that will not run again) and
+`replay_message` (a dead letter sent back). The three copies share one header filter,
+`carried_headers`: RabbitMQ's ``x-death`` and ``x-delivery-count`` headers are never copied
+(copied ``x-death`` headers make the broker's dead-letter cycle detection drop messages in the
+delay levels), and routing keys are built from scratch, so nothing grows across retries.
+No I/O and no clock: the caller passes ``now_ms``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from aqueue._core import topology as t
+from aqueue._core.delays import job_route
+from aqueue._core.topology import TopologyNames
 from aqueue._core.types import Headers, HeaderValue, JSONScalar, JSONValue
 from aqueue.exceptions import DecodeError
 
 FORMAT_VERSION = 1
+CONTENT_TYPE = "application/json"
 
+# -- header names -------------------------------------------------------------------------
+
+HEADER_TASK = "aqueue-task"
+HEADER_ATTEMPT = "aqueue-attempt"
+HEADER_ENQUEUED_AT = "aqueue-enqueued-at"  # integer milliseconds since the Unix epoch
+HEADER_ETA = "aqueue-eta"  # integer milliseconds since the Unix epoch, absent when not delayed
+HEADER_VERSION = "aqueue-version"
+HEADER_QUEUE = "aqueue-queue"  # the logical queue the job was sent to
+HEADER_OPTIONS = "aqueue-options"  # run-time options changed at enqueue (timeout, retries, ...)
+HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, message, at}]
+HEADER_WORKFLOW = "aqueue-workflow"  # a workflow step's links (JSON text)
+# Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
+DEAD_HEADER_PREFIX = "aqueue-dead-"
+HEADER_DEAD_REASON = "aqueue-dead-reason"
+HEADER_DEAD_EXC_TYPE = "aqueue-dead-exception-type"
+HEADER_DEAD_EXC_MESSAGE = "aqueue-dead-exception-message"
+HEADER_DEAD_TRACEBACK = "aqueue-dead-traceback"
+HEADER_DEAD_ATTEMPTS = "aqueue-dead-attempts"
+HEADER_DEAD_FIRST_FAILED_AT = "aqueue-dead-first-failed-at"
+HEADER_DEAD_LAST_FAILED_AT = "aqueue-dead-last-failed-at"
+HEADER_DEAD_QUEUE = "aqueue-dead-queue"
+
+#: Headers RabbitMQ adds on dead-lettering and redelivery. They must never be copied into a
+#: message aqueue publishes again: copied ``x-death`` headers make RabbitMQ's dead-letter
+#: cycle detection drop messages (see the retries page).
+BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
+
+_OWN_HEADERS = frozenset(
+    {
+        HEADER_OPTIONS,
+        HEADER_HISTORY,
+        HEADER_TASK,
+        HEADER_QUEUE,
+        HEADER_ATTEMPT,
+        HEADER_ENQUEUED_AT,
+        HEADER_ETA,
+        HEADER_VERSION,
+    }
+)
 
 #: How many failed attempts a job carries in its history header (the newest ones).
 MAX_HISTORY = 20
 _MAX_MESSAGE_CHARS = 500
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to publish: always persistent, always mandatory, always confirmed.
+
+    Attributes:
+        exchange: the exchange name (``""`` is the default exchange).
+        routing_key: the routing key.
+        body: the encoded body.
+        message_id: the AMQP ``message_id`` (aqueue's job id).
+        headers: the AMQP header table.
+        content_type: the AMQP ``content_type``.
+        timestamp: the AMQP ``timestamp``, whole seconds since the Unix epoch.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    content_type: str = CONTENT_TYPE
+    timestamp: int | None = None
+
+
+class Received(Protocol):
+    """What the copy builders read of a received message (a transport's `Delivery`)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def content_type(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +162,23 @@ def with_failure(history: tuple[Failure, ...], failure: Failure) -> tuple[Failur
 
 
 @dataclass(frozen=True, slots=True)
+class Cause:
+    """Why a job is dead-lettered, as text (see `aqueue._core.errors` for making it safely).
+
+    Attributes:
+        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task``, ...
+        type: the qualified name of the exception.
+        message: its message.
+        traceback: the tail of its traceback.
+    """
+
+    reason: str
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """One job on the wire.
 
@@ -93,22 +211,138 @@ class Envelope:
     def headers(self) -> dict[str, HeaderValue]:
         """The AMQP headers of this envelope."""
         headers: dict[str, HeaderValue] = dict(self.extra_headers)
-        headers[t.HEADER_TASK] = self.task
-        headers[t.HEADER_QUEUE] = self.queue
-        headers[t.HEADER_ATTEMPT] = self.attempt
-        headers[t.HEADER_ENQUEUED_AT] = self.enqueued_at_ms
-        headers[t.HEADER_VERSION] = FORMAT_VERSION
+        headers[HEADER_TASK] = self.task
+        headers[HEADER_QUEUE] = self.queue
+        headers[HEADER_ATTEMPT] = self.attempt
+        headers[HEADER_ENQUEUED_AT] = self.enqueued_at_ms
+        headers[HEADER_VERSION] = FORMAT_VERSION
         if self.eta_ms is not None:
-            headers[t.HEADER_ETA] = self.eta_ms
+            headers[HEADER_ETA] = self.eta_ms
         if self.options:
-            headers[t.HEADER_OPTIONS] = dict(self.options)
+            headers[HEADER_OPTIONS] = dict(self.options)
         if self.history:
-            headers[t.HEADER_HISTORY] = [failure.as_header() for failure in self.history]
+            headers[HEADER_HISTORY] = [failure.as_header() for failure in self.history]
         return headers
 
     def due_at_ms(self) -> int:
         """When the job became due: its ETA, or its enqueue time."""
         return self.eta_ms if self.eta_ms is not None else self.enqueued_at_ms
+
+
+def job_message(
+    names: TopologyNames, envelope: Envelope, body: bytes, *, delay_ms: int = 0
+) -> OutgoingMessage:
+    """A job for its work queue, through the delay levels when `delay_ms` > 0."""
+    exchange, routing_key = job_route(names, envelope.queue, delay_ms)
+    return OutgoingMessage(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        message_id=envelope.job_id,
+        headers=envelope.headers(),
+        content_type=CONTENT_TYPE,
+        timestamp=envelope.enqueued_at_ms // 1000,
+    )
+
+
+def carried_headers(headers: Headers) -> dict[str, HeaderValue]:
+    """The headers a copy of a received job keeps: neither RabbitMQ's nor a dead letter's."""
+    return {
+        key: value
+        for key, value in headers.items()
+        if key not in BROKER_HEADERS and not key.startswith(DEAD_HEADER_PREFIX)
+    }
+
+
+def retry_message(
+    names: TopologyNames,
+    received: Received,
+    headers: JobHeaders,
+    *,
+    queue: str,
+    attempt: int,
+    failure: Failure,
+    delay_ms: int,
+    now_ms: int,
+) -> OutgoingMessage:
+    """The next attempt of a job: same id and body, attempt + 1, due after `delay_ms`."""
+    envelope = Envelope(
+        job_id=received.message_id or "",
+        task=headers.task,
+        queue=queue,
+        attempt=attempt + 1,
+        enqueued_at_ms=headers.enqueued_at_ms,
+        eta_ms=now_ms + delay_ms,
+        extra_headers=headers.extra,
+        options=headers.options,
+        history=with_failure(headers.history, failure),
+    )
+    exchange, routing_key = job_route(names, queue, delay_ms)
+    return _copy(received, exchange, routing_key, envelope.headers(), now_ms)
+
+
+def dead_letter_message(
+    names: TopologyNames,
+    received: Received,
+    *,
+    queue: str,
+    cause: Cause,
+    attempts: int,
+    history: tuple[Failure, ...],
+    now_ms: int,
+) -> OutgoingMessage:
+    """The dead-letter copy: the original body and job headers, plus why it died."""
+    history = with_failure(history, Failure(attempts, cause.type, cause.message, now_ms))
+    headers = carried_headers(received.headers)
+    headers.update(
+        {
+            HEADER_HISTORY: [failure.as_header() for failure in history],
+            HEADER_DEAD_REASON: cause.reason,
+            HEADER_DEAD_EXC_TYPE: cause.type,
+            HEADER_DEAD_EXC_MESSAGE: cause.message,
+            HEADER_DEAD_TRACEBACK: cause.traceback,
+            HEADER_DEAD_ATTEMPTS: attempts,
+            HEADER_DEAD_FIRST_FAILED_AT: history[0].at_ms,
+            HEADER_DEAD_LAST_FAILED_AT: now_ms,
+            HEADER_DEAD_QUEUE: queue,
+        }
+    )
+    return _copy(received, names.dead_letter_exchange, queue, headers, now_ms)
+
+
+def replay_message(
+    names: TopologyNames, received: Received, *, queue: str, now_ms: int
+) -> OutgoingMessage:
+    """A dead letter sent back as a fresh job: attempt 1, due now, its history kept."""
+    headers = carried_headers(received.headers)
+    headers[HEADER_ATTEMPT] = 1
+    headers[HEADER_QUEUE] = queue
+    # Due now: queue latency (due → started) measures the wait after the replay, not the
+    # time spent in the dead-letter queue. The enqueue time and the history stay.
+    headers[HEADER_ETA] = now_ms
+    return _copy(received, names.exchange, queue, headers, now_ms)
+
+
+def _copy(
+    received: Received,
+    exchange: str,
+    routing_key: str,
+    headers: Mapping[str, HeaderValue],
+    now_ms: int,
+) -> OutgoingMessage:
+    """A new message with the body, id and content type of `received` (never its headers)."""
+    return OutgoingMessage(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=received.body,
+        message_id=received.message_id or "",
+        headers=headers,
+        content_type=received.content_type,
+        timestamp=now_ms // 1000,
+    )
+
+
+# -- reading ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +359,6 @@ class JobHeaders:
     history: tuple[Failure, ...]
 
 
-_OWN_HEADERS = frozenset(
-    {
-        t.HEADER_OPTIONS,
-        t.HEADER_HISTORY,
-        t.HEADER_TASK,
-        t.HEADER_QUEUE,
-        t.HEADER_ATTEMPT,
-        t.HEADER_ENQUEUED_AT,
-        t.HEADER_ETA,
-        t.HEADER_VERSION,
-    }
-)
-
-
 def read_headers(headers: Headers) -> JobHeaders:
     """Parse the job headers of a delivery.
 
@@ -146,28 +366,28 @@ def read_headers(headers: Headers) -> JobHeaders:
         DecodeError: the task name is missing, or a header has the wrong type, or the format
             version is newer than this process understands.
     """
-    task = headers.get(t.HEADER_TASK)
+    task = headers.get(HEADER_TASK)
     if not isinstance(task, str) or not task:
-        raise DecodeError(f"message has no {t.HEADER_TASK!r} header")
-    version = _int_header(headers, t.HEADER_VERSION, default=FORMAT_VERSION)
+        raise DecodeError(f"message has no {HEADER_TASK!r} header")
+    version = _int_header(headers, HEADER_VERSION, default=FORMAT_VERSION)
     if version > FORMAT_VERSION:
         raise DecodeError(f"message format version {version} is newer than {FORMAT_VERSION}")
-    queue = headers.get(t.HEADER_QUEUE)
-    eta = headers.get(t.HEADER_ETA)
+    queue = headers.get(HEADER_QUEUE)
+    eta = headers.get(HEADER_ETA)
     extra = {
         key: value
         for key, value in headers.items()
         if isinstance(value, str)
         and key not in _OWN_HEADERS
-        and key not in t.BROKER_HEADERS
-        and not key.startswith("aqueue-dead-")
+        and key not in BROKER_HEADERS
+        and not key.startswith(DEAD_HEADER_PREFIX)
     }
     return JobHeaders(
         task=task,
         queue=queue if isinstance(queue, str) else None,
-        attempt=_int_header(headers, t.HEADER_ATTEMPT, default=1),
-        enqueued_at_ms=_int_header(headers, t.HEADER_ENQUEUED_AT, default=0),
-        eta_ms=None if eta is None else _int_header(headers, t.HEADER_ETA, default=0),
+        attempt=_int_header(headers, HEADER_ATTEMPT, default=1),
+        enqueued_at_ms=_int_header(headers, HEADER_ENQUEUED_AT, default=0),
+        eta_ms=None if eta is None else _int_header(headers, HEADER_ETA, default=0),
         extra=extra,
         options=_options_header(headers),
         history=_history_header(headers),
@@ -175,9 +395,9 @@ def read_headers(headers: Headers) -> JobHeaders:
 
 
 def _options_header(headers: Headers) -> dict[str, JSONScalar]:
-    value = headers.get(t.HEADER_OPTIONS, {})
+    value = headers.get(HEADER_OPTIONS, {})
     if not isinstance(value, dict):
-        raise DecodeError(f"header {t.HEADER_OPTIONS!r} must be a table, not {value!r}")
+        raise DecodeError(f"header {HEADER_OPTIONS!r} must be a table, not {value!r}")
     return {
         key: item
         for key, item in value.items()
@@ -186,9 +406,9 @@ def _options_header(headers: Headers) -> dict[str, JSONScalar]:
 
 
 def _history_header(headers: Headers) -> tuple[Failure, ...]:
-    value = headers.get(t.HEADER_HISTORY, [])
+    value = headers.get(HEADER_HISTORY, [])
     if not isinstance(value, list):
-        raise DecodeError(f"header {t.HEADER_HISTORY!r} must be an array, not {value!r}")
+        raise DecodeError(f"header {HEADER_HISTORY!r} must be an array, not {value!r}")
     return tuple(Failure.from_header(item) for item in value)
 
 

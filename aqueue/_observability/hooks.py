@@ -26,11 +26,11 @@ import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, TypeAlias
 
-from aqueue._core import topology as t
 from aqueue._tasks.context import JobContext
 from aqueue._transport import Delivery, OutgoingMessage
+from aqueue.exceptions import ConfigurationError
 
 #: How a delivery was settled: acked after success, moved to its next attempt, moved to the
 #: dead-letter queue, or given back to the broker (it will be delivered again).
@@ -104,6 +104,33 @@ class Instrumentation:
         return NO_OBSERVER
 
 
+class Instruments:
+    """The instrumentations of one `TaskQueue`, in order.
+
+    One object shared by the queue's producer and its workers' job runners, so an
+    instrumentation added with `TaskQueue.instrument` is seen by every later publish and job.
+    """
+
+    __slots__ = ("all",)
+
+    def __init__(self, instrumentation: Sequence[Instrumentation] = ()) -> None:
+        self.all: tuple[Instrumentation, ...] = ()
+        for instrument in instrumentation:
+            self.add(instrument)
+
+    def add(self, instrumentation: Instrumentation) -> None:
+        """Append an instrumentation.
+
+        Raises:
+            ConfigurationError: not an `Instrumentation`.
+        """
+        if not isinstance(instrumentation, Instrumentation):
+            raise ConfigurationError(
+                f"instrumentation must be an aqueue.Instrumentation, not {instrumentation!r}"
+            )
+        self.all = (*self.all, instrumentation)
+
+
 def publish_hooks(
     instrumentation: Sequence[Instrumentation], message: OutgoingMessage
 ) -> tuple[contextlib.ExitStack, OutgoingMessage]:
@@ -165,105 +192,3 @@ class _Observers(JobObserver):
     def settled(self, settlement: Settlement, error: BaseException | None) -> None:
         for observer in self._observers:
             observer.settled(settlement, error)
-
-
-# -- metrics ----------------------------------------------------------------------------------
-
-#: The job counters every metrics backend keeps, per task and queue.
-Counter: TypeAlias = Literal["started", "succeeded", "failed", "retried", "dead_lettered"]
-#: The histograms, in seconds: a job's run time, and its wait from due to start.
-Histogram: TypeAlias = Literal["duration", "queue_wait"]
-#: Bucket bounds of both histograms, in seconds: from a 5 ms job to a ten-minute wait.
-SECONDS_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-
-
-class MetricSink(Protocol):
-    """Where `JobMetrics` records: one implementation per metrics library."""
-
-    def count(self, counter: Counter, task: str, queue: str) -> None:
-        """Add one to `counter`."""
-
-    def observe(self, histogram: Histogram, seconds: float, task: str, queue: str) -> None:
-        """Record a value in `histogram`."""
-
-    def in_flight(self, delta: int, task: str, queue: str) -> None:
-        """Jobs running now, up or down by `delta`."""
-
-
-class JobMetrics(Instrumentation):
-    """Job metrics per task and queue, recorded into a `MetricSink`.
-
-    Counts jobs started, succeeded, failed, retried and dead-lettered; times their runs and
-    their queue waits; tracks jobs in flight. ``failed`` counts attempts that ended in an
-    exception and were settled as such: each is also counted in ``retried`` or
-    ``dead_lettered``. A delivery that could not be decoded counts as failed and dead-lettered
-    under the task its header names (``""`` if none).
-    """
-
-    def __init__(self, sink: MetricSink) -> None:
-        self.sink = sink
-
-    def job(self, delivery: Delivery, queue: str) -> JobObserver:
-        return JobMetricsObserver(self.sink, delivery, queue)
-
-
-class JobMetricsObserver(JobObserver):
-    """The `JobObserver` of `JobMetrics` (subclassed by observers that also record metrics)."""
-
-    __slots__ = ("_queue", "_running", "_sink", "_task")
-
-    def __init__(self, sink: MetricSink, delivery: Delivery, queue: str) -> None:
-        self._sink = sink
-        task = delivery.headers.get(t.HEADER_TASK)
-        self._task = task if isinstance(task, str) else ""
-        self._queue = queue
-        self._running = False
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._running:
-            self._running = False
-            self._sink.in_flight(-1, self._task, self._queue)
-
-    def started(self, job: JobContext) -> None:
-        self._task, self._queue = job.task, job.queue
-        sink = self._sink
-        sink.count("started", job.task, job.queue)
-        sink.observe("queue_wait", job.queue_wait, job.task, job.queue)
-        sink.in_flight(1, job.task, job.queue)
-        self._running = True
-
-    def finished(self, job: JobContext, error: BaseException | None, duration: float) -> None:
-        self._sink.observe("duration", duration, job.task, job.queue)
-
-    def settled(self, settlement: Settlement, error: BaseException | None) -> None:
-        sink, task, queue = self._sink, self._task, self._queue
-        if settlement == "succeeded":
-            sink.count("succeeded", task, queue)
-        elif settlement == "retried":
-            sink.count("failed", task, queue)
-            sink.count("retried", task, queue)
-        elif settlement == "dead-lettered":
-            sink.count("failed", task, queue)
-            sink.count("dead_lettered", task, queue)

@@ -1,38 +1,10 @@
-"""OpenTelemetry for aqueue: a span for every publish and every job, metrics, log correlation.
+"""OpenTelemetry for aqueue, re-exported by `aqueue.telemetry`; the one importer of the API.
 
-This module imports the OpenTelemetry *API* only (``opentelemetry-api``, a dependency of
-aqueue). Without an SDK every call is the API's no-op, so the cost is small; the application
-picks the SDK and its exporters (``aqueue worker --otel`` sets up OTLP/HTTP; see the
-observability page). A `TaskQueue` installs `Telemetry` by default (``telemetry=False``
-turns it off).
-
-Traces. Each publish is a PRODUCER span ``publish <task>``, and the W3C trace context
-(``traceparent``, ``tracestate``) goes into the message's headers. Each delivery a worker
-takes is a CONSUMER span ``process <task>`` that continues that context, from the delivery's
-arrival until it is settled; so a job's retry copy, its dead letter and the next steps of its
-workflow are published from inside it, as its children. A whole workflow, with its retries
-and delays, is one trace. A publish made outside any span (a dead-letter replay from the
-command line) continues the trace the message already carries.
-
-Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` =
-``rabbitmq``, ``messaging.destination.name`` (the exchange),
-``messaging.rabbitmq.destination.routing_key``, ``messaging.message.id``,
-``messaging.operation.type`` (``publish`` / ``process``), plus ``aqueue.job_id``,
-``aqueue.task``, ``aqueue.attempt``, ``aqueue.queue`` and ``aqueue.workflow_id``. A job
-that raises has the exception recorded and status ERROR (`Retry`, a request rather than a
-failure, is recorded as an event only).
-
-Metrics (OpenTelemetry instruments, attributes ``aqueue.task`` and ``aqueue.queue``):
-``aqueue.jobs.started``, ``.succeeded``, ``.failed``, ``.retried``, ``.dead_lettered``
-(counters), ``aqueue.jobs.in_flight`` (up-down counter), ``aqueue.job.duration`` and
-``aqueue.job.queue_wait`` (histograms, seconds).
-
-Logs: `JobLogFilter` with `current_trace_ids` adds ``trace_id`` and ``span_id`` to each
-record, beside the job's fields.
-
-Without an SDK (the API's own providers) no span is made and nothing is measured: the hooks
-cost about a microsecond per job, and only copy the trace headers of the job being run onto
-the messages it publishes, so a trace goes on through a worker that has no SDK.
+Each publish is a PRODUCER span carrying the W3C trace context in the message headers; each
+delivery a CONSUMER span from its arrival to its settlement, so retries, dead letters and
+workflow steps published while settling are its children; job metrics go through a
+`MetricSink`. Without an SDK every call is the API's no-op. The observability page documents
+the span names, attributes (OpenTelemetry messaging conventions), metrics and costs.
 """
 
 from __future__ import annotations
@@ -52,26 +24,25 @@ from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
-from aqueue._core import topology as t
+from aqueue._core import wire as t
+from aqueue._core.errors import qualified_name
 from aqueue._core.types import HeaderValue
-from aqueue._observability.hooks import (
-    NO_OBSERVER,
+from aqueue._observability.hooks import NO_OBSERVER, Instrumentation, JobObserver, Settlement
+from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
+from aqueue._observability.metrics import (
+    COUNTERS,
+    HISTOGRAMS,
+    IN_FLIGHT,
     SECONDS_BUCKETS,
     Counter,
     Histogram,
-    Instrumentation,
     JobMetrics,
     JobMetricsObserver,
-    JobObserver,
     MetricSink,
-    Settlement,
 )
-from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._serialization import loads
 from aqueue._tasks.context import JobContext
 from aqueue._transport import Delivery, OutgoingMessage
-from aqueue._worker.settle import qualified_name
-from aqueue._workflows import HEADER_WORKFLOW
 from aqueue.exceptions import AqueueError, Retry
 
 __all__ = [
@@ -153,7 +124,7 @@ def extract_context(headers: Mapping[str, HeaderValue]) -> otel_context.Context:
 
 def workflow_id(headers: Mapping[str, HeaderValue]) -> str | None:
     """The id of the workflow a message belongs to (its root id), or None."""
-    value = headers.get(HEADER_WORKFLOW)
+    value = headers.get(t.HEADER_WORKFLOW)
     if not isinstance(value, str):
         return None
     try:
@@ -256,30 +227,24 @@ class _OtelMetrics:
         meter = metrics.get_meter(SCOPE, _VERSION, meter_provider=meter_provider)
         self.counters = {
             name: meter.create_counter(f"aqueue.jobs.{name}", "{job}", description)
-            for name, description in (
-                ("started", "Jobs that started running."),
-                ("succeeded", "Jobs that succeeded (acked)."),
-                ("failed", "Attempts that failed (each retried or dead-lettered)."),
-                ("retried", "Failed attempts sent to a next attempt."),
-                ("dead_lettered", "Jobs sent to the dead-letter queue."),
-            )
+            for name, description in COUNTERS.items()
         }
         self.histograms = {
             "duration": meter.create_histogram(
                 "aqueue.job.duration",
                 "s",
-                "How long a job's run (its middleware chain) took.",
+                HISTOGRAMS["duration"],
                 explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
             ),
             "queue_wait": meter.create_histogram(
                 "aqueue.job.queue_wait",
                 "s",
-                "How long a job waited between becoming due and starting.",
+                HISTOGRAMS["queue_wait"],
                 explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
             ),
         }
         self.in_flight_counter = meter.create_up_down_counter(
-            "aqueue.jobs.in_flight", "{job}", "Jobs running now."
+            "aqueue.jobs.in_flight", "{job}", IN_FLIGHT
         )
 
 

@@ -24,7 +24,16 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 
-from aqueue._observability.hooks import SECONDS_BUCKETS, Counter, Histogram, JobMetrics, MetricSink
+from aqueue._observability.metrics import (
+    COUNTERS,
+    HISTOGRAMS,
+    IN_FLIGHT,
+    SECONDS_BUCKETS,
+    Counter,
+    Histogram,
+    JobMetrics,
+    MetricSink,
+)
 
 _LABELS = ("task", "queue")
 
@@ -47,32 +56,26 @@ class _PrometheusSink(MetricSink):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counters = {
             name: PromCounter(f"aqueue_jobs_{name}", description, _LABELS, registry=registry)
-            for name, description in (
-                ("started", "Jobs that started running."),
-                ("succeeded", "Jobs that succeeded (acked)."),
-                ("failed", "Attempts that failed (each retried or dead-lettered)."),
-                ("retried", "Failed attempts sent to a next attempt."),
-                ("dead_lettered", "Jobs sent to the dead-letter queue."),
-            )
+            for name, description in COUNTERS.items()
         }
         self.histograms = {
             "duration": PromHistogram(
                 "aqueue_job_duration_seconds",
-                "How long a job's run (its middleware chain) took.",
+                HISTOGRAMS["duration"],
                 _LABELS,
                 registry=registry,
                 buckets=SECONDS_BUCKETS,
             ),
             "queue_wait": PromHistogram(
                 "aqueue_job_queue_wait_seconds",
-                "How long a job waited between becoming due and starting.",
+                HISTOGRAMS["queue_wait"],
                 _LABELS,
                 registry=registry,
                 buckets=SECONDS_BUCKETS,
             ),
         }
         self.in_flight_gauge = PromGauge(
-            "aqueue_jobs_in_flight", "Jobs running now.", _LABELS, registry=registry
+            "aqueue_jobs_in_flight", IN_FLIGHT, _LABELS, registry=registry
         )
 
     def count(self, counter: Counter, task: str, queue: str) -> None:

@@ -1,4 +1,4 @@
-"""Result backends: job states, results and chord barriers kept outside RabbitMQ."""
+"""Tier 3, results kept outside RabbitMQ: backends, job states and job handles."""
 
 from aqueue._results.base import JobState, JobStatus, RemoteError, ResultBackend
 from aqueue._results.memory import MemoryResultBackend

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aqueue._core.types import JSONValue
@@ -88,10 +88,6 @@ class JobState:
     progress: JSONValue = None
     updated_at: float = 0.0
     extra: Mapping[str, JSONValue] = field(default_factory=dict)
-
-    def with_progress(self, progress: JSONValue, now: float) -> JobState:
-        """This state with new progress."""
-        return replace(self, progress=progress, updated_at=now)
 
     def encode(self) -> bytes:
         """The stored form (JSON)."""

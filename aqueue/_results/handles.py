@@ -9,9 +9,8 @@ from typing import Any, Generic, TypeVar, cast
 
 import anyio
 
-from aqueue._client.producer import PublishFailure
 from aqueue._core.types import JSONValue
-from aqueue._results import JobState, JobStatus, ResultBackend
+from aqueue._results.base import JobState, JobStatus, ResultBackend
 from aqueue.exceptions import ConfigurationError, JobFailed, ResultTimeout
 
 R = TypeVar("R")
@@ -105,26 +104,3 @@ class GroupJob:
         if scope.cancelled_caught:
             raise ResultTimeout(f"group of {len(self.jobs)} has no full result after {timeout}s")
         return results
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult(Generic[R]):
-    """What `enqueue_many` returns.
-
-    Attributes:
-        jobs: a handle for every job, in input order (failed ones included).
-        failures: the jobs that were not confirmed, with their error, in input order.
-    """
-
-    jobs: Sequence[Job[R]]
-    failures: Sequence[PublishFailure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every job was confirmed."""
-        return not self.failures
-
-    @property
-    def confirmed(self) -> int:
-        """How many jobs the broker confirmed."""
-        return len(self.jobs) - len(self.failures)

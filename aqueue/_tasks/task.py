@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from typing_extensions import Unpack
 
 from aqueue._core.config import (
     OVERRIDE_OPTION_NAMES,
-    PER_JOB_OPTIONS,
     TASK_OPTION_NAMES,
     TaskOptions,
     TaskOptionsDict,
@@ -20,10 +19,27 @@ from aqueue._core.config import (
 )
 from aqueue._core.types import JSONScalar
 from aqueue._workflows import Signature
-from aqueue.exceptions import ConfigurationError, UnknownTaskError
+from aqueue.exceptions import ConfigurationError
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
+
+
+class Call(Generic[P]):
+    """The arguments of one job of a task, for `TaskQueue.enqueue_many`.
+
+    Made by `Task.call`, so a type checker checks them against the task's signature.
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"<Call args={self.args!r} kwargs={dict(self.kwargs)!r}>"
 
 
 class Task(Generic[P, R]):
@@ -53,14 +69,33 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue!r}>"
 
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[P]:
+        """The arguments of one job, for `enqueue_many` (checked like `enqueue`'s)."""
+        return Call(args, kwargs)
+
+    # Typed both ways: with every argument (a workflow's first step, a group member), or with
+    # all but the first, which the previous step's result fills in.
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature: ...
+    @overload
+    def s(self: Task[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs) -> Signature: ...
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature for a workflow; the previous step's result is prepended to `args`."""
         return Signature(self.name, self.options.queue, args, kwargs, options=self.overrides)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """An immutable signature: it ignores the previous step's result."""
+        # JSON is checked when the workflow is enqueued
+        arguments: tuple[Any, ...] = args
+        keywords: dict[str, Any] = kwargs
         return Signature(
-            self.name, self.options.queue, args, kwargs, immutable=True, options=self.overrides
+            self.name,
+            self.options.queue,
+            arguments,
+            keywords,
+            immutable=True,
+            options=self.overrides,
         )
 
     def with_options(self, **options: Unpack[TaskOverridesDict]) -> Task[P, R]:
@@ -74,10 +109,7 @@ class Task(Generic[P, R]):
         """
         check_option_names(options, OVERRIDE_OPTION_NAMES, where="with_options()")
         changed = dataclasses.replace(self.options, **options)
-        overrides = dict(self.overrides)
-        for key in PER_JOB_OPTIONS:
-            if key in options:
-                overrides[key] = getattr(changed, key)
+        overrides = {**self.overrides, **changed.overrides(options)}
         return Task(self.fn, name=self.name, options=changed, overrides=overrides)
 
 
@@ -106,8 +138,8 @@ def make_task(fn: Callable[P, Any], options: TaskOptionsDict) -> Task[P, Any]:
     return Task(fn, name=name, options=TaskOptions(**settings))  # type: ignore[arg-type]
 
 
-class TaskRegistry:
-    """Task names to tasks, for one `TaskQueue`."""
+class TaskRegistry(Mapping[str, "Task[Any, Any]"]):
+    """Task names to tasks, for one `TaskQueue` (a read-only mapping, plus `add`)."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
@@ -126,19 +158,14 @@ class TaskRegistry:
             )
         self._tasks[task.name] = task
 
-    def get(self, name: str) -> Task[Any, Any]:
-        """The task registered under `name`.
+    def __getitem__(self, name: str) -> Task[Any, Any]:
+        return self._tasks[name]
 
-        Raises:
-            UnknownTaskError: no such task in this process.
-        """
-        try:
-            return self._tasks[name]
-        except KeyError:
-            raise UnknownTaskError(f"no task named {name!r} is registered here") from None
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
 
-    def __iter__(self) -> Iterator[Task[Any, Any]]:
-        return iter(self._tasks.values())
+    def __len__(self) -> int:
+        return len(self._tasks)
 
     def queues(self) -> set[str]:
         """Every logical queue a registered task uses."""

@@ -1,5 +1,83 @@
-"""The seam between aqueue and a broker: one interface, an AMQP and an in-memory implementation."""
+"""Tier 2, the broker seam: one interface, an AMQP and an in-memory implementation.
 
-from aqueue._transport.base import Consumer, Delivery, OutgoingMessage, Transport
+`Transport`, `Delivery` and `Consumer` are the interface (``base``); `connector` picks the
+implementation from the URLs. aio-pika enters only in ``amqp``, which is imported on first use,
+so a ``memory://`` queue never loads it.
+"""
 
-__all__ = ["Consumer", "Delivery", "OutgoingMessage", "Transport"]
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+
+from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
+from aqueue._transport.memory import MemoryTransport
+from aqueue._transport.memory_broker import MemoryBroker
+from aqueue.exceptions import ConfigurationError
+
+__all__ = [
+    "Connector",
+    "Consumer",
+    "Delivery",
+    "DeliveryCallback",
+    "OutgoingMessage",
+    "Transport",
+    "check_urls",
+    "connector",
+]
+
+#: Makes a new, unconnected transport for a role (``"publisher"``, ``"consumer"``, ...); each
+#: call is a connection of its own.
+Connector = Callable[[str], Transport]
+
+#: Named in-memory brokers: every ``memory://name`` in a process shares one, as two
+#: applications share a vhost; ``memory://`` alone is private to its connector.
+_NAMED_BROKERS: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakValueDictionary()
+
+
+def check_urls(url: object) -> tuple[str, ...]:
+    """The broker URLs as a tuple (one URL, or a list of them for a cluster).
+
+    Raises:
+        ConfigurationError: not a URL or a non-empty list of URLs.
+    """
+    # run-time input: not every caller runs mypy
+    urls = (url,) if isinstance(url, str) else tuple(url) if isinstance(url, Sequence) else ()
+    if not urls or not all(isinstance(u, str) and "://" in u for u in urls):
+        raise ConfigurationError(f"url must be an AMQP URL or a list of them, not {url!r}")
+    return tuple(str(u) for u in urls)
+
+
+def connector(urls: Sequence[str], *, name: str) -> Connector:
+    """A factory of transports to `urls`, each connection named ``{name}-{role}``.
+
+    ``memory://`` (private) or ``memory://NAME`` (shared in the process) is the in-memory
+    broker; anything else is RabbitMQ, through the AMQP transport.
+    """
+    broker = _memory_broker(urls[0])
+    if broker is not None:
+        shared = broker
+
+        def memory(role: str) -> Transport:
+            return MemoryTransport(shared, connection_name=f"{name}-{role}")
+
+        return memory
+
+    from aqueue._transport.amqp import AmqpTransport  # aio-pika on first use only
+
+    def amqp(role: str) -> Transport:
+        return AmqpTransport(urls, connection_name=f"{name}-{role}")
+
+    return amqp
+
+
+def _memory_broker(url: str) -> MemoryBroker | None:
+    if not url.startswith("memory://"):
+        return None
+    name = url.removeprefix("memory://").strip("/")
+    if not name:
+        return MemoryBroker()
+    broker = _NAMED_BROKERS.get(name)
+    if broker is None:
+        broker = _NAMED_BROKERS[name] = MemoryBroker()
+    return broker

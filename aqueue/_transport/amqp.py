@@ -1,6 +1,7 @@
 """The AMQP transport: aio-pika's robust connection, publisher confirms, manual acks.
 
-The only module that imports aio-pika, aiormq and pamqp (RABBITMQ.md has the measurements).
+The only module that imports aio-pika, aiormq and pamqp (docs/rabbitmq-behaviour.md has the
+measurements).
 
 - **Connection**: one aio-pika `RobustConnection` (its reconnect loop), named in
   ``client_properties``; `_RotatingConnection` adds failover over several URLs.
@@ -48,6 +49,7 @@ from aqueue.exceptions import (
     ConnectionLost,
     PublishNacked,
     PublishTimeout,
+    QueueNotFound,
     TransportError,
     Unroutable,
 )
@@ -106,8 +108,8 @@ def _reason(exc: BaseException) -> str:
     return str(exc.args[0]) if exc.args else repr(exc)
 
 
-def _missing(queue: str, exc: amqp.ChannelNotFoundEntity) -> ConfigurationError:
-    return ConfigurationError(f"queue {queue!r} does not exist ({_reason(exc)})")
+def _missing(queue: str, exc: amqp.ChannelNotFoundEntity) -> QueueNotFound:
+    return QueueNotFound(f"queue {queue!r} does not exist ({_reason(exc)})")
 
 
 def _safe_url(url: URL) -> str:
@@ -163,6 +165,7 @@ class AmqpDelivery(Delivery):
             for k, v in (properties.headers or {}).items()
         }
         self.message_id = properties.message_id
+        self.content_type = properties.content_type or ""
         self.routing_key = delivery.routing_key or ""
         self.exchange = delivery.exchange or ""
         self.queue = queue
@@ -471,7 +474,7 @@ class AmqpTransport(Transport):
     async def _throwaway(self, what: str, queue: str = "") -> AsyncIterator[_Channel]:
         """A channel for one operation: a 404 or 406 closes it and nothing else.
 
-        With `queue`, a 404 means that queue does not exist: a `ConfigurationError`.
+        With `queue`, a 404 means that queue does not exist: `QueueNotFound`.
         """
         with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
             channel = await self._open_channel(what)
@@ -517,7 +520,7 @@ class AmqpTransport(Transport):
             channel = await self._publishing_channel("reopen the publishing channel", timeout)
         headers: FieldTable = message.headers  # type: ignore[assignment]
         properties = spec.Basic.Properties(
-            content_type=message.content_type,
+            content_type=message.content_type or None,  # "": none, as received
             headers=headers,
             delivery_mode=2,
             message_id=message.message_id,

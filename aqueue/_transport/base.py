@@ -1,40 +1,21 @@
 """The transport interface: bytes and headers in, bytes and headers out; never an Envelope.
 
-Both implementations (`AmqpTransport`, `MemoryTransport`) pass the same conformance suite
-(``tests/conformance``), so what is stated here holds for each of them.
+A seam with RabbitMQ's semantics (exchanges, routing keys, manual acks, ``basic.get``), not a
+broker-neutral one: aqueue's guarantees are RabbitMQ's, and the in-memory broker is valuable
+because it has the same semantics. Both implementations (`AmqpTransport`, `MemoryTransport`)
+pass the same conformance suite (``tests/conformance``), so what is stated here holds for each.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from aqueue._core.topology import Topology
 from aqueue._core.types import HeaderValue
+from aqueue._core.wire import OutgoingMessage
 
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """A message to publish: always persistent, always mandatory, always confirmed.
-
-    Attributes:
-        exchange: the exchange name (``""`` is the default exchange).
-        routing_key: the routing key.
-        body: the encoded body.
-        message_id: the AMQP ``message_id`` (aqueue's job id).
-        headers: the AMQP header table.
-        content_type: the AMQP ``content_type``.
-        timestamp: the AMQP ``timestamp``, whole seconds since the Unix epoch.
-    """
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    message_id: str
-    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
-    content_type: str = "application/json"
-    timestamp: int | None = None
+__all__ = ["Consumer", "Delivery", "DeliveryCallback", "OutgoingMessage", "Transport"]
 
 
 class Delivery(abc.ABC):
@@ -48,6 +29,8 @@ class Delivery(abc.ABC):
     body: bytes
     headers: Mapping[str, HeaderValue]
     message_id: str | None
+    #: The AMQP ``content_type`` (``application/json`` for aqueue's jobs; ``""`` if unset).
+    content_type: str
     routing_key: str
     #: The exchange it was last published (or dead-lettered) to; ``""``: the default exchange.
     exchange: str = ""
@@ -165,19 +148,27 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, queue: str) -> Delivery | None:
-        """Take one message from a queue (``basic.get``, manual ack); ``None`` when empty."""
+        """Take one message from a queue (``basic.get``, manual ack); ``None`` when empty.
+
+        Raises:
+            QueueNotFound: the queue does not exist.
+        """
 
     @abc.abstractmethod
     async def message_count(self, queue: str) -> int:
         """How many messages are ready in a queue (not counting unacked ones).
 
         Raises:
-            ConfigurationError: the queue does not exist.
+            QueueNotFound: the queue does not exist.
         """
 
     @abc.abstractmethod
     async def purge(self, queue: str) -> int:
-        """Delete every ready message of a queue; return how many."""
+        """Delete every ready message of a queue; return how many.
+
+        Raises:
+            QueueNotFound: the queue does not exist.
+        """
 
     @abc.abstractmethod
     async def delete_queue(self, queue: str) -> None:

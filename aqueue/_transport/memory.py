@@ -55,6 +55,7 @@ class _MemoryDelivery(Delivery):
         self.body = message.body
         self.headers = headers
         self.message_id = message.message_id
+        self.content_type = message.content_type
         self.routing_key = message.routing_key
         self.exchange = message.exchange
         self.queue = queue.name

@@ -1,8 +1,9 @@
 """The in-memory broker behind `MemoryTransport`: one RabbitMQ virtual host, in process.
 
-Every rule here was measured on RabbitMQ 3.10.8 (see RABBITMQ.md) and is checked against a real
-node by ``tests/conformance``. `MemoryBroker` is the public face (the test hooks); the state and
-the rules live in `VirtualHost` (exchanges, bindings, routing, dead-lettering) and in
+Every rule here was measured on RabbitMQ 3.10.8 (see docs/rabbitmq-behaviour.md) and is
+checked against a real node by ``tests/conformance``. `MemoryBroker` is the public face (the
+test hooks); the state and the rules live in `VirtualHost` (exchanges, bindings, routing,
+dead-lettering) and in
 `MemoryQueue` (order, requeue, TTL, overflow, round-robin). It is plain synchronous state plus
 asyncio loop callbacks, never tasks:
 
@@ -30,7 +31,7 @@ from aqueue._core.topology import ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
 from aqueue._transport.base import OutgoingMessage
 from aqueue._transport.memory_queue import MemoryQueue, StoredMessage, copy_headers, integer
-from aqueue.exceptions import ConfigurationError, PublishNacked, Unroutable
+from aqueue.exceptions import ConfigurationError, PublishNacked, QueueNotFound, Unroutable
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class VirtualHost:
         try:
             return self._queues[name]
         except KeyError:
-            raise ConfigurationError(f"no queue {name!r} (404 NOT_FOUND)") from None
+            raise QueueNotFound(f"queue {name!r} does not exist (404 NOT_FOUND)") from None
 
     def declare(self, topology: Topology) -> None:
         for exchange in topology.exchanges:

@@ -1,6 +1,7 @@
 """One queue of the in-memory broker: ready messages in order, consumers, ``x-`` arguments.
 
-The rules for order, requeue, TTL and overflow were measured on RabbitMQ 3.10.8 (RABBITMQ.md).
+The rules for order, requeue, TTL and overflow were measured on RabbitMQ 3.10.8
+(docs/rabbitmq-behaviour.md).
 The queue calls back into its virtual host for what crosses queues: dead-lettering, and
 scheduling deliveries and timers on the event loop.
 """

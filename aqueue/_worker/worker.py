@@ -8,22 +8,21 @@ delivers them again).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import anyio
-import anyio.to_thread
 
 from aqueue._client.queue import TaskQueue
+from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
-from aqueue._core.topology import queue_topology
-from aqueue._transport import Consumer, Delivery
+from aqueue._core.queues import queue_topology
+from aqueue._observability.hooks import Settlement
+from aqueue._transport import Consumer, Transport
+from aqueue._worker.intake import Intake
 from aqueue._worker.runner import JobRunner
-from aqueue.exceptions import (
-    TransportError,
-)
+from aqueue.exceptions import TransportError
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -34,11 +33,38 @@ class WorkerStatistics:
 
     received: int
     succeeded: int
-    #: attempts that failed (each retried or dead-lettered)
+    #: attempts that failed and were settled: each one retried or dead-lettered
     failed: int
     retried: int
     dead_lettered: int
     in_flight: int
+
+
+class _Counters:
+    """The worker's own counts, bumped once per delivery as it is received and settled."""
+
+    __slots__ = ("dead_lettered", "in_flight", "received", "retried", "succeeded")
+
+    def __init__(self) -> None:
+        self.received = self.succeeded = self.retried = self.dead_lettered = self.in_flight = 0
+
+    def settled(self, settlement: Settlement) -> None:
+        if settlement == "succeeded":
+            self.succeeded += 1
+        elif settlement == "retried":
+            self.retried += 1
+        elif settlement == "dead-lettered":
+            self.dead_lettered += 1
+
+    def snapshot(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            received=self.received,
+            succeeded=self.succeeded,
+            failed=self.retried + self.dead_lettered,
+            retried=self.retried,
+            dead_lettered=self.dead_lettered,
+            in_flight=self.in_flight,
+        )
 
 
 class Worker:
@@ -60,30 +86,18 @@ class Worker:
         self._intake: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
         self._stop_requested = False
-        self._logical: dict[str, str] = {}
-        self._counts = {
-            "received": 0,
-            "succeeded": 0,
-            "failed": 0,
-            "retried": 0,
-            "dead_lettered": 0,
-        }
-        self._in_flight = 0
+        self._counters = _Counters()
         self._changed = anyio.Event()
-        self._runner = JobRunner(
-            queue, threads=self._threads, logical=self._logical, counts=self._counts
-        )
         self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
 
     def queues(self) -> tuple[str, ...]:
         """The logical queues this worker consumes."""
-        return (
-            self.settings.queues or tuple(sorted(self.queue.registry.queues())) or (DEFAULT_QUEUE,)
-        )
+        used = {task.options.queue for task in self.queue.tasks.values()}
+        return self.settings.queues or tuple(sorted(used)) or (DEFAULT_QUEUE,)
 
     def statistics(self) -> WorkerStatistics:
         """A snapshot of the counters."""
-        return WorkerStatistics(**self._counts, in_flight=self._in_flight)
+        return self._counters.snapshot()
 
     async def wait_until(self, condition: Callable[[WorkerStatistics], bool]) -> None:
         """Return once `condition(statistics)` holds; it is checked after every settled job.
@@ -125,49 +139,48 @@ class Worker:
             ConnectionFailed: no broker answered within the queue's connect timeout.
         """
         async with AsyncExitStack() as stack:
-            if self.queue._stack is None:
-                await self.queue.open()
-                stack.push_async_callback(self.queue.aclose)
+            session = await stack.enter_async_context(self.queue.session())
+            # closed before the queue's publisher: unsettled deliveries go back to the broker
+            transport = await stack.enter_async_context(session.connection_for("consumer"))
             # one intake and one set of runners per queue: a slow queue never takes the
             # runners of another (isolation), and each has its own consumer prefetch
-            intakes = {queue: _Intake() for queue in self.queues()}
+            intakes = {queue: Intake() for queue in self.queues()}
             for intake in intakes.values():
                 stack.callback(intake.close)
-            consumers = await self._subscribe(stack, intakes)
-            await self._serve(consumers, list(intakes.values()))
+            consumers = await self._subscribe(session, transport, intakes)
+            runner = JobRunner(
+                session, self.queue.tasks, self.queue.middleware, threads=self._threads
+            )
+            await self._serve(runner, consumers, intakes)
 
     async def _subscribe(
-        self, stack: AsyncExitStack, intakes: Mapping[str, _Intake]
+        self, session: Session, transport: Transport, intakes: Mapping[str, Intake]
     ) -> list[Consumer]:
-        transport = self.queue.make_transport("consumer")
-        await transport.connect(timeout=self.queue.producer_settings.connect_timeout)
-        # closed before the queue's publisher: unsettled deliveries go back to the broker
-        stack.push_async_callback(transport.aclose)
         consumers = []
         for queue, intake in intakes.items():
-            await self.queue.declare_queue(queue)
-            await transport.declare(
-                queue_topology(self.queue.names, queue, self.queue.queue_settings)
-            )
-            broker_name = self.queue.names.work_queue(queue)
-            self._logical[broker_name] = queue
+            # declared on both connections: each re-declares its topology after a reconnect,
+            # and the consumer's must exist before it resumes
+            await session.producer.declare_queue(queue)
+            await transport.declare(queue_topology(session.names, queue, session.queue_settings))
             consumers.append(
                 await transport.consume(
-                    broker_name,
+                    session.names.work_queue(queue),
                     prefetch=self.settings.effective_prefetch,
                     on_delivery=intake.put,
                 )
             )
         return consumers
 
-    async def _serve(self, consumers: list[Consumer], intakes: Sequence[_Intake]) -> None:
+    async def _serve(
+        self, runner: JobRunner, consumers: Sequence[Consumer], intakes: Mapping[str, Intake]
+    ) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             # `concurrency` runners per queue, each taking the next delivery when its job is
             # settled: the concurrency limit without a task and a semaphore round per job.
-            for intake in intakes:
+            for queue, intake in intakes.items():
                 for _ in range(self.settings.concurrency):
-                    jobs.start_soon(self._take_jobs, intake)
+                    jobs.start_soon(self._take_jobs, runner, intake, queue)
             with anyio.CancelScope() as consuming:
                 self._intake = consuming
                 if self._stop_requested:
@@ -178,13 +191,13 @@ class Worker:
             self._intake = None
             # idle runners return at once, busy ones after their job; deliveries not started
             # stay unacked and go back to the broker when the consuming connection closes
-            for intake in intakes:
+            for intake in intakes.values():
                 intake.close()
             await self._cancel_consumers(consumers)
             logger.info(
                 "worker stopping: waiting up to %ss for %d jobs",
                 self.settings.grace,
-                self._in_flight,
+                self._counters.in_flight,
             )
             jobs.cancel_scope.deadline = anyio.current_time() + self.settings.grace
         self._jobs_scope = None
@@ -199,80 +212,13 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    async def _take_jobs(self, intake: _Intake) -> None:
+    async def _take_jobs(self, runner: JobRunner, intake: Intake, queue: str) -> None:
+        counters = self._counters
         while (delivery := await intake.get()) is not None:
-            await self._handle(delivery)
-
-    async def _handle(self, delivery: Delivery) -> None:
-        self._counts["received"] += 1
-        self._in_flight += 1
-        try:
-            await self._runner.process(delivery)
-        finally:
-            self._in_flight -= 1
-            self._notify()
-
-
-class _Idle:
-    """A runner waiting in `_Intake.get`, and what it was handed."""
-
-    __slots__ = ("delivery", "event")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.delivery: Delivery | None = None
-
-
-class _Intake:
-    """Deliveries handed to idle runners, in arrival order (the consumers' prefetch bounds it).
-
-    What an anyio memory stream does, minus what a worker does not need: its ``receive()``
-    costs a checkpoint, an event and a generic-alias call per item, about a tenth of the CPU
-    of a no-op job (see docs/benchmarks.md).
-    """
-
-    def __init__(self) -> None:
-        self._ready: deque[Delivery] = deque()
-        self._idle: deque[_Idle] = deque()
-        self._closed = False
-
-    def put(self, delivery: Delivery) -> None:
-        """Hand a delivery to the longest-idle runner, or queue it (transport callback)."""
-        if self._closed:
-            return  # stopping: left unacked, requeued when the consuming connection closes
-        if self._idle:
-            idle = self._idle.popleft()
-            idle.delivery = delivery
-            idle.event.set()
-        else:
-            self._ready.append(delivery)
-
-    async def get(self) -> Delivery | None:
-        """The next delivery; None once closed (queued deliveries are then left unstarted)."""
-        if self._closed:
-            return None
-        if self._ready:
-            return self._ready.popleft()
-        idle = _Idle()
-        self._idle.append(idle)
-        try:
-            await idle.event.wait()
-        except BaseException:
-            if idle.delivery is not None:  # handed over, never taken: the next runner's
-                self._ready.appendleft(idle.delivery)
-            elif idle in self._idle:
-                self._idle.remove(idle)
-            raise
-        # closed while this runner was being woken: the delivery is left unstarted too
-        return None if self.closed() else idle.delivery
-
-    def closed(self) -> bool:
-        """True once `close` was called."""
-        return self._closed
-
-    def close(self) -> None:
-        """Wake every idle runner with None; later deliveries are dropped (left unacked)."""
-        self._closed = True
-        for idle in self._idle:
-            idle.event.set()
-        self._idle.clear()
+            counters.received += 1
+            counters.in_flight += 1
+            try:
+                counters.settled(await runner.process(delivery, queue))
+            finally:
+                counters.in_flight -= 1
+                self._notify()

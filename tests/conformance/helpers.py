@@ -45,6 +45,12 @@ class TransportFactory:
         self.exchanges.extend(e.name for e in topology.exchanges if e.name not in self.exchanges)
         await transport.declare(topology)
 
+    async def with_topology(self, topology: Topology) -> Transport:
+        """A new connected transport on which `topology` is declared (and later deleted)."""
+        transport = await self()
+        await self.declare(transport, topology)
+        return transport
+
     async def aclose(self) -> None:
         for transport in self.transports:
             await transport.aclose()
@@ -92,6 +98,14 @@ def message(
         message_id=message_id,
         headers=dict(headers or {}),
     )
+
+
+async def publish_and_get(transport: Transport, sent: OutgoingMessage) -> Delivery:
+    """Publish `sent` (to a queue, through the default exchange) and take it back, unsettled."""
+    await transport.publish(sent, timeout=WAIT)
+    delivery = await transport.get(sent.routing_key)
+    assert delivery is not None, f"{sent.message_id!r} is not in {sent.routing_key!r}"
+    return delivery
 
 
 def single_queue(

@@ -4,8 +4,9 @@ A delayed message is published to the top level's exchange with its delay spelle
 the routing key (`job_route`); each set bit holds it in one fixed-TTL quorum queue, and below
 level 0 it reaches its work queue. These tests check, on both transports, that it is never
 early, that it visits exactly the levels of its set bits, and the trap RabbitMQ's dead-letter
-cycle detection sets for a message delayed a second time (RABBITMQ.md, "Retries: the only safe
-path..."): a fresh copy goes through again, a copy that kept its ``x-death`` headers is lost.
+cycle detection sets for a message delayed a second time (docs/rabbitmq-behaviour.md,
+"Retries: the only safe path..."): a fresh copy goes through again, a copy that kept its
+``x-death`` headers is lost.
 """
 
 from __future__ import annotations
@@ -16,18 +17,15 @@ from collections.abc import Mapping
 import anyio
 import pytest
 
-from aqueue._core import topology as t
-from aqueue._core.topology import (
-    QueueSettings,
-    TopologyNames,
-    delay_topology,
-    job_route,
-    queue_topology,
-)
+from aqueue._core import delays
+from aqueue._core import wire as t
+from aqueue._core.config import QueueSettings
+from aqueue._core.delays import delay_topology, job_route
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import TopologyNames
 from aqueue._core.types import HeaderValue
-from aqueue._core.wire import Envelope, read_headers
+from aqueue._core.wire import Envelope, Failure, read_headers, retry_message
 from aqueue._transport.base import Delivery, OutgoingMessage, Transport
-from aqueue._worker.settle import Outcome, retry_message
 from tests.conformance.helpers import WAIT, Inbox, TransportFactory
 
 QUEUE = "jobs"
@@ -80,8 +78,8 @@ def job(
 
 def set_levels(delay_ms: int) -> set[int]:
     """The levels a delay's unit count has set bits for."""
-    units = t.delay_units(delay_ms)
-    return {level for level in range(t.DELAY_LEVELS) if units >> level & 1}
+    units = delays.delay_units(delay_ms)
+    return {level for level in range(delays.DELAY_LEVELS) if units >> level & 1}
 
 
 def deaths(delivery: Delivery) -> list[dict[str, HeaderValue]]:
@@ -145,15 +143,16 @@ async def test_a_fresh_copy_goes_through_the_levels_again(
     assert len(deaths(delivery)) == 2
 
     for attempt in (1, 2, 3):
+        now_ms = time.time_ns() // 1_000_000
         again = retry_message(
             names,
             delivery,
-            QUEUE,
             read_headers(delivery.headers),
+            queue=QUEUE,
             attempt=attempt,
-            outcome=Outcome("failed", ValueError(f"attempt {attempt}")),
+            failure=Failure(attempt, "ValueError", f"attempt {attempt}", now_ms),
             delay_ms=delay_ms,
-            now_ms=time.time_ns() // 1_000_000,
+            now_ms=now_ms,
         )
         assert not set(again.headers) & t.BROKER_HEADERS
         assert again.routing_key == first.routing_key

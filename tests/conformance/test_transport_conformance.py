@@ -1,8 +1,8 @@
 """The behaviour every `Transport` shares, checked on the in-memory and the AMQP transport.
 
-Each expectation was measured on RabbitMQ 3.10 (RABBITMQ.md); the in-memory transport must
-match it, so a test here fails on whichever side drifts. No test sleeps to synchronise: every
-wait is for an event, bounded by ``anyio.fail_after``.
+Each expectation was measured on RabbitMQ 3.10 (docs/rabbitmq-behaviour.md); the in-memory
+transport must match it, so a test here fails on whichever side drifts. No test sleeps to
+synchronise: every wait is for an event, bounded by ``anyio.fail_after``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aqueue._core.topology import ArgumentValue, QueueSettings, TopologyNames, queue_topology
+from aqueue._core.config import QueueSettings
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import ArgumentValue, Topology, TopologyNames
 from aqueue._core.types import HeaderValue
-from aqueue._transport.base import OutgoingMessage
+from aqueue._transport.base import Delivery, OutgoingMessage, Transport
 from aqueue.exceptions import (
     ConfigurationError,
     ConnectionLost,
     PublishNacked,
+    QueueNotFound,
     Unroutable,
 )
 from tests.conformance.helpers import (
@@ -24,19 +27,35 @@ from tests.conformance.helpers import (
     TransportFactory,
     exchange_with_queues,
     message,
+    publish_and_get,
     single_queue,
 )
+
+
+def jobs(names: TopologyNames, settings: QueueSettings | None = None) -> Topology:
+    """Everything the logical queue ``jobs`` declares (work queue, dead-letter queue, ...)."""
+    return queue_topology(names, "jobs", settings or QueueSettings())
+
+
+def job(names: TopologyNames, message_id: str = "job-1", **headers: HeaderValue) -> OutgoingMessage:
+    """A message for the work queue of ``jobs``, through the direct exchange."""
+    return message("jobs", exchange=names.exchange, message_id=message_id, headers=headers)
+
+
+async def publish_jobs(transport: Transport, names: TopologyNames, count: int) -> str:
+    """Publish messages ``"0"``, ``"1"``, ... to the work queue of ``jobs``; return its name."""
+    for index in range(count):
+        await transport.publish(job(names, f"{index}"), timeout=5)
+    return names.work_queue("jobs")
 
 
 async def test_declare_is_idempotent(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """Declaring the same topology twice is a no-op that keeps messages."""
-    transport = await transport_factory()
-    topology = queue_topology(names, "jobs", QueueSettings())
-    await transport_factory.declare(transport, topology)
-    await transport.publish(message("jobs", exchange=names.exchange), timeout=5)
-    await transport_factory.declare(transport, topology)
+    transport = await transport_factory.with_topology(jobs(names))
+    await transport.publish(job(names), timeout=5)
+    await transport_factory.declare(transport, jobs(names))
     assert await transport.message_count(names.work_queue("jobs")) == 1
 
 
@@ -44,9 +63,8 @@ async def test_roundtrip_preserves_body_headers_and_message_id(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A published message arrives with its body, headers, message id and routing key."""
-    transport = await transport_factory()
     queue = f"{prefix}.roundtrip"
-    await transport_factory.declare(transport, single_queue(queue))
+    transport = await transport_factory.with_topology(single_queue(queue))
     nested: list[HeaderValue] = [1, "two", False]
     headers: dict[str, HeaderValue] = {
         "aqueue-task": "tasks.send",
@@ -83,11 +101,9 @@ async def test_unroutable_when_no_queue_is_bound(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A mandatory publish that reaches no queue raises Unroutable, on any exchange."""
-    transport = await transport_factory()
     exchange = f"{prefix}.direct"
-    await transport_factory.declare(
-        transport, exchange_with_queues(exchange, "direct", {f"{prefix}.bound": "bound"})
-    )
+    bound = exchange_with_queues(exchange, "direct", {f"{prefix}.bound": "bound"})
+    transport = await transport_factory.with_topology(bound)
     with pytest.raises(Unroutable):
         await transport.publish(message("other", exchange=exchange), timeout=5)
     with pytest.raises(Unroutable):
@@ -101,10 +117,9 @@ async def test_publish_nacked_when_reject_publish_queue_is_full(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A full x-max-length queue with x-overflow reject-publish nacks the publish."""
-    transport = await transport_factory()
     queue = f"{prefix}.full"
     arguments: dict[str, ArgumentValue] = {"x-max-length": 1, "x-overflow": "reject-publish"}
-    await transport_factory.declare(transport, single_queue(queue, arguments))
+    transport = await transport_factory.with_topology(single_queue(queue, arguments))
     await transport.publish(message(queue, b"1"), timeout=5)
     with pytest.raises(PublishNacked):
         await transport.publish(message(queue, b"2"), timeout=5)
@@ -115,30 +130,23 @@ async def test_redeclare_with_other_arguments_is_a_configuration_error(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """Declaring an existing queue with different arguments raises ConfigurationError."""
-    transport = await transport_factory()
-    await transport_factory.declare(transport, queue_topology(names, "jobs", QueueSettings()))
-    other = queue_topology(names, "jobs", QueueSettings(delivery_limit=3))
+    transport = await transport_factory.with_topology(jobs(names))
     with pytest.raises(ConfigurationError):
-        await transport_factory.declare(transport, other)
+        await transport_factory.declare(transport, jobs(names, QueueSettings(delivery_limit=3)))
     with pytest.raises(ConfigurationError):
         await transport_factory.declare(
             transport, single_queue(names.work_queue("jobs"), {"x-queue-type": "classic"})
         )
     # the transport is still usable afterwards
-    await transport_factory.declare(transport, queue_topology(names, "jobs", QueueSettings()))
+    await transport_factory.declare(transport, jobs(names))
 
 
 async def test_prefetch_bounds_unsettled_deliveries(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """A consumer holds at most `prefetch` unsettled deliveries; an ack lets the next one in."""
-    transport = await transport_factory()
-    await transport_factory.declare(transport, queue_topology(names, "jobs", QueueSettings()))
-    queue = names.work_queue("jobs")
-    for index in range(5):
-        await transport.publish(
-            message("jobs", exchange=names.exchange, message_id=f"{index}"), timeout=5
-        )
+    transport = await transport_factory.with_topology(jobs(names))
+    queue = await publish_jobs(transport, names, 5)
     inbox = Inbox()
     await transport.consume(queue, prefetch=2, on_delivery=inbox)
     first, second = await inbox.take(2)
@@ -156,15 +164,12 @@ async def test_two_consumers_share_a_queue(
 ) -> None:
     """Two consumers on one queue each get messages, round-robin, and none twice."""
     producer, worker_a, worker_b = [await transport_factory() for _ in range(3)]
-    await transport_factory.declare(producer, queue_topology(names, "jobs", QueueSettings()))
+    await transport_factory.declare(producer, jobs(names))
     queue = names.work_queue("jobs")
     inbox_a, inbox_b = Inbox(), Inbox()
     await worker_a.consume(queue, prefetch=1, on_delivery=inbox_a)
     await worker_b.consume(queue, prefetch=1, on_delivery=inbox_b)
-    for index in range(4):
-        await producer.publish(
-            message("jobs", exchange=names.exchange, message_id=f"{index}"), timeout=5
-        )
+    await publish_jobs(producer, names, 4)
     seen: list[str | None] = []
     for _ in range(2):  # with prefetch 1, each holds one at a time
         a, b = await inbox_a.next(), await inbox_b.next()
@@ -178,9 +183,8 @@ async def test_reject_with_requeue_redelivers(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """A delivery rejected with requeue comes back marked redelivered."""
-    transport = await transport_factory()
-    await transport_factory.declare(transport, queue_topology(names, "jobs", QueueSettings()))
-    await transport.publish(message("jobs", exchange=names.exchange), timeout=5)
+    transport = await transport_factory.with_topology(jobs(names))
+    await transport.publish(job(names), timeout=5)
     inbox = Inbox()
     await transport.consume(names.work_queue("jobs"), prefetch=1, on_delivery=inbox)
     first = await inbox.next()
@@ -196,9 +200,8 @@ async def test_reject_without_requeue_dead_letters(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """A delivery rejected without requeue reaches the dead-letter queue with x-death headers."""
-    transport = await transport_factory()
-    await transport_factory.declare(transport, queue_topology(names, "jobs", QueueSettings()))
-    await transport.publish(message("jobs", exchange=names.exchange, headers={"k": "v"}), timeout=5)
+    transport = await transport_factory.with_topology(jobs(names))
+    await transport.publish(job(names, k="v"), timeout=5)
     work, dead = Inbox(), Inbox()
     await transport.consume(names.work_queue("jobs"), prefetch=1, on_delivery=work)
     await transport.consume(names.dead_letter_queue("jobs"), prefetch=1, on_delivery=dead)
@@ -224,10 +227,9 @@ async def test_quorum_delivery_limit_dead_letters(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:
     """With x-delivery-limit N a message is delivered N+1 times, then dead-lettered."""
-    transport = await transport_factory()
     settings = QueueSettings(queue_type="quorum", delivery_limit=2)
-    await transport_factory.declare(transport, queue_topology(names, "jobs", settings))
-    await transport.publish(message("jobs", exchange=names.exchange), timeout=5)
+    transport = await transport_factory.with_topology(jobs(names, settings))
+    await transport.publish(job(names), timeout=5)
     work, dead = Inbox(), Inbox()
     await transport.consume(names.work_queue("jobs"), prefetch=1, on_delivery=work)
     await transport.consume(names.dead_letter_queue("jobs"), prefetch=1, on_delivery=dead)
@@ -249,12 +251,8 @@ async def test_closing_a_transport_requeues_its_unsettled_deliveries(
 ) -> None:
     """Deliveries left unsettled by a closed transport reach another consumer, redelivered."""
     producer, crashing, survivor = [await transport_factory() for _ in range(3)]
-    await transport_factory.declare(producer, queue_topology(names, "jobs", QueueSettings()))
-    queue = names.work_queue("jobs")
-    for index in range(3):
-        await producer.publish(
-            message("jobs", exchange=names.exchange, message_id=f"{index}"), timeout=5
-        )
+    await transport_factory.declare(producer, jobs(names))
+    queue = await publish_jobs(producer, names, 3)
     lost = Inbox()
     await crashing.consume(queue, prefetch=10, on_delivery=lost)
     held = await lost.take(3)
@@ -274,10 +272,9 @@ async def test_message_ttl_dead_letters_to_the_target_queue(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A message in an x-message-ttl queue moves through its dead-letter exchange after the TTL."""
-    transport = await transport_factory()
     exchange, target = f"{prefix}.delays", f"{prefix}.target"
-    await transport_factory.declare(
-        transport, exchange_with_queues(exchange, "direct", {target: "target"})
+    transport = await transport_factory.with_topology(
+        exchange_with_queues(exchange, "direct", {target: "target"})
     )
     waiting = f"{prefix}.wait-200ms"
     arguments: dict[str, ArgumentValue] = {
@@ -304,7 +301,6 @@ async def test_topic_exchange_routes_by_wildcards(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """Topic bindings match `*` as exactly one word and `#` as zero or more words."""
-    transport = await transport_factory()
     exchange = f"{prefix}.topic"
     bindings = {
         f"{prefix}.star": "orders.*",
@@ -313,7 +309,9 @@ async def test_topic_exchange_routes_by_wildcards(
         f"{prefix}.all": "#",
         f"{prefix}.exact": "orders.created",
     }
-    await transport_factory.declare(transport, exchange_with_queues(exchange, "topic", bindings))
+    transport = await transport_factory.with_topology(
+        exchange_with_queues(exchange, "topic", bindings)
+    )
     for key in ("orders", "orders.created", "orders.created.eu", "invoices.created.eu"):
         await transport.publish(message(key, exchange=exchange), timeout=5)
     counts = {
@@ -326,9 +324,8 @@ async def test_get_message_count_and_purge(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """get takes one message, message_count counts ready ones, purge empties the queue."""
-    transport = await transport_factory()
     queue = f"{prefix}.q"
-    await transport_factory.declare(transport, single_queue(queue))
+    transport = await transport_factory.with_topology(single_queue(queue))
     assert await transport.get(queue) is None
     for index in range(3):
         await transport.publish(message(queue, message_id=f"{index}"), timeout=5)
@@ -345,7 +342,7 @@ async def test_get_message_count_and_purge(
     assert again is not None
     assert again.redelivered
     await again.ack()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(QueueNotFound):
         await transport.message_count(f"{prefix}.missing")
 
 
@@ -353,12 +350,11 @@ async def test_get_from_a_quorum_queue_counts_deliveries(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """basic.get on a quorum queue reports x-delivery-count, starting at 0."""
-    transport = await transport_factory()
     queue = f"{prefix}.quorum"
-    await transport_factory.declare(transport, single_queue(queue, {"x-queue-type": "quorum"}))
-    await transport.publish(message(queue), timeout=5)
-    first = await transport.get(queue)
-    assert first is not None
+    transport = await transport_factory.with_topology(
+        single_queue(queue, {"x-queue-type": "quorum"})
+    )
+    first = await publish_and_get(transport, message(queue))
     assert first.headers.get("x-delivery-count") == 0
     await first.reject(requeue=True)
     inbox = Inbox()  # basic.reject has no reply: wait for the requeue by consuming
@@ -371,9 +367,8 @@ async def test_cancelled_consumer_gets_no_new_deliveries(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """After Consumer.cancel the queue keeps new messages; cancel is idempotent."""
-    transport = await transport_factory()
     queue = f"{prefix}.q"
-    await transport_factory.declare(transport, single_queue(queue))
+    transport = await transport_factory.with_topology(single_queue(queue))
     inbox = Inbox()
     consumer = await transport.consume(queue, prefetch=5, on_delivery=inbox)
     await transport.publish(message(queue, message_id="before"), timeout=5)
@@ -389,16 +384,17 @@ async def test_cancelled_consumer_gets_no_new_deliveries(
     await before.ack()  # still settleable after the cancel
 
 
+async def one_taken(factory: TransportFactory, queue: str) -> tuple[Transport, Delivery]:
+    """A transport on which `queue` has one message, taken and not settled yet."""
+    transport = await factory.with_topology(single_queue(queue))
+    return transport, await publish_and_get(transport, message(queue))
+
+
 async def test_settling_twice_raises_connection_lost(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A delivery settles once: a second ack or reject raises ConnectionLost."""
-    transport = await transport_factory()
-    queue = f"{prefix}.q"
-    await transport_factory.declare(transport, single_queue(queue))
-    await transport.publish(message(queue), timeout=5)
-    delivery = await transport.get(queue)
-    assert delivery is not None
+    _, delivery = await one_taken(transport_factory, f"{prefix}.q")
     await delivery.ack()
     with pytest.raises(ConnectionLost):
         await delivery.ack()
@@ -410,12 +406,8 @@ async def test_closed_transport_refuses_operations(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """After aclose, publish raises ConnectionLost and settling a delivery raises too."""
-    transport = await transport_factory()
     queue = f"{prefix}.q"
-    await transport_factory.declare(transport, single_queue(queue))
-    await transport.publish(message(queue), timeout=5)
-    delivery = await transport.get(queue)
-    assert delivery is not None
+    transport, delivery = await one_taken(transport_factory, queue)
     await transport.aclose()
     await transport.aclose()  # idempotent
     with pytest.raises(ConnectionLost):
@@ -442,9 +434,8 @@ async def test_publish_to_a_missing_exchange_raises_unroutable(
     transport_factory: TransportFactory, prefix: str
 ) -> None:
     """A publish to an exchange that does not exist is not stored and raises Unroutable."""
-    transport = await transport_factory()
     queue = f"{prefix}.q"
-    await transport_factory.declare(transport, single_queue(queue))
+    transport = await transport_factory.with_topology(single_queue(queue))
     with pytest.raises(Unroutable):
         await transport.publish(message("x", exchange=f"{prefix}.missing"), timeout=5)
     await transport.publish(message(queue), timeout=5)  # the transport is still usable

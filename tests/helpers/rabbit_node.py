@@ -3,7 +3,7 @@
 The shared broker on 127.0.0.1:5672 (and its epmd on 4369) is never touched: every node made here
 runs as its own OS process group, from its own base directory, with its own HOME (and so its own
 ``.erlang.cookie``), its own epmd on its own port, and its own node name, AMQP port and
-distribution port (see ``/work/shared/RABBITMQ.md``, "Running your own RabbitMQ nodes").
+distribution port (see docs/rabbitmq-behaviour.md, "Running private nodes").
 
 ```text
 <base>/                     tempfile.gettempdir()/aqueue-rabbit-XXXXXXXX

@@ -44,6 +44,14 @@ def subprocess_env(extra: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def apps_env(url: str, prefix: str, out: Path | None = None) -> dict[str, str]:
+    """What the apps of ``tests/integration/apps`` read: the broker, the prefix, the record file."""
+    env = {"AQUEUE_TEST_URL": url, "AQUEUE_TEST_PREFIX": prefix}
+    if out is not None:
+        env["AQUEUE_TEST_OUT"] = str(out)
+    return env
+
+
 class WorkerProcess:
     """One ``aqueue worker`` subprocess.
 
@@ -137,6 +145,11 @@ class WorkerProcess:
             raise TimeoutError(
                 f"the worker did not exit within {timeout:g} s\n{self.output_tail()}"
             ) from exc
+
+    async def terminate(self, *, timeout: float = 30.0) -> None:
+        """SIGTERM the process and check that it stops cleanly (exit code 0) within `timeout`."""
+        self.send_signal(signal.SIGTERM)
+        assert await self.wait(timeout=timeout) == 0, self.output_tail()
 
     def cleanup(self) -> None:
         """SIGKILL the process if it still runs, and reap it. Idempotent."""

@@ -1,35 +1,33 @@
-"""Running an in-process `Worker` in a test, and reading a broker's queues around it."""
+"""Waiting on an in-process `Worker` in a test, and reading a broker's queues around it.
+
+A test runs its worker with `aqueue.testing.running_worker` and waits on it with `wait_until`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 
-import aio_pika
 import anyio
 
 from aqueue import Worker, WorkerStatistics
-from aqueue._core.topology import QueueSettings, TopologyNames, delay_topology, queue_topology
+from aqueue._core.config import QueueSettings
+from aqueue._core.delays import delay_topology
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import TopologyNames
 from aqueue._transport import Delivery, Transport
 
-
-@asynccontextmanager
-async def running(worker: Worker, *, timeout: float = 20.0) -> AsyncIterator[Worker]:
-    """Run `worker` in the background; stop it gracefully (and wait for it) on the way out."""
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        with anyio.fail_after(timeout):
-            await worker.wait_started()
-        try:
-            yield worker
-        finally:
-            worker.stop()
+#: Bound on a wait for the worker: generous for a loaded CI machine, never a sleep.
+WAIT = 10.0
 
 
 async def wait_until(
-    worker: Worker, condition: Callable[[WorkerStatistics], bool], *, timeout: float
+    worker: Worker, condition: Callable[[WorkerStatistics], bool], *, timeout: float = WAIT
 ) -> None:
-    """Wait (at most `timeout` seconds) until `condition(worker.statistics())` holds."""
+    """Wait (at most `timeout` seconds) until `condition(worker.statistics())` holds.
+
+    Raises:
+        TimeoutError: it did not hold in time; the message shows the worker's statistics.
+    """
     try:
         with anyio.fail_after(timeout):
             await worker.wait_until(condition)
@@ -37,11 +35,12 @@ async def wait_until(
         raise TimeoutError(f"after {timeout:g} s the worker is at {worker.statistics()}") from exc
 
 
-async def drain(transport: Transport, queue: str) -> list[Delivery]:
-    """Take (and ack) every ready message of a broker queue, in order."""
+async def drain(transport: Transport, queue: str, *, ack: bool = True) -> list[Delivery]:
+    """Take every ready message of a broker queue, in order; ack each unless ``ack=False``."""
     taken: list[Delivery] = []
     while (delivery := await transport.get(queue)) is not None:
-        await delivery.ack()
+        if ack:
+            await delivery.ack()
         taken.append(delivery)
     return taken
 
@@ -49,10 +48,13 @@ async def drain(transport: Transport, queue: str) -> list[Delivery]:
 async def delete_topology(url: str, prefix: str, queues: Sequence[str] = ("default",)) -> None:
     """Delete everything aqueue declares under `prefix` for the logical `queues` (test cleanup).
 
-    That is each queue's topology and the delay levels, as ``aqueue._core.topology`` describes them
-    (deleting what was never declared is harmless). A name in `queues` that starts with
-    ``prefix + "."`` is a broker queue of the test's own, deleted as is.
+    That is each queue's topology and the delay levels, as ``aqueue._core.queues`` and
+    ``aqueue._core.delays`` describe them (deleting what was never declared is harmless). A
+    name in `queues` that starts with ``prefix + "."`` is a broker queue of the test's own,
+    deleted as is.
     """
+    import aio_pika  # integration tests only
+
     names = TopologyNames(prefix)
     settings = QueueSettings()
     topology = delay_topology(names, settings)

@@ -20,14 +20,9 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from aqueue._core.topology import (
-    ExchangeSpec,
-    QueueSettings,
-    QueueSpec,
-    Topology,
-    TopologyNames,
-    queue_topology,
-)
+from aqueue._core.config import QueueSettings
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import ExchangeSpec, QueueSpec, Topology, TopologyNames
 from aqueue._transport.amqp import AmqpTransport
 from aqueue._transport.base import Delivery, OutgoingMessage
 from aqueue.exceptions import (

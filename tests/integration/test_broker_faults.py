@@ -17,8 +17,9 @@ import pytest
 
 from aqueue import Task, TaskQueue, Worker, WorkerSettings, current_job
 from aqueue.exceptions import ConnectionFailed, ConnectionLost
+from aqueue.testing import running_worker
 from tests.helpers.rabbit_node import RabbitNode, free_ports
-from tests.helpers.workers import running, wait_until
+from tests.helpers.workers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -86,9 +87,9 @@ async def test_producer_and_worker_recover_from_close_all_connections(
                 warmed_up.set()
             after_close += closed.is_set()
 
-    async with producer:
-        worker = Worker(consumer, WorkerSettings(concurrency=20, grace=5))
-        async with running(worker), anyio.create_task_group() as tg:
+    settings = WorkerSettings(concurrency=20, grace=5)
+    async with producer, running_worker(consumer, settings) as worker:
+        async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
             with anyio.fail_after(30):
                 await warmed_up.wait()
@@ -120,7 +121,7 @@ async def test_enqueue_while_the_node_is_stopped_raises_within_its_deadline(
     """With the node stopped, enqueue raises ConnectionLost after publish_deadline, not later."""
     deadline = 3.0
     queue, note = make_queue(rabbit_node.url, "stopped", [], publish_deadline=deadline)
-    async with queue:
+    async with queue.session() as session:
         await queue.enqueue(note, 1)
         await anyio.to_thread.run_sync(rabbit_node.stop)
         began = anyio.current_time()
@@ -132,9 +133,9 @@ async def test_enqueue_while_the_node_is_stopped_raises_within_its_deadline(
         # The queue is not broken by it: once the node is back, enqueue works again.
         await anyio.to_thread.run_sync(rabbit_node.start)
         with anyio.fail_after(30):
-            await queue.transport.wait_connected()
+            await session.transport.wait_connected()
         await queue.enqueue(note, 3)
-        assert await queue.transport.message_count(queue.names.work_queue("default")) == 2
+        assert await session.transport.message_count(session.names.work_queue("default")) == 2
 
 
 async def test_queue_and_worker_fail_fast_when_nothing_listens() -> None:

@@ -17,23 +17,17 @@ import aio_pika
 import anyio
 import pytest
 
-from aqueue import (
-    DeadLetterQueue,
-    ReplayResult,
-    Task,
-    TaskQueue,
-    Worker,
-    WorkerSettings,
-    current_job,
-)
-from aqueue._core import topology as t
-from aqueue._core.topology import QueueType
+from aqueue import DeadLetterQueue, ReplayResult, Task, TaskQueue, WorkerSettings, current_job
+from aqueue._client.session import Session
+from aqueue._core import wire as t
+from aqueue._core.topology import QueueType, TopologyNames
 from aqueue._core.types import HeaderValue
 from aqueue._transport import OutgoingMessage
+from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
 from tests.helpers.rabbit_node import free_ports
-from tests.helpers.worker_process import ROOT, aqueue_command, subprocess_env
-from tests.helpers.workers import delete_topology, running, wait_until
+from tests.helpers.worker_process import ROOT, apps_env, aqueue_command, subprocess_env
+from tests.helpers.workers import delete_topology, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +46,7 @@ async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[list[str]]:
     )
     async with connection:
         channel = await connection.channel()
-        await channel.exchange_delete(t.TopologyNames(prefix).delay_delivery_exchange)
+        await channel.exchange_delete(TopologyNames(prefix).delay_delivery_exchange)
 
 
 @dataclass
@@ -81,8 +75,7 @@ def make_flaky(url: str, prefix: str) -> Flaky:
 
 async def dead_letter_jobs(app: Flaky, count: int) -> set[str]:
     """Enqueue `count` jobs and let a worker dead-letter every one; return their ids."""
-    worker = Worker(app.queue, WorkerSettings(concurrency=100, grace=5))
-    async with running(worker):
+    async with running_worker(app.queue, WorkerSettings(concurrency=100, grace=5)) as worker:
         batch = await app.queue.enqueue_many(app.task, [(i,) for i in range(count)])
         assert batch.ok, batch.failures[:3]
         await wait_until(worker, lambda s: s.dead_lettered >= count, timeout=90)
@@ -91,8 +84,7 @@ async def dead_letter_jobs(app: Flaky, count: int) -> set[str]:
 
 
 async def run_until_all_succeeded(app: Flaky, job_ids: set[str]) -> None:
-    worker = Worker(app.queue, WorkerSettings(concurrency=100, grace=5))
-    async with running(worker):
+    async with running_worker(app.queue, WorkerSettings(concurrency=100, grace=5)) as worker:
         await wait_until(worker, lambda s: set(app.succeeded) >= job_ids, timeout=90)
 
 
@@ -101,19 +93,18 @@ async def test_replay_of_a_thousand_dead_lettered_jobs_runs_each_of_them(
 ) -> None:
     """1,000 jobs that died for real, replayed while a worker runs, each run once more."""
     app = make_flaky(amqp_url, prefix)
-    async with app.queue:
+    async with app.queue.session() as session:
         job_ids = await dead_letter_jobs(app, JOBS)
         app.broken = False
         progress: list[int] = []
-        worker = Worker(app.queue, WorkerSettings(concurrency=100, grace=5))
-        async with running(worker):
+        async with running_worker(app.queue, WorkerSettings(concurrency=100, grace=5)) as worker:
             result = await app.queue.dead_letters().replay(
                 on_progress=lambda done, total: progress.append(total)
             )
             assert result == ReplayResult(replayed=JOBS, skipped=0)
             await wait_until(worker, lambda s: s.succeeded >= JOBS, timeout=90)
         assert await app.queue.dead_letters().count() == 0
-        assert await app.queue.transport.message_count(app.queue.names.work_queue("default")) == 0
+        assert await session.transport.message_count(session.names.work_queue("default")) == 0
     assert set(progress) == {JOBS}
     assert len(progress) == JOBS
     assert Counter(app.succeeded) == Counter(job_ids)
@@ -127,10 +118,10 @@ async def test_replay_killed_midway_and_run_again_runs_every_job(
     At most one job runs twice: the one whose copy was confirmed when the replay died.
     """
     app = make_flaky(amqp_url, prefix)
-    async with app.queue:
+    async with app.queue.session() as session:
         job_ids = await dead_letter_jobs(app, JOBS)
         dlq = app.queue.dead_letters()
-        work = app.queue.names.work_queue("default")
+        work = session.names.work_queue("default")
         log = tmp_path / "replay.log"
         argv = aqueue_command("dlq", "replay", "default", "--url", amqp_url, "--prefix", prefix)
         with log.open("wb") as out:
@@ -144,7 +135,7 @@ async def test_replay_killed_midway_and_run_again_runs_every_job(
             )
         async with replay:  # on the way out: killed if it still runs, and reaped
             await wait_for(
-                lambda: _replayed_at_least(app.queue, 300),
+                lambda: _replayed_at_least(session, 300),
                 timeout=60,
                 what="the replay to move 300 jobs",
                 details=log.read_text,
@@ -154,11 +145,11 @@ async def test_replay_killed_midway_and_run_again_runs_every_job(
         assert replay.returncode == -signal.SIGKILL
         # the broker gives back what the killed replay held as soon as its connection is gone
         await wait_for(
-            lambda: _total_at_least(app.queue, JOBS),
+            lambda: _total_at_least(session, dlq, JOBS),
             timeout=30,
             what="the killed replay's dead letters to come back",
         )
-        moved = await app.queue.transport.message_count(work)
+        moved = await session.transport.message_count(work)
         assert 300 <= moved < JOBS, log.read_text()
 
         done = await _run_cli(
@@ -171,28 +162,28 @@ async def test_replay_killed_midway_and_run_again_runs_every_job(
         app.broken = False
         await run_until_all_succeeded(app, job_ids)
         assert await dlq.count() == 0
-        assert await app.queue.transport.message_count(work) == 0
+        assert await session.transport.message_count(work) == 0
     runs = Counter(app.succeeded)
     assert set(runs) == job_ids
     assert sum(runs.values()) - JOBS <= 1, [job for job, n in runs.items() if n > 1]
 
 
-async def _replayed_at_least(queue: TaskQueue, count: int) -> bool:
-    return await queue.transport.message_count(queue.names.work_queue("default")) >= count
+async def _replayed_at_least(session: Session, count: int) -> bool:
+    return await session.transport.message_count(session.names.work_queue("default")) >= count
 
 
-async def _total_at_least(queue: TaskQueue, count: int) -> bool:
-    work = await queue.transport.message_count(queue.names.work_queue("default"))
-    return work + await queue.dead_letters().count() >= count
+async def _total_at_least(session: Session, dlq: DeadLetterQueue, count: int) -> bool:
+    work = await session.transport.message_count(session.names.work_queue("default"))
+    return work + await dlq.count() >= count
 
 
 async def _has_dead_letters(dlq: DeadLetterQueue) -> bool:
     return await dlq.count() > 0
 
 
-async def put_dead_letters(queue: TaskQueue, tasks: list[str]) -> list[str]:
+async def put_dead_letters(session: Session, tasks: list[str]) -> list[str]:
     """Publish dead letters as the worker writes them, one by one (in order)."""
-    await queue.declare_queue("default")
+    await session.producer.declare_queue("default")
     ids = []
     for index, task in enumerate(tasks):
         headers: dict[str, HeaderValue] = {
@@ -204,13 +195,13 @@ async def put_dead_letters(queue: TaskQueue, tasks: list[str]) -> list[str]:
         }
         job_id = f"job-{index:04d}"
         message = OutgoingMessage(
-            queue.names.dead_letter_exchange,
+            session.names.dead_letter_exchange,
             "default",
             b'{"args": [], "kwargs": {}}',
             job_id,
             headers,
         )
-        await queue.transport.publish(message, timeout=10)
+        await session.transport.publish(message, timeout=10)
         ids.append(job_id)
     return ids
 
@@ -225,9 +216,9 @@ async def test_peeks_and_filtered_replays_keep_the_order_on_the_broker(
     messages given back by closing the connection, or rejected more than 32 at once.
     """
     queue = TaskQueue(amqp_url, prefix=prefix, queue_type=queue_type, name=f"{prefix}-test")
-    async with queue:
+    async with queue.session() as session:
         tasks = ["b" if i % 5 == 0 else "a" for i in range(300)]
-        ids = await put_dead_letters(queue, tasks)
+        ids = await put_dead_letters(session, tasks)
         dlq = queue.dead_letters()
         for limit in (20, 3, 300, 7):
             letters = await dlq.list(limit=limit)
@@ -250,11 +241,11 @@ async def test_broker_dead_letter_is_read_from_rabbitmq_headers(
     @queue.task(name="crash")
     async def crash() -> None: ...
 
-    async with queue:
+    async with queue.session() as session:
         job = await queue.enqueue(crash)
-        work = queue.names.work_queue("default")
+        work = session.names.work_queue("default")
         for _ in range(2):  # two workers that die on it
-            delivery = await queue.transport.get(work)
+            delivery = await session.transport.get(work)
             assert delivery is not None
             await delivery.reject(requeue=True)
         dlq = queue.dead_letters()
@@ -312,7 +303,7 @@ async def test_cli_list_show_and_purge(amqp_url: str, prefix: str, cleanup: list
         assert "ValueError: broken for" in listed.output
         assert f"3 dead letter(s) in {prefix}.default.dlq" in listed.output
 
-        by_app = {"AQUEUE_TEST_URL": amqp_url, "AQUEUE_TEST_PREFIX": prefix}
+        by_app = apps_env(amqp_url, prefix)
         shown = await _run_cli("dlq", "show", job_ids[0], "--app", APP, env=by_app)
         assert shown.returncode == 0, shown.output
         assert job_ids[0] in shown.output

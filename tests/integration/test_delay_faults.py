@@ -13,10 +13,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._core.topology import DELAY_LEVELS
+from aqueue import TaskQueue, WorkerSettings, current_job
+from aqueue._core.delays import DELAY_LEVELS
+from aqueue.testing import running_worker
 from tests.helpers.rabbit_node import RabbitNode
-from tests.helpers.workers import running, wait_until
+from tests.helpers.workers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -43,17 +44,17 @@ async def test_delayed_jobs_survive_a_broker_restart(rabbit_node: RabbitNode, ho
             job = await queue.enqueue_in(rng.uniform(8, 15), mark, index)
         enqueued.append(job.job_id)
 
-    names = queue.names
-    async with queue:
+    async with queue.session() as session:
+        names = session.names
         began = time.monotonic()
         async with anyio.create_task_group() as tg:
             for index in range(total):
                 tg.start_soon(send, index)
         enqueue_seconds = time.monotonic() - began
-        assert await queue.transport.message_count(names.work_queue("default")) == 0
+        assert await session.transport.message_count(names.work_queue("default")) == 0
         waiting = sum(
             [
-                await queue.transport.message_count(names.delay_queue(lvl))
+                await session.transport.message_count(names.delay_queue(lvl))
                 for lvl in range(DELAY_LEVELS)
             ]
         )
@@ -65,11 +66,10 @@ async def test_delayed_jobs_survive_a_broker_restart(rabbit_node: RabbitNode, ho
     await anyio.to_thread.run_sync(rabbit_node.start)
     down = time.monotonic() - restart_began
 
-    async with queue:
-        worker = Worker(queue, WorkerSettings(concurrency=100))
-        async with running(worker, timeout=30):
-            await wait_until(worker, lambda s: s.succeeded >= total, timeout=60)
-            await anyio.sleep(0.5)  # room for a second run of any job
+    settings = WorkerSettings(concurrency=100)
+    async with queue, running_worker(queue, settings, start_timeout=30) as worker:
+        await wait_until(worker, lambda s: s.succeeded >= total, timeout=60)
+        await anyio.sleep(0.5)  # room for a second run of any job
 
     assert set(started) == set(enqueued)
     early = [job_id for job_id, runs in started.items() if any(at < due for at, due in runs)]

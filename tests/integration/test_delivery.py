@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._core import topology as t
+from aqueue import Task, TaskQueue, WorkerSettings, current_job
+from aqueue._core import wire as t
 from aqueue._core.topology import BindingSpec, QueueSpec, Topology, TopologyNames
 from aqueue._core.wire import Envelope
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import EncodeError, PublishNacked
-from tests.helpers.workers import delete_topology, drain, running, wait_until
+from aqueue.testing import running_worker
+from tests.helpers.workers import delete_topology, drain, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,27 +32,36 @@ async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[list[str]]:
     await delete_topology(amqp_url, prefix, queues)
 
 
-async def test_ten_thousand_jobs_each_run_exactly_once(
-    amqp_url: str, prefix: str, cleanup: list[str]
-) -> None:
-    """10,000 jobs enqueued with enqueue_many each run exactly once under normal operation."""
-    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
+@pytest.fixture
+def queue(amqp_url: str, prefix: str, cleanup: list[str]) -> TaskQueue:
+    """This test's TaskQueue on the shared broker, closed; its topology is deleted afterwards."""
+    return TaskQueue(amqp_url, prefix=prefix, name=prefix)
+
+
+def recording_task(queue: TaskQueue, name: str) -> tuple[Task[[int], None], list[str]]:
+    """Register task `name`, which records the job id of every run; return it and the record."""
     ran: list[str] = []
 
-    @queue.task(name="note")
-    async def note(index: int) -> None:
+    @queue.task(name=name)
+    async def record(index: int) -> None:
         ran.append(current_job().job_id)
 
-    async with queue:
-        worker = Worker(queue, WorkerSettings(concurrency=200, grace=5))
+    return record, ran
+
+
+async def test_ten_thousand_jobs_each_run_exactly_once(queue: TaskQueue) -> None:
+    """10,000 jobs enqueued with enqueue_many each run exactly once under normal operation."""
+    note, ran = recording_task(queue, "note")
+
+    async with queue.session() as session:
         began = time.monotonic()
-        async with running(worker):
+        async with running_worker(queue, WorkerSettings(concurrency=200, grace=5)) as worker:
             batch = await queue.enqueue_many(note, [(i,) for i in range(JOBS)])
             enqueued = time.monotonic() - began
             assert batch.ok, batch.failures[:3]
             await wait_until(worker, lambda s: s.succeeded >= JOBS, timeout=60)
         finished = time.monotonic() - began
-        assert await queue.transport.message_count(queue.names.work_queue("default")) == 0
+        assert await session.transport.message_count(session.names.work_queue("default")) == 0
     print(f"\n{JOBS} jobs: enqueued in {enqueued:.2f} s, all run in {finished:.2f} s")
     duplicates = [job_id for job_id, count in Counter(ran).items() if count > 1]
     assert duplicates == []
@@ -62,15 +72,10 @@ async def test_ten_thousand_jobs_each_run_exactly_once(
 
 
 async def test_undecodable_unknown_and_failed_jobs_are_dead_lettered_once(
-    amqp_url: str, prefix: str, cleanup: list[str]
+    queue: TaskQueue, prefix: str
 ) -> None:
     """A garbage body, an unknown task and a raising job end in the DLQ once, with their reasons."""
-    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
-    good: list[str] = []
-
-    @queue.task(name="good")
-    async def good_task(index: int) -> None:
-        good.append(current_job().job_id)
+    good_task, good = recording_task(queue, "good")
 
     @queue.task(name="explode")
     async def explode(number: int) -> None:
@@ -83,12 +88,11 @@ async def test_undecodable_unknown_and_failed_jobs_are_dead_lettered_once(
         return OutgoingMessage(names.exchange, "default", body, job_id, envelope.headers())
 
     garbage_body = b"\x00\xffnot json{"
-    async with queue:
-        worker = Worker(queue, WorkerSettings(concurrency=10, grace=5))
-        async with running(worker):
+    async with queue.session() as session:
+        async with running_worker(queue, WorkerSettings(concurrency=10, grace=5)) as worker:
             first = await queue.enqueue_many(good_task, [(i,) for i in range(25)])
-            await queue.transport.publish(raw("garbage", "good", garbage_body), timeout=10)
-            await queue.transport.publish(
+            await session.transport.publish(raw("garbage", "good", garbage_body), timeout=10)
+            await session.transport.publish(
                 raw("unknown", "no.such.task", b'{"args":[],"kwargs":{}}'), timeout=10
             )
             failed = await queue.enqueue(explode, 7)
@@ -96,8 +100,8 @@ async def test_undecodable_unknown_and_failed_jobs_are_dead_lettered_once(
             await wait_until(
                 worker, lambda s: s.succeeded == 50 and s.dead_lettered == 3, timeout=30
             )
-        dead = await drain(queue.transport, names.dead_letter_queue("default"))
-        assert await queue.transport.message_count(names.work_queue("default")) == 0
+        dead = await drain(session.transport, names.dead_letter_queue("default"))
+        assert await session.transport.message_count(names.work_queue("default")) == 0
 
     assert sorted(good) == sorted(job.job_id for job in [*first.jobs, *second.jobs])
     assert len(good) == 50
@@ -132,29 +136,25 @@ async def test_undecodable_unknown_and_failed_jobs_are_dead_lettered_once(
     assert (statistics.received, statistics.failed, statistics.dead_lettered) == (53, 3, 3)
 
 
-async def test_non_json_argument_raises_before_anything_is_published(
-    amqp_url: str, prefix: str, cleanup: list[str]
-) -> None:
+async def test_non_json_argument_raises_before_anything_is_published(queue: TaskQueue) -> None:
     """enqueue and enqueue_many of a non-JSON argument raise EncodeError and publish nothing."""
-    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
 
     @queue.task(name="echo")
     async def echo(value: object) -> None:
         pass
 
-    async with queue:
+    async with queue.session() as session:
         with pytest.raises(EncodeError, match=r"args\[0\] of type object"):
             await queue.enqueue(echo, object())
         with pytest.raises(EncodeError, match=r"call 2: argument args\[0\] of type set"):
             await queue.enqueue_many(echo, [(1,), (2,), ({3},), (4,)])
-        assert await queue.transport.message_count(queue.names.work_queue("default")) == 0
+        assert await session.transport.message_count(session.names.work_queue("default")) == 0
 
 
 async def test_nacked_publish_raises_publish_nacked(
-    amqp_url: str, prefix: str, cleanup: list[str]
+    queue: TaskQueue, prefix: str, cleanup: list[str]
 ) -> None:
     """A publish the broker nacks (a full reject-publish queue on the route): PublishNacked."""
-    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix)
 
     @queue.task(name="echo")
     async def echo(value: object) -> None:
@@ -163,8 +163,8 @@ async def test_nacked_publish_raises_publish_nacked(
     names = TopologyNames(prefix)
     full = f"{prefix}.full"
     cleanup.append(full)
-    async with queue:
-        await queue.transport.declare(
+    async with queue.session() as session:
+        await session.transport.declare(
             Topology(
                 queues=(QueueSpec(full, {"x-max-length": 0, "x-overflow": "reject-publish"}),),
                 bindings=(BindingSpec(full, names.exchange, "default"),),

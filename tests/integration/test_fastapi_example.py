@@ -6,7 +6,6 @@ a subprocess. Requests go through ``httpx.ASGITransport``, in this process.
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aqueue import JobStatus
+from aqueue import JobStatus, RedisResultBackend, TaskQueue
 from tests.helpers.polling import wait_for
 from tests.helpers.worker_process import WorkerProcess
 from tests.helpers.workers import delete_topology
@@ -55,7 +54,10 @@ async def client(
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://example") as http:
                 yield http
-            backend = example.queue.results
+            queue: TaskQueue = example.queue
+            async with queue.session() as session:  # the lifespan's: the queue is open
+                backend = session.states.backend
+            assert isinstance(backend, RedisResultBackend)
             keys = [key async for key in backend.client.scan_iter(f"{prefix}:*")]
             if keys:
                 await backend.client.delete(*keys)
@@ -73,8 +75,7 @@ async def worker(env: dict[str, str], tmp_path: Path) -> AsyncIterator[WorkerPro
     try:
         await process.wait_started(timeout=30)
         yield process
-        process.send_signal(signal.SIGTERM)
-        assert await process.wait(timeout=30) == 0, process.output_tail()
+        await process.terminate()
     finally:
         process.cleanup()
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -18,13 +16,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from aqueue import TaskQueue, Worker, WorkerSettings
-from aqueue._core import topology as t
+from aqueue import TaskQueue, WorkerSettings
 from aqueue._observability.prometheus import PrometheusMetrics, serve_metrics
+from aqueue.testing import running_worker
+from tests.helpers.jobs import publish_job
 from tests.helpers.polling import wait_for
 from tests.helpers.rabbit_node import free_ports
-from tests.helpers.worker_process import ROOT, WorkerProcess, aqueue_command, subprocess_env
-from tests.helpers.workers import delete_topology, running, wait_until
+from tests.helpers.worker_process import (
+    ROOT,
+    WorkerProcess,
+    apps_env,
+    aqueue_command,
+    subprocess_env,
+)
+from tests.helpers.workers import delete_topology, wait_until
 from tests.integration.apps import jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -83,17 +88,16 @@ async def test_the_metrics_endpoint_after_a_known_run(amqp_url: str, prefix: str
     server = serve_metrics(0, "127.0.0.1", registry)
     host, port = server.address
     try:
-        async with queue:
-            worker = Worker(queue, WorkerSettings(concurrency=10))
-            async with running(worker):  # started first: the waits are the queue's alone
-                await queue.enqueue_many(ok, [()] * 5)
-                await queue.enqueue_many(bad, [()] * 2)
-                await queue.enqueue(flaky)
-                await queue.enqueue_in(0.3, ok)
-                await wait_until(
-                    worker, lambda s: s.succeeded == 7 and s.dead_lettered == 2, timeout=30
-                )
-                samples = await scrape(f"http://{host}:{port}/metrics")
+        # the worker is started first: the waits are the queue's alone
+        async with queue, running_worker(queue, WorkerSettings(concurrency=10)) as worker:
+            await queue.enqueue_many(ok, [()] * 5)
+            await queue.enqueue_many(bad, [()] * 2)
+            await queue.enqueue(flaky)
+            await queue.enqueue_in(0.3, ok)
+            await wait_until(
+                worker, lambda s: s.succeeded == 7 and s.dead_lettered == 2, timeout=30
+            )
+            samples = await scrape(f"http://{host}:{port}/metrics")
     finally:
         server.close()
         await delete_topology(amqp_url, prefix)
@@ -136,11 +140,7 @@ async def test_worker_metrics_port_and_json_logs(
     worker = WorkerProcess(
         "tests.integration.apps.jobs:queue",
         ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--log-format", "json"],
-        env={
-            "AQUEUE_TEST_URL": amqp_url,
-            "AQUEUE_TEST_PREFIX": prefix,
-            "AQUEUE_TEST_OUT": str(out),
-        },
+        env=apps_env(amqp_url, prefix, out),
         log=tmp_path / "worker.log",
     )
     try:
@@ -148,11 +148,9 @@ async def test_worker_metrics_port_and_json_logs(
         await worker.wait_started()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", worker.output())
         assert match is not None, worker.output_tail()
-        async with app.queue:
+        async with app.queue.session() as session:
             await app.queue.enqueue_many(app.done, [()] * 3)
-            message = app.queue.producer.job_message(app.queue._envelope(app.done, (), {}, 0))
-            ghost = replace(message, headers={**message.headers, t.HEADER_TASK: "ghost"})
-            await app.queue.producer.publish(ghost)
+            ghost = await publish_job(session, "ghost")
 
         async def counted() -> bool:
             samples = await scrape(f"http://127.0.0.1:{match[1]}/metrics")
@@ -162,8 +160,7 @@ async def test_worker_metrics_port_and_json_logs(
             )
 
         await wait_for(counted, timeout=30, what="the counts", details=worker.output_tail)
-        worker.send_signal(signal.SIGTERM)
-        assert await worker.wait(timeout=30) == 0, worker.output_tail()
+        await worker.terminate()
     finally:
         worker.cleanup()
         await delete_topology(amqp_url, prefix)

@@ -18,16 +18,17 @@ from collections.abc import AsyncIterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 
-import aio_pika
 import anyio
 import anyio.to_thread
 import pytest
 
-from aqueue import TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._core.topology import DELAY_LEVELS, DELAY_UNIT_MS, TopologyNames
+from aqueue import TaskQueue, WorkerSettings, current_job
+from aqueue._client.session import Session
+from aqueue._core.delays import DELAY_LEVELS, DELAY_UNIT_MS
+from aqueue.testing import running_worker
 from tests.helpers.polling import read_lines, wait_for
-from tests.helpers.worker_process import WorkerProcess
-from tests.helpers.workers import running, wait_until
+from tests.helpers.worker_process import WorkerProcess, apps_env
+from tests.helpers.workers import delete_topology, wait_until
 from tests.integration.apps import retrying
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -35,32 +36,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 RETRYING_APP = "tests.integration.apps.retrying:queue"
 
 
-async def delete_topology_with_delays(url: str, prefix: str, queues: Sequence[str]) -> None:
-    """Delete every queue and exchange aqueue declares under `prefix` for the logical `queues`:
-    work and dead-letter queues, the delay level queues and exchanges, and the exchanges.
-    """
-    names = TopologyNames(prefix)
-    broker_queues = [names.delay_queue(level) for level in range(DELAY_LEVELS)]
-    for queue in queues:
-        broker_queues += [names.work_queue(queue), names.dead_letter_queue(queue)]
-    exchanges = [names.delay_exchange(level) for level in range(DELAY_LEVELS)]
-    exchanges += [names.delay_delivery_exchange, names.exchange, names.dead_letter_exchange]
-    connection = await aio_pika.connect(
-        url, timeout=10, client_properties={"connection_name": f"{prefix}-cleanup"}
-    )
-    async with connection:
-        channel = await connection.channel()
-        for queue in broker_queues:
-            await channel.queue_delete(queue)
-        for exchange in exchanges:
-            await channel.exchange_delete(exchange)
-
-
 @pytest.fixture
 async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[None]:
     """Delete this test's queues, delay levels and exchanges after it."""
     yield
-    await delete_topology_with_delays(amqp_url, prefix, ["default"])
+    await delete_topology(amqp_url, prefix, ["default"])
 
 
 def percentiles_ms(values: Sequence[float]) -> str:
@@ -73,11 +53,14 @@ def percentiles_ms(values: Sequence[float]) -> str:
     return f"p50 {at(0.5):.0f} ms, p99 {at(0.99):.0f} ms, max {ordered[-1] * 1000:.0f} ms"
 
 
-async def in_levels(queue: TaskQueue) -> int:
+async def in_levels(session: Session) -> int:
     """How many messages wait in the delay level queues."""
-    names = queue.names
+    names = session.names
     return sum(
-        [await queue.transport.message_count(names.delay_queue(lvl)) for lvl in range(DELAY_LEVELS)]
+        [
+            await session.transport.message_count(names.delay_queue(lvl))
+            for lvl in range(DELAY_LEVELS)
+        ]
     )
 
 
@@ -123,18 +106,18 @@ async def test_delay_levels_are_quorum_at_least_once_in_effect(
     if not (version := _rabbitmqctl("version").strip()).startswith("3.10."):
         pytest.skip(f"reads RabbitMQ 3.10's quorum queue state; the broker is {version}")
     queue = TaskQueue(amqp_url, prefix=prefix, name=f"{prefix}-levels")
-    async with queue:
+    async with queue.session() as session:
         began = time.perf_counter()
-        assert await queue.declare_delays()
+        assert await session.producer.declare_delays()
         first = time.perf_counter() - began
+        names = session.names
     again = TaskQueue(amqp_url, prefix=prefix, name=f"{prefix}-levels-again")
-    async with again:
+    async with again.session() as session:
         began = time.perf_counter()
-        assert await again.declare_delays()
+        assert await session.producer.declare_delays()
         second = time.perf_counter() - began
     print(f"\ndeclaring the {DELAY_LEVELS} delay levels: {first:.3f} s; again: {second:.3f} s")
 
-    names = queue.names
     levels = [names.delay_queue(level) for level in range(DELAY_LEVELS)]
     listed = await anyio.to_thread.run_sync(
         _rabbitmqctl, "list_queues", "--no-table-headers", "name", "arguments"
@@ -171,16 +154,15 @@ async def test_failing_task_runs_three_times_with_its_backoff(
         if len(runs) < 3:
             raise ConnectionError(f"attempt {job.attempt} fails")
 
-    async with queue:
+    async with queue.session() as session:
         # Declared up front: a worker declares the levels at its first retry, and that retry
         # is late by the declaration (~0.7 s here); see the report on `Worker._retry`.
-        await queue.declare_delays()
-        worker = Worker(queue, WorkerSettings(concurrency=4))
-        async with running(worker):
+        await session.producer.declare_delays()
+        async with running_worker(queue, WorkerSettings(concurrency=4)) as worker:
             job = await queue.enqueue(flaky)
             await wait_until(worker, lambda s: s.succeeded == 1, timeout=20)
             await anyio.sleep(0.5)  # room for a fourth run, which must not come
-            dead = await queue.transport.message_count(queue.names.dead_letter_queue("default"))
+            dead = await session.transport.message_count(session.names.dead_letter_queue("default"))
         statistics = worker.statistics()
 
     assert [(attempt, job_id) for attempt, job_id, _ in runs] == [
@@ -228,18 +210,16 @@ async def test_delays_start_when_due_and_many_random_delays_run_once(
         sent[job.job_id] = (label, delay, before, time.time())
 
     fixed = [(f"{delay}s", float(delay)) for _ in range(50) for delay in (1, 5, 30)]
-    async with queue:
-        worker = Worker(queue, WorkerSettings(concurrency=200))
-        async with running(worker):
-            began = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                for _ in range(1000):
-                    tg.start_soon(send, "random", rng.uniform(0, 20))
-            burst = time.monotonic() - began
-            for label, delay in fixed:  # one at a time, while the random ones move
-                await send(label, delay)
-            await wait_until(worker, lambda s: s.succeeded >= len(sent), timeout=60)
-            await anyio.sleep(0.5)  # room for a second run of any job, which must not come
+    async with queue, running_worker(queue, WorkerSettings(concurrency=200)) as worker:
+        began = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(send, "random", rng.uniform(0, 20))
+        burst = time.monotonic() - began
+        for label, delay in fixed:  # one at a time, while the random ones move
+            await send(label, delay)
+        await wait_until(worker, lambda s: s.succeeded >= len(sent), timeout=60)
+        await anyio.sleep(0.5)  # room for a second run of any job, which must not come
 
     assert len(sent) == 1000 + len(fixed)
     assert set(started) == set(sent)
@@ -274,14 +254,13 @@ async def test_a_long_delay_does_not_hold_back_a_short_one(
     async def mark(label: str) -> None:
         started[label] = time.time()
 
-    async with queue:
-        worker = Worker(queue, WorkerSettings(concurrency=4))
-        async with running(worker):
-            long = await queue.enqueue_in(3600, mark, "long")
-            before = time.time()
-            short = await queue.enqueue_in(2, mark, "short")
-            await wait_until(worker, lambda s: s.succeeded == 1, timeout=15)
-            waiting = await in_levels(queue)
+    settings = WorkerSettings(concurrency=4)
+    async with queue.session() as session, running_worker(queue, settings) as worker:
+        long = await queue.enqueue_in(3600, mark, "long")
+        before = time.time()
+        short = await queue.enqueue_in(2, mark, "short")
+        await wait_until(worker, lambda s: s.succeeded == 1, timeout=15)
+        waiting = await in_levels(session)
     assert list(started) == ["short"]
     late = started["short"] - before - 2
     print(f"\nthe 2 s delay after a 1 h one: {late * 1000:.0f} ms late")
@@ -326,11 +305,7 @@ async def test_sigkilled_worker_loses_no_retry(
     """
     total, failures, seconds = 150, 3, 0.1
     records = Records(tmp_path / "records")
-    env = {
-        "AQUEUE_TEST_URL": amqp_url,
-        "AQUEUE_TEST_PREFIX": prefix,
-        "AQUEUE_TEST_OUT": str(records.path),
-    }
+    env = apps_env(amqp_url, prefix, records.path)
     processes: list[WorkerProcess] = []
 
     def spawn() -> WorkerProcess:
@@ -341,9 +316,8 @@ async def test_sigkilled_worker_loses_no_retry(
         return process
 
     app = retrying.make_app(amqp_url, prefix)
-    names = app.queue.names
     try:
-        async with app.queue:
+        async with app.queue.session() as session:
             batch = await app.queue.enqueue_many(app.flaky, [(failures, seconds)] * total)
             assert batch.ok
             enqueued = {job.job_id for job in batch.jobs}
@@ -357,7 +331,7 @@ async def test_sigkilled_worker_loses_no_retry(
             )
             first.send_signal(signal.SIGKILL)
             assert await first.wait(timeout=10) == -signal.SIGKILL
-            in_levels_at_kill = await in_levels(app.queue)
+            in_levels_at_kill = await in_levels(session)
             at_kill = last_events(records)
             ok_at_kill = [job_id for job_id, event in at_kill.items() if event == "ok"]
             retrying_at_kill = [job_id for job_id, event in at_kill.items() if event == "fail"]
@@ -372,9 +346,8 @@ async def test_sigkilled_worker_loses_no_retry(
                 what="every job to succeed",
                 details=second.output_tail,
             )
-            second.send_signal(signal.SIGTERM)
-            assert await second.wait(timeout=30) == 0, second.output_tail()
-            dead = await app.queue.transport.message_count(names.dead_letter_queue("default"))
+            await second.terminate()
+            dead = await session.transport.message_count(session.names.dead_letter_queue("default"))
     finally:
         for process in processes:
             process.cleanup()

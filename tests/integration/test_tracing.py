@@ -4,7 +4,9 @@ and spans exported over OTLP/HTTP by ``aqueue worker --otel``."""
 from __future__ import annotations
 
 import importlib.util
-import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -18,12 +20,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aqueue import TaskQueue, Worker, WorkerSettings, chain
+from aqueue import TaskQueue, WorkerSettings, chain
+from aqueue.testing import running_worker
 from tests.helpers.otel import Tree
-from tests.helpers.otlp import otlp_receiver
+from tests.helpers.otlp import Receiver, otlp_receiver
 from tests.helpers.polling import wait_for
-from tests.helpers.worker_process import WorkerProcess
-from tests.helpers.workers import delete_topology, running, wait_until
+from tests.helpers.worker_process import WorkerProcess, apps_env
+from tests.helpers.workers import delete_topology, wait_until
 from tests.integration.apps import jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -87,17 +90,15 @@ async def test_an_http_request_and_its_chain_are_one_trace(
         return {"job_id": job.job_id}
 
     try:
-        async with queue:
-            worker = Worker(queue, WorkerSettings(concurrency=4))
-            async with running(worker):
-                transport = httpx.ASGITransport(app=api)
-                async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
-                    with tracer.start_as_current_span("caller", kind=SpanKind.CLIENT):
-                        headers: dict[str, str] = {}
-                        propagate.inject(headers)
-                        response = await client.post("/orders/7", headers=headers)
-                assert response.status_code == 200, response.text
-                await wait_until(worker, lambda s: s.succeeded == 2, timeout=30)
+        async with queue, running_worker(queue, WorkerSettings(concurrency=4)) as worker:
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                with tracer.start_as_current_span("caller", kind=SpanKind.CLIENT):
+                    headers: dict[str, str] = {}
+                    propagate.inject(headers)
+                    response = await client.post("/orders/7", headers=headers)
+            assert response.status_code == 200, response.text
+            await wait_until(worker, lambda s: s.succeeded == 2, timeout=30)
     finally:
         await delete_topology(amqp_url, prefix)
 
@@ -157,46 +158,67 @@ def _check_conventions(publish: ReadableSpan, process: ReadableSpan, prefix: str
     assert wait >= 0
 
 
+@dataclass(frozen=True)
+class OtelWorker:
+    """An ``aqueue worker --otel`` subprocess of the jobs app, and where it exports to."""
+
+    app: jobs.App
+    receiver: Receiver
+    process: WorkerProcess
+    records: Path
+
+
+@asynccontextmanager
+async def otel_worker(
+    amqp_url: str, prefix: str, tmp_path: Path, env: Callable[[str], Mapping[str, str]]
+) -> AsyncIterator[OtelWorker]:
+    """Start ``aqueue worker --otel`` with an OTLP receiver, ``env(receiver.endpoint)`` added
+    to its environment; afterwards it is killed if it still runs and the topology deleted."""
+    out = tmp_path / "records"
+    app = jobs.make_app(amqp_url, prefix, out=out)
+    with otlp_receiver() as receiver:
+        process = WorkerProcess(
+            "tests.integration.apps.jobs:queue",
+            ["--otel"],
+            env={**apps_env(amqp_url, prefix, out), **env(receiver.endpoint)},
+            log=tmp_path / "worker.log",
+        )
+        try:
+            process.start()
+            await process.wait_started()
+            yield OtelWorker(app, receiver, process, out)
+        finally:
+            process.cleanup()
+            await delete_topology(amqp_url, prefix)
+
+
 async def test_worker_otel_exports_spans_over_otlp_http(
     amqp_url: str, prefix: str, tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
     """``aqueue worker --otel`` with OTEL_EXPORTER_OTLP_ENDPOINT: the job's CONSUMER span
     arrives as protobuf over HTTP, as its producer's child, under OTEL_SERVICE_NAME; and the
     job metrics follow."""
-    out = tmp_path / "records"
-    app = jobs.make_app(amqp_url, prefix, out=out)
-    with otlp_receiver() as receiver:
-        worker = WorkerProcess(
-            "tests.integration.apps.jobs:queue",
-            ["--otel"],
-            env={
-                "AQUEUE_TEST_URL": amqp_url,
-                "AQUEUE_TEST_PREFIX": prefix,
-                "AQUEUE_TEST_OUT": str(out),
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_SERVICE_NAME": "orders-worker",
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-                "OTEL_METRIC_EXPORT_INTERVAL": "500",
-            },
-            log=tmp_path / "worker.log",
+
+    def env(endpoint: str) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_SERVICE_NAME": "orders-worker",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        }
+
+    async with otel_worker(amqp_url, prefix, tmp_path, env) as running:
+        app, receiver, worker = running.app, running.receiver, running.process
+        async with app.queue:
+            with tracer.start_as_current_span("request"):
+                job = await app.queue.enqueue(app.done, 0.0, 0.0)
+        await wait_for(
+            lambda: bool(receiver.spans_named("process done")),
+            timeout=30,
+            what="the worker's span at the receiver",
+            details=worker.output_tail,
         )
-        try:
-            worker.start()
-            await worker.wait_started()
-            async with app.queue:
-                with tracer.start_as_current_span("request"):
-                    job = await app.queue.enqueue(app.done, 0.0, 0.0)
-            await wait_for(
-                lambda: bool(receiver.spans_named("process done")),
-                timeout=30,
-                what="the worker's span at the receiver",
-                details=worker.output_tail,
-            )
-            worker.send_signal(signal.SIGTERM)
-            assert await worker.wait(timeout=30) == 0, worker.output_tail()
-        finally:
-            worker.cleanup()
-            await delete_topology(amqp_url, prefix)
+        await worker.terminate()
     [received] = receiver.spans_named("process done")
     publish = Tree(spans.get_finished_spans()).one("publish done")
     assert publish.context is not None
@@ -217,40 +239,27 @@ async def test_worker_otel_flushes_its_spans_on_shutdown(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
     """With a long batch delay, the spans of a job still arrive: SIGTERM flushes them."""
-    out = tmp_path / "records"
-    app = jobs.make_app(amqp_url, prefix, out=out)
-    with otlp_receiver() as receiver:
-        worker = WorkerProcess(
-            "tests.integration.apps.jobs:queue",
-            ["--otel"],
-            env={
-                "AQUEUE_TEST_URL": amqp_url,
-                "AQUEUE_TEST_PREFIX": prefix,
-                "AQUEUE_TEST_OUT": str(out),
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.endpoint}/v1/traces",
-                "OTEL_METRICS_EXPORTER": "none",
-                "OTEL_BSP_SCHEDULE_DELAY": "600000",
-            },
-            log=tmp_path / "worker.log",
+
+    def env(endpoint: str) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{endpoint}/v1/traces",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        }
+
+    async with otel_worker(amqp_url, prefix, tmp_path, env) as running:
+        app, receiver, worker, out = running.app, running.receiver, running.process, running.records
+        async with app.queue:
+            await app.queue.enqueue(app.done, 0.0, 0.0)
+        await wait_for(
+            lambda: out.exists() and "done" in out.read_text(),
+            timeout=30,
+            what="the job to run",
+            details=worker.output_tail,
         )
-        try:
-            worker.start()
-            await worker.wait_started()
-            async with app.queue:
-                await app.queue.enqueue(app.done, 0.0, 0.0)
-            await wait_for(
-                lambda: out.exists() and "done" in out.read_text(),
-                timeout=30,
-                what="the job to run",
-                details=worker.output_tail,
-            )
-            await anyio.sleep(0.5)
-            assert receiver.spans_named("process done") == []  # still batched
-            worker.send_signal(signal.SIGTERM)
-            assert await worker.wait(timeout=30) == 0, worker.output_tail()
-        finally:
-            worker.cleanup()
-            await delete_topology(amqp_url, prefix)
+        await anyio.sleep(0.5)
+        assert receiver.spans_named("process done") == []  # still batched
+        await worker.terminate()
     [received] = receiver.spans_named("process done")
     assert received.service == "aqueue-worker"  # the default service.name
     assert receiver.metric_names == set()

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from aqueue import TaskQueue
+from aqueue._client.session import Session
+from aqueue._core.topology import TopologyNames
+from aqueue._transport import Delivery
 from tests.helpers.polling import read_lines, wait_for
-from tests.helpers.worker_process import WorkerProcess
+from tests.helpers.worker_process import WorkerProcess, apps_env
 from tests.helpers.workers import delete_topology, drain
 from tests.integration.apps import jobs, poison
 
@@ -50,16 +52,6 @@ def records(tmp_path: Path) -> Records:
 
 
 @pytest.fixture
-def env(amqp_url: str, prefix: str, records: Records) -> dict[str, str]:
-    """Environment for worker subprocesses: this test's broker, prefix and record file."""
-    return {
-        "AQUEUE_TEST_URL": amqp_url,
-        "AQUEUE_TEST_PREFIX": prefix,
-        "AQUEUE_TEST_OUT": str(records.path),
-    }
-
-
-@pytest.fixture
 async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[None]:
     """Delete this test's queues and exchanges after it."""
     yield
@@ -67,46 +59,48 @@ async def cleanup(amqp_url: str, prefix: str) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    """Worker subprocesses made by `spawn`; every one still running is SIGKILLed afterwards."""
+def jobs_app(amqp_url: str, prefix: str, cleanup: None) -> jobs.App:
+    """The well-behaved app of this test (its queues are deleted afterwards)."""
+    return jobs.make_app(amqp_url, prefix)
+
+
+Spawn = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn(amqp_url: str, prefix: str, records: Records, tmp_path: Path) -> Iterator[Spawn]:
+    """``spawn(app, *args)`` starts a worker subprocess of this test, logging to its own file;
+    every one still running is SIGKILLed afterwards."""
+    env = apps_env(amqp_url, prefix, records.path)
     made: list[WorkerProcess] = []
-    yield made
+
+    def start(app: str, *args: str) -> WorkerProcess:
+        worker = WorkerProcess(app, args, env=env, log=tmp_path / f"worker{len(made)}.log")
+        made.append(worker)
+        worker.start()
+        return worker
+
+    yield start
     for worker in made:
         worker.cleanup()
 
 
-def spawn(
-    workers: list[WorkerProcess], env: dict[str, str], tmp_path: Path, app: str, *args: str
-) -> WorkerProcess:
-    """Start a worker subprocess, logging to its own file."""
-    worker = WorkerProcess(app, args, env=env, log=tmp_path / f"worker{len(workers)}.log")
-    workers.append(worker)
-    worker.start()
-    return worker
-
-
 async def test_sigkilled_worker_loses_no_job(
-    amqp_url: str,
-    prefix: str,
-    env: dict[str, str],
-    records: Records,
-    workers: list[WorkerProcess],
-    tmp_path: Path,
-    cleanup: None,
+    jobs_app: jobs.App, records: Records, spawn: Spawn
 ) -> None:
     """A worker SIGKILLed in the middle of 2,000 jobs loses none: its replacement runs the rest."""
     total = 2000
-    app = jobs.make_app(amqp_url, prefix)
+    app = jobs_app
     # Three early jobs stall on their first delivery, so that jobs are surely running at the
     # kill: the queue delivers in order, so they went to the first worker before its 400th job.
     calls = [(0.01, 60.0 if i in (50, 150, 250) else 0.0) for i in range(total)]
-    async with app.queue:
+    async with app.queue.session() as session:
         batch = await app.queue.enqueue_many(app.done, calls)
         assert batch.ok
         enqueued = {job.job_id for job in batch.jobs}
         stalling = {job.job_id for job, call in zip(batch.jobs, calls, strict=True) if call[1]}
 
-        first = spawn(workers, env, tmp_path, JOBS_APP, "--concurrency", "20")
+        first = spawn(JOBS_APP, "--concurrency", "20")
         await wait_for(
             lambda: len(records.ids("done")) >= total // 5,
             timeout=60,
@@ -120,16 +114,15 @@ async def test_sigkilled_worker_loses_no_job(
         assert len(done_at_kill) < total, "the worker finished before it was killed"
         assert stalling <= running_at_kill
 
-        second = spawn(workers, env, tmp_path, JOBS_APP, "--concurrency", "20")
+        second = spawn(JOBS_APP, "--concurrency", "20")
         await wait_for(
             lambda: set(records.ids("done")) >= enqueued,
             timeout=60,
             what="every job to run",
             details=second.output_tail,
         )
-        second.send_signal(signal.SIGTERM)
-        assert await second.wait(timeout=20) == 0, second.output_tail()
-        assert await app.queue.transport.message_count(app.queue.names.work_queue("default")) == 0
+        await second.terminate(timeout=20)
+        assert await session.transport.message_count(session.names.work_queue("default")) == 0
 
     done = records.ids("done")
     assert set(done) == enqueued
@@ -142,37 +135,49 @@ async def test_sigkilled_worker_loses_no_job(
     )
 
 
-async def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
-    amqp_url: str,
-    prefix: str,
-    env: dict[str, str],
+async def stopped_with_four_running(
+    app: jobs.App,
     records: Records,
-    workers: list[WorkerProcess],
-    tmp_path: Path,
-    cleanup: None,
-) -> None:
-    """On SIGTERM the 4 running jobs finish, the worker exits 0, and the 8 others stay queued."""
-    app = jobs.make_app(amqp_url, prefix)
-    async with app.queue:
-        batch = await app.queue.enqueue_many(app.slow, [(1.5,)] * 12)
+    spawn: Spawn,
+    *,
+    count: int,
+    seconds: float,
+    grace: int,
+    stop: Callable[[WorkerProcess], Awaitable[None]],
+) -> tuple[WorkerProcess, set[str], list[Delivery]]:
+    """Enqueue `count` slow jobs of `seconds` each, start a worker (concurrency 4), `stop` it
+    once 4 run; return the worker, the job ids, and what is left in the work queue (taken).
+    """
+    async with app.queue.session() as session:
+        batch = await app.queue.enqueue_many(app.slow, [(seconds,)] * count)
         assert batch.ok
-        worker = spawn(workers, env, tmp_path, JOBS_APP, "--concurrency", "4", "--grace", "10")
+        worker = spawn(JOBS_APP, "--concurrency", "4", "--grace", str(grace))
         await wait_for(
             lambda: len(records.ids("start")) >= 4,
             timeout=30,
             what="4 jobs to start",
             details=worker.output_tail,
         )
-        worker.send_signal(signal.SIGTERM)
-        assert await worker.wait(timeout=20) == 0, worker.output_tail()
-        work_queue = app.queue.names.work_queue("default")
-        assert await app.queue.transport.message_count(work_queue) == 8
-        left = await drain(app.queue.transport, work_queue)
+        await stop(worker)
+        left = await drain(session.transport, session.names.work_queue("default"))
+    return worker, {job.job_id for job in batch.jobs}, left
 
+
+async def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
+    jobs_app: jobs.App, records: Records, spawn: Spawn
+) -> None:
+    """On SIGTERM the 4 running jobs finish, the worker exits 0, and the 8 others stay queued."""
+
+    async def sigterm(worker: WorkerProcess) -> None:
+        await worker.terminate(timeout=20)
+
+    worker, enqueued, left = await stopped_with_four_running(
+        jobs_app, records, spawn, count=12, seconds=1.5, grace=10, stop=sigterm
+    )
+    assert len(left) == 8
     started, finished = records.ids("start"), records.ids("finish")
     assert len(started) == 4
     assert sorted(finished) == sorted(started)
-    enqueued = {job.job_id for job in batch.jobs}
     assert {delivery.message_id for delivery in left} == enqueued - set(started)
     assert not any(delivery.redelivered for delivery in left)  # never handed to the worker
     assert "stopping gracefully" in worker.output()
@@ -180,97 +185,74 @@ async def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 async def test_second_signal_stops_at_once_and_requeues_running_jobs(
-    amqp_url: str,
-    prefix: str,
-    env: dict[str, str],
-    records: Records,
-    workers: list[WorkerProcess],
-    tmp_path: Path,
-    cleanup: None,
-    second: signal.Signals,
+    jobs_app: jobs.App, records: Records, spawn: Spawn, second: signal.Signals
 ) -> None:
     """A second signal during the grace period stops at once; the running jobs go back."""
-    app = jobs.make_app(amqp_url, prefix)
-    async with app.queue:
-        batch = await app.queue.enqueue_many(app.slow, [(60,)] * 6)
-        assert batch.ok
-        worker = spawn(workers, env, tmp_path, JOBS_APP, "--concurrency", "4", "--grace", "30")
-        await wait_for(
-            lambda: len(records.ids("start")) >= 4,
-            timeout=30,
-            what="4 jobs to start",
-            details=worker.output_tail,
-        )
+
+    async def twice(worker: WorkerProcess) -> None:
         worker.send_signal(signal.SIGTERM)
         await worker.wait_output("stopping gracefully")
         began = anyio.current_time()
         worker.send_signal(second)
         assert await worker.wait(timeout=10) == 0, worker.output_tail()
         assert anyio.current_time() - began < 5  # not the 30 s grace, nor the 60 s jobs
-        work_queue = app.queue.names.work_queue("default")
-        assert await app.queue.transport.message_count(work_queue) == 6
-        back = await drain(app.queue.transport, work_queue)
 
+    worker, enqueued, back = await stopped_with_four_running(
+        jobs_app, records, spawn, count=6, seconds=60, grace=30, stop=twice
+    )
+    assert len(back) == 6
     started = records.ids("start")
     assert len(started) == 4
     assert records.ids("finish") == []
-    assert sorted(delivery.message_id or "" for delivery in back) == sorted(
-        job.job_id for job in batch.jobs
-    )
+    assert sorted(delivery.message_id or "" for delivery in back) == sorted(enqueued)
     assert {d.message_id for d in back if d.redelivered} == set(started)
     assert "stopping now" in worker.output()
 
 
-async def _is_settled_in(queue: TaskQueue, places: tuple[str, ...]) -> bool:
-    counts = [await queue.transport.message_count(place) for place in places]
+async def _is_settled_in(session: Session, places: tuple[str, ...]) -> bool:
+    counts = [await session.transport.message_count(place) for place in places]
     return sum(counts) == 1
 
 
 async def test_poison_job_that_kills_its_worker_is_dead_lettered_once(
-    amqp_url: str,
-    prefix: str,
-    env: dict[str, str],
-    records: Records,
-    workers: list[WorkerProcess],
-    tmp_path: Path,
-    cleanup: None,
+    amqp_url: str, prefix: str, records: Records, spawn: Spawn, cleanup: None
 ) -> None:
     """A job that kills every worker ends in the DLQ once, by delivery_limit; workers go on."""
     queue = poison.make_queue(amqp_url, prefix)
-    work_queue = queue.names.work_queue("default")
-    dead_letter_queue = queue.names.dead_letter_queue("default")
+    names = TopologyNames(prefix)
+    work_queue = names.work_queue("default")
+    dead_letter_queue = names.dead_letter_queue("default")
     crashes = 0
-    async with queue:
-        job = await queue.enqueue(queue.registry.get("crash"))
+    async with queue.session() as session:
+        job = await queue.enqueue(queue.tasks["crash"])
         while True:
             # Between a worker's death and the broker's requeue (or dead-lettering), the
             # message is in neither queue: wait until it is in one of them.
             await wait_for(
-                lambda: _is_settled_in(queue, (work_queue, dead_letter_queue)),
+                lambda: _is_settled_in(session, (work_queue, dead_letter_queue)),
                 timeout=20,
                 what="the poison message to be back in the work queue or in the DLQ",
             )
-            if await queue.transport.message_count(work_queue) == 0:
+            if await session.transport.message_count(work_queue) == 0:
                 break
             assert crashes <= poison.DELIVERY_LIMIT, "the poison message keeps coming back"
-            worker = spawn(workers, env, tmp_path, POISON_APP, "--concurrency", "1")
+            worker = spawn(POISON_APP, "--concurrency", "1")
             assert await worker.wait(timeout=30) == poison.EXIT_CODE, worker.output_tail()
             crashes += 1
 
-        [dead] = await drain(queue.transport, dead_letter_queue)
-        assert await queue.transport.message_count(dead_letter_queue) == 0
+        [dead] = await drain(session.transport, dead_letter_queue)
+        assert await session.transport.message_count(dead_letter_queue) == 0
 
         # A worker started now is not caught by the poison job: it runs other jobs.
-        after = await queue.enqueue(queue.registry.get("done"))
-        worker = spawn(workers, env, tmp_path, POISON_APP, "--concurrency", "1")
+        after = await queue.enqueue(queue.tasks["done"])
+        worker = spawn(POISON_APP, "--concurrency", "1")
         await wait_for(
             lambda: records.ids("done") == [after.job_id],
             timeout=30,
             what="a job after the poison one to run",
             details=worker.output_tail,
         )
-        worker.send_signal(signal.SIGTERM)
-        assert await worker.wait(timeout=20) == 0, worker.output_tail()
+        await worker.terminate(timeout=20)
 
     assert records.ids("start") == [job.job_id] * crashes
     # RabbitMQ dead-letters a message returned more than delivery_limit times

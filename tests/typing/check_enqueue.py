@@ -23,6 +23,16 @@ def resize(image_id: int) -> None:
     return None
 
 
+@queue.task
+def parse(html: str, *, strict: bool = False) -> list[str]:
+    return [html] if strict else []
+
+
+@queue.task
+def tokenize(text: str) -> int:
+    return len(text.split())
+
+
 async def correct_calls() -> None:
     assert_type(await queue.enqueue(send_welcome, 42), Job[str])
     assert_type(await queue.enqueue(send_welcome, 42, lang="fr"), Job[str])
@@ -38,7 +48,20 @@ async def wrong_calls() -> None:
     resize.with_options(retrys=3)  # type: ignore[call-arg]
 
 
+async def fan_out() -> None:
+    batch = await queue.enqueue_many(resize, [resize.call(i) for i in range(3)])
+    assert_type(batch.jobs[0], Job[None])
+    await queue.enqueue_many(resize, [(1,), {"image_id": 2}])  # untyped forms still work
+    await queue.enqueue_many(resize, [tokenize.call("a b")])  # type: ignore[misc]
+    resize.call("7")  # type: ignore[arg-type]
+
+
 async def workflows() -> None:
+    parse.s()  # the previous step's result is the html
+    parse.s("<p>", strict=True)  # or every argument, as a first step
+    parse.s(1)  # type: ignore[call-overload]
+    resize.s(1, 2)  # type: ignore[call-overload]
+    resize.si("1")  # type: ignore[arg-type]
     assert_type(await queue.enqueue(chain(send_welcome.s(1), resize.s())), Job[Any])
     assert_type(await queue.enqueue(group(resize.s(1), resize.s(2))), GroupJob)
     assert_type(await queue.enqueue(chord([resize.s(1)], resize.s())), Job[Any])

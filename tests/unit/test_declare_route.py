@@ -8,18 +8,20 @@ import time
 import anyio
 import pytest
 
-from aqueue import TaskQueue, Worker, WorkerSettings, current_job
+from aqueue import TaskQueue, current_job
+from aqueue._client.session import Session
 from aqueue._core.topology import Topology
-from tests.helpers.workers import running, wait_until
+from aqueue.testing import running_worker
+from tests.helpers.workers import wait_until
 
 #: How long the fake broker takes to declare anything, like a loaded RabbitMQ (~0.7 s for the
 #: 28 levels on the shared test broker).
 SLOW_DECLARE = 0.3
 
 
-def slow_declarations(queue: TaskQueue) -> list[Topology]:
+def slow_declarations(session: Session) -> list[Topology]:
     """Make the open queue's publishing transport slow to declare; returns what it declares."""
-    transport = queue.transport
+    transport = session.transport
     declare = transport.declare
     declared: list[Topology] = []
 
@@ -32,44 +34,44 @@ def slow_declarations(queue: TaskQueue) -> list[Topology]:
     return declared
 
 
-async def test_concurrent_first_delayed_enqueues_declare_the_levels_once() -> None:
+async def test_concurrent_first_delayed_enqueues_declare_the_levels_once(
+    memory_queue: TaskQueue,
+) -> None:
     """100 delayed enqueues at once on a fresh queue wait for one declaration of the levels."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task
+    @memory_queue.task
     async def job(index: int) -> None: ...
 
-    async with queue:
-        declared = slow_declarations(queue)
+    async with memory_queue.session() as session:
+        declared = slow_declarations(session)
         began = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for index in range(100):
-                tg.start_soon(queue.enqueue_in, 60, job, index)
+                tg.start_soon(memory_queue.enqueue_in, 60, job, index)
         elapsed = anyio.current_time() - began
     assert len(declared) == 1
     assert elapsed < 3 * SLOW_DECLARE
 
 
 @pytest.mark.parametrize("api", ["enqueue_at", "enqueue_many"])
-async def test_an_eta_is_not_missed_by_the_first_declaration(api: str) -> None:
+async def test_an_eta_is_not_missed_by_the_first_declaration(
+    memory_queue: TaskQueue, api: str
+) -> None:
     """A job due at an eta starts then, even when declaring the levels took part of the wait."""
-    queue = TaskQueue("memory://", prefix="t")
     started: list[tuple[float, float]] = []
 
-    @queue.task
+    @memory_queue.task
     async def job() -> None:
         started.append((time.time(), current_job().due_at))
 
-    async with queue:
-        worker = Worker(queue, WorkerSettings())
-        async with running(worker):
-            slow_declarations(queue)
-            eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)
-            if api == "enqueue_at":
-                await queue.enqueue_at(eta, job)
-            else:
-                await queue.enqueue_many(job, [()], eta=eta)
-            await wait_until(worker, lambda s: s.succeeded == 1, timeout=5)
+    async with memory_queue.session() as session, running_worker(memory_queue) as worker:
+        slow_declarations(session)
+        eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)
+        if api == "enqueue_at":
+            await memory_queue.enqueue_at(eta, job)
+        else:
+            await memory_queue.enqueue_many(job, [()], eta=eta)
+        await wait_until(worker, lambda s: s.succeeded == 1, timeout=5)
     [(at, due)] = started
     assert abs(due - eta.timestamp()) < 0.02  # the eta header is the eta asked for
     assert 0 <= at - eta.timestamp() < SLOW_DECLARE / 2

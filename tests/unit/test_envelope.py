@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from aqueue._core import topology as t
+from aqueue._core import wire as t
 from aqueue._core.wire import FORMAT_VERSION, Envelope, read_headers
 from aqueue.exceptions import DecodeError
 

@@ -10,19 +10,14 @@ from types import TracebackType
 
 import pytest
 
-from aqueue import Instrumentation, JobContext, JobObserver, TaskQueue, Worker
-from aqueue._core import topology as t
-from aqueue._observability.hooks import (
-    NO_OBSERVER,
-    Counter,
-    Histogram,
-    JobMetrics,
-    Settlement,
-    observe_job,
-)
+from aqueue import Instrumentation, JobContext, JobMetrics, JobObserver, TaskQueue
+from aqueue._observability.hooks import NO_OBSERVER, Settlement, observe_job
+from aqueue._observability.metrics import Counter, Histogram
 from aqueue._transport import Delivery, OutgoingMessage
 from aqueue.exceptions import ConfigurationError, PublishError
-from tests.helpers.workers import running, wait_until
+from aqueue.testing import running_worker
+from tests.helpers.jobs import publish_job
+from tests.helpers.workers import wait_until
 
 
 class Recorder(Instrumentation):
@@ -101,13 +96,13 @@ async def test_hooks_see_publishes_in_order_each_given_the_previous_message() ->
     async def job() -> None:
         return None
 
-    async with queue:
+    async with queue.session() as session:
         await queue.enqueue(job)
-        got = await queue.transport.get("t.default")
+        got = await session.transport.get("t.default")
         assert got is not None
         await got.ack()
         with pytest.raises(PublishError):
-            await queue.producer.publish(OutgoingMessage("no-such-exchange", "x", b"{}", "id"))
+            await session.producer.publish(OutgoingMessage("no-such-exchange", "x", b"{}", "id"))
     assert got.headers["a"] == got.headers["b"] == "x"
     assert log == [
         "a publish None,None",
@@ -132,11 +127,9 @@ async def test_observers_follow_a_job_from_arrival_to_settlement() -> None:
     async def fails() -> None:
         raise ValueError("no")
 
-    async with queue:
+    async with queue, running_worker(queue) as worker:
         await queue.enqueue(fails)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1, timeout=10)
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
     jobs = [line for line in log if "publish" not in line]
     assert jobs == [
         "a enter",
@@ -216,19 +209,13 @@ async def test_job_metrics_after_a_known_run() -> None:
         if attempts["n"] == 1:
             raise RuntimeError("once")
 
-    async with queue:
+    async with queue.session() as session:
         await queue.enqueue_many(ok, [()] * 5)
         await queue.enqueue_many(bad, [()] * 2)
         await queue.enqueue(flaky)
-        message = queue.producer.job_message(queue._envelope(ok, (), {}, 0))
-        await queue.producer.publish(
-            replace(message, headers={**message.headers, t.HEADER_TASK: "ghost"})
-        )
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(
-                worker, lambda s: s.succeeded == 6 and s.dead_lettered == 3, timeout=10
-            )
+        await publish_job(session, "ghost")
+        async with running_worker(queue) as worker:
+            await wait_until(worker, lambda s: s.succeeded == 6 and s.dead_lettered == 3)
     assert sink.counts == {
         ("started", "ok"): 5,
         ("succeeded", "ok"): 5,

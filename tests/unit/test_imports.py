@@ -1,7 +1,7 @@
 """Where OpenTelemetry and prometheus_client may be imported, and what happens without them.
 
-import-linter (pyproject.toml) keeps ``opentelemetry`` to ``aqueue._observability.otel`` and the CLI's
-telemetry module, but can only name root packages: the API/SDK split is checked here.
+import-linter (pyproject.toml) keeps ``opentelemetry`` to ``aqueue._observability.otel`` and
+the CLI's telemetry module, but can only name root packages: the API/SDK split is checked here.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_a_queue_without_telemetry_loads_no_opentelemetry() -> None:
     """``TaskQueue(telemetry=False)``: not even the API is imported (and the CLI module loads
     neither the SDK nor prometheus_client until an option asks for them)."""
     code = (
-        "import sys, aqueue, aqueue._cli.app\n"
+        "import sys, aqueue, aqueue._cli\n"
         "aqueue.TaskQueue('memory://', telemetry=False)\n"
         "print(sorted({m.split('.')[0] for m in sys.modules\n"
         "              if m.startswith(('opentelemetry', 'prometheus_client'))}))\n"

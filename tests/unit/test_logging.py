@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from aqueue import JobContext, JobLogFilter, JsonLogFormatter, TaskQueue, TextLogFormatter, Worker
-from aqueue._core import topology as t
+from aqueue import JobContext, JobLogFilter, JsonLogFormatter, TaskQueue, TextLogFormatter
 from aqueue._tasks.context import reset_current_job, set_current_job
-from tests.helpers.workers import running, wait_until
+from aqueue.testing import running_worker
+from tests.helpers.jobs import publish_job
+from tests.helpers.workers import wait_until
 
 
 def _job(attempt: int = 2) -> JobContext:
@@ -145,25 +146,11 @@ async def test_the_workers_lines_about_a_job_carry_its_fields(
         logging.getLogger("app").info("working")
         raise RuntimeError("nope")
 
-    @queue.task(name="known")
-    async def known() -> None:
-        return None
-
-    async with queue:
+    async with queue.session() as session:
         job = await queue.enqueue(flaky)
-        message = queue.producer.job_message(queue._envelope(known, (), {}, 0))
-        await queue.producer.publish(
-            type(message)(
-                message.exchange,
-                message.routing_key,
-                message.body,
-                "ghost-id",
-                {**message.headers, t.HEADER_TASK: "ghost"},
-            )
-        )
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 2, timeout=10)
+        await publish_job(session, "ghost", job_id="ghost-id")
+        async with running_worker(queue) as worker:
+            await wait_until(worker, lambda s: s.dead_lettered == 2)
     about_flaky = [r for r in caplog.records if getattr(r, "job_id", None) == job.job_id]
     assert [(r.name, vars(r)["attempt"]) for r in about_flaky] == [
         ("app", 1),

@@ -7,26 +7,27 @@ reproduces (requeue order, x-death bookkeeping, dead-letter cycles, overflow).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import anyio
 import pytest
 
+from aqueue._core.config import QueueSettings
+from aqueue._core.queues import queue_topology
 from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
     ExchangeSpec,
-    QueueSettings,
     QueueSpec,
     Topology,
     TopologyNames,
-    queue_topology,
 )
 from aqueue._transport.base import Delivery
 from aqueue._transport.memory_broker import topic_matches
-from aqueue.exceptions import ConfigurationError, ConnectionLost, PublishNacked
+from aqueue.exceptions import ConfigurationError, ConnectionLost, PublishNacked, QueueNotFound
 from aqueue.testing import MemoryBroker, MemoryTransport
 from tests.conformance.helpers import Inbox, exchange_with_queues, message, single_queue
+from tests.helpers.workers import drain
 
 
 class FakeClock:
@@ -50,6 +51,17 @@ def broker(clock: FakeClock) -> MemoryBroker:
 
 
 @pytest.fixture
+def advance(broker: MemoryBroker, clock: FakeClock) -> Callable[[float], None]:
+    """Move the fake clock on by some seconds, then run the broker's timers (expiries)."""
+
+    def move(seconds: float) -> None:
+        clock.now += seconds
+        broker.run_timers()
+
+    return move
+
+
+@pytest.fixture
 async def transport(broker: MemoryBroker) -> AsyncIterator[MemoryTransport]:
     transport = MemoryTransport(broker, connection_name="test")
     await transport.connect(timeout=1)
@@ -69,11 +81,22 @@ async def _publish(transport: MemoryTransport, queue: str, *ids: str) -> None:
         await transport.publish(message(queue, message_id=message_id), timeout=1)
 
 
-async def _drain(transport: MemoryTransport, queue: str) -> list[Delivery]:
-    deliveries = []
-    while (delivery := await transport.get(queue)) is not None:
-        deliveries.append(delivery)
-    return deliveries
+async def _ids(transport: MemoryTransport, queue: str) -> list[str | None]:
+    """The message ids of every ready message of `queue`, in order (taken, left unsettled)."""
+    return [delivery.message_id for delivery in await drain(transport, queue, ack=False)]
+
+
+def dead_lettering_queue(
+    name: str, dest: str, arguments: Mapping[str, ArgumentValue] | None = None
+) -> Topology:
+    """Queue `dest`, and queue `name` whose dead letters go to `dest` (the default exchange)."""
+    into = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dest}
+    return single_queue(dest) + single_queue(name, {**(arguments or {}), **into})
+
+
+def ttl_queue(name: str, ms: int, dest: str) -> Topology:
+    """Queue `name`, whose messages expire after `ms` milliseconds into queue `dest`."""
+    return dead_lettering_queue(name, dest, {"x-message-ttl": ms})
 
 
 class TestConnectionLoss:
@@ -174,7 +197,7 @@ class TestConnectionLoss:
         await transport.delete_queue(queue)
         transport.simulate_connection_loss(reconnect_after=None)
         transport.simulate_reconnect()
-        with pytest.raises(ConfigurationError):
+        with pytest.raises(QueueNotFound):
             await transport.message_count(queue)
         assert await transport.message_count(names.dead_letter_queue("jobs")) == 0
 
@@ -224,7 +247,7 @@ class TestSettling:
         """Acking or rejecting a delivery whose queue was deleted does nothing (as RabbitMQ)."""
         await transport.declare(single_queue("q"))
         await _publish(transport, "q", "1", "2")
-        first, second = await _drain(transport, "q")
+        first, second = await drain(transport, "q", ack=False)
         await transport.delete_queue("q")
         await first.ack()
         await second.reject(requeue=True)
@@ -280,42 +303,36 @@ class TestSettling:
 
 
 class TestRequeueOrder:
-    async def test_classic_requeue_returns_to_the_original_position(
-        self, transport: MemoryTransport
+    @pytest.mark.parametrize(
+        ("arguments", "rejected", "order"),
+        [
+            pytest.param({}, 2, ["0", "1", "2"], id="classic-to-the-original-position"),
+            pytest.param({"x-queue-type": "quorum"}, 1, ["1", "2", "0"], id="quorum-to-the-back"),
+            pytest.param(
+                {"x-queue-type": "quorum", "x-delivery-limit": 5},
+                2,
+                ["1", "0", "2"],
+                id="quorum-with-limit-returns-first",
+            ),
+        ],
+    )
+    async def test_requeued_messages_come_back_in_the_order_rabbitmq_measures(
+        self,
+        transport: MemoryTransport,
+        arguments: dict[str, ArgumentValue],
+        rejected: int,
+        order: list[str],
     ) -> None:
-        """Classic queues put a requeued message back where it was (measured on 3.10)."""
-        await transport.declare(single_queue("q"))
+        """Classic queues put a requeued message back where it was (measured on 3.10); a quorum
+        queue without delivery limit requeues it at the back; with a delivery limit, returned
+        messages come first, in the order they came back."""
+        await transport.declare(single_queue("q", arguments))
         await _publish(transport, "q", "0", "1", "2")
-        zero, one = await transport.get("q"), await transport.get("q")
-        assert zero is not None
-        assert one is not None
-        await one.reject(requeue=True)
-        await zero.reject(requeue=True)
-        assert [d.message_id for d in await _drain(transport, "q")] == ["0", "1", "2"]
-
-    async def test_quorum_without_limit_requeues_to_the_back(
-        self, transport: MemoryTransport
-    ) -> None:
-        """A quorum queue without delivery limit requeues a rejected message at the back."""
-        await transport.declare(single_queue("q", {"x-queue-type": "quorum"}))
-        await _publish(transport, "q", "0", "1", "2")
-        zero = await transport.get("q")
-        assert zero is not None
-        await zero.reject(requeue=True)
-        assert [d.message_id for d in await _drain(transport, "q")] == ["1", "2", "0"]
-
-    async def test_quorum_with_limit_serves_returns_first(self, transport: MemoryTransport) -> None:
-        """With a delivery limit, returned messages come first, in the order they came back."""
-        await transport.declare(
-            single_queue("q", {"x-queue-type": "quorum", "x-delivery-limit": 5})
-        )
-        await _publish(transport, "q", "0", "1", "2")
-        zero, one = await transport.get("q"), await transport.get("q")
-        assert zero is not None
-        assert one is not None
-        await one.reject(requeue=True)
-        await zero.reject(requeue=True)
-        assert [d.message_id for d in await _drain(transport, "q")] == ["1", "0", "2"]
+        taken = [await transport.get("q") for _ in range(rejected)]
+        for delivery in reversed(taken):  # the last taken comes back first
+            assert delivery is not None
+            await delivery.reject(requeue=True)
+        assert await _ids(transport, "q") == order
 
     async def test_connection_loss_returns_to_the_head_in_delivery_order(
         self, transport: MemoryTransport
@@ -323,21 +340,17 @@ class TestRequeueOrder:
         """Deliveries of a lost connection come back first, in delivery order, on any queue."""
         await transport.declare(single_queue("q", {"x-queue-type": "quorum"}))
         await _publish(transport, "q", "0", "1", "2", "3")
-        assert len(await _drain_some(transport, "q", 2)) == 2
+        taken = [await transport.get("q") for _ in range(2)]  # held, unsettled, at the loss
+        assert None not in taken
         transport.simulate_connection_loss(reconnect_after=None)
         transport.simulate_reconnect()
-        drained = await _drain(transport, "q")
+        drained = await drain(transport, "q", ack=False)
         assert [(d.message_id, d.redelivered) for d in drained] == [
             ("0", True),
             ("1", True),
             ("2", False),
             ("3", False),
         ]
-
-
-async def _drain_some(transport: MemoryTransport, queue: str, count: int) -> list[Delivery]:
-    deliveries = [await transport.get(queue) for _ in range(count)]
-    return [d for d in deliveries if d is not None]
 
 
 class TestDeadLettering:
@@ -374,8 +387,7 @@ class TestDeadLettering:
 
     async def test_expired_message_dead_lettered_to_its_own_queue_is_dropped(
         self,
-        broker: MemoryBroker,
-        clock: FakeClock,
+        advance: Callable[[float], None],
         transport: MemoryTransport,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
@@ -388,13 +400,12 @@ class TestDeadLettering:
             )
         )
         await transport.publish(message("k", exchange="x"), timeout=1)
-        clock.now += 1
-        broker.run_timers()
+        advance(1)
         assert await transport.message_count("cycle") == 0
         assert "dropped" in caplog.text
 
     async def test_republished_x_death_headers_cause_a_drop(
-        self, broker: MemoryBroker, clock: FakeClock, transport: MemoryTransport
+        self, advance: Callable[[float], None], transport: MemoryTransport
     ) -> None:
         """Copying x-death into a new publish makes the next TTL pass look like a cycle."""
         arguments: dict[str, ArgumentValue] = {
@@ -414,8 +425,7 @@ class TestDeadLettering:
         )
         await transport.publish(message("t1"), timeout=1)
         for _ in range(2):
-            clock.now += 1
-            broker.run_timers()
+            advance(1)
         first = await transport.get("dest")
         assert first is not None
         deaths = first.headers["x-death"]
@@ -423,47 +433,26 @@ class TestDeadLettering:
         assert [d["queue"] for d in deaths if isinstance(d, dict)] == ["t2", "t1"]
         await transport.publish(message("t1", headers=first.headers), timeout=1)
         for _ in range(2):
-            clock.now += 1
-            broker.run_timers()
+            advance(1)
         assert await transport.message_count("dest") == 0
 
     async def test_drop_head_overflow_dead_letters_the_oldest(
         self, transport: MemoryTransport
     ) -> None:
         """x-max-length with drop-head dead-letters the head with reason maxlen."""
-        await transport.declare(single_queue("dlq"))
-        await transport.declare(
-            single_queue(
-                "q",
-                {
-                    "x-max-length": 1,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": "dlq",
-                },
-            )
-        )
+        await transport.declare(dead_lettering_queue("q", "dlq", {"x-max-length": 1}))
         await _publish(transport, "q", "old", "new")
         letter = await transport.get("dlq")
         assert letter is not None
         assert (letter.message_id, letter.headers["x-first-death-reason"]) == ("old", "maxlen")
-        assert [d.message_id for d in await _drain(transport, "q")] == ["new"]
+        assert await _ids(transport, "q") == ["new"]
 
     async def test_reject_publish_dlx_nacks_and_dead_letters(
         self, transport: MemoryTransport
     ) -> None:
         """x-overflow reject-publish-dlx refuses the new message and dead-letters it."""
-        await transport.declare(single_queue("dlq"))
-        await transport.declare(
-            single_queue(
-                "q",
-                {
-                    "x-max-length": 0,
-                    "x-overflow": "reject-publish-dlx",
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": "dlq",
-                },
-            )
-        )
+        overflow: dict[str, ArgumentValue] = {"x-max-length": 0, "x-overflow": "reject-publish-dlx"}
+        await transport.declare(dead_lettering_queue("q", "dlq", overflow))
         with pytest.raises(PublishNacked):
             await _publish(transport, "q", "1")
         assert await transport.message_count("dlq") == 1
@@ -485,49 +474,26 @@ class TestDeadLettering:
 
 class TestMessageTtl:
     async def test_injected_clock_drives_expiry(
-        self, broker: MemoryBroker, clock: FakeClock, transport: MemoryTransport
+        self, advance: Callable[[float], None], transport: MemoryTransport
     ) -> None:
         """With a fake clock, a message expires when the clock passes its TTL and timers run."""
-        await transport.declare(single_queue("dest"))
-        await transport.declare(
-            single_queue(
-                "hour",
-                {
-                    "x-message-ttl": 3_600_000,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": "dest",
-                },
-            )
-        )
+        await transport.declare(ttl_queue("hour", 3_600_000, "dest"))
         await _publish(transport, "hour", "1")
-        clock.now += 3599
-        broker.run_timers()
+        advance(3599)
         assert await transport.message_count("hour") == 1
-        clock.now += 1
-        broker.run_timers()
+        advance(1)
         assert await transport.message_count("hour") == 0
         assert await transport.message_count("dest") == 1
 
     async def test_unacked_messages_do_not_expire_until_requeued(
-        self, broker: MemoryBroker, clock: FakeClock, transport: MemoryTransport
+        self, advance: Callable[[float], None], transport: MemoryTransport
     ) -> None:
         """An unsettled message outlives its TTL; requeued after it, it is dead-lettered."""
-        await transport.declare(single_queue("dest"))
-        await transport.declare(
-            single_queue(
-                "ttl",
-                {
-                    "x-message-ttl": 100,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": "dest",
-                },
-            )
-        )
+        await transport.declare(ttl_queue("ttl", 100, "dest"))
         await _publish(transport, "ttl", "1")
         delivery = await transport.get("ttl")
         assert delivery is not None
-        clock.now += 1
-        broker.run_timers()
+        advance(1)
         assert await transport.message_count("dest") == 0
         await delivery.reject(requeue=True)
         assert await transport.message_count("ttl") == 0
@@ -536,20 +502,10 @@ class TestMessageTtl:
         assert letter.headers["x-first-death-reason"] == "expired"
 
     async def test_expiry_happens_at_the_head_only(
-        self, broker: MemoryBroker, clock: FakeClock, transport: MemoryTransport
+        self, clock: FakeClock, transport: MemoryTransport
     ) -> None:
         """Behind an unexpired head, nothing expires (RabbitMQ checks the head only)."""
-        await transport.declare(single_queue("dest"))
-        await transport.declare(
-            single_queue(
-                "ttl",
-                {
-                    "x-message-ttl": 1000,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": "dest",
-                },
-            )
-        )
+        await transport.declare(ttl_queue("ttl", 1000, "dest"))
         await _publish(transport, "ttl", "old")
         clock.now += 0.9
         await _publish(transport, "ttl", "new")
@@ -557,8 +513,8 @@ class TestMessageTtl:
         assert held is not None
         clock.now += 0.2  # "old" is past its TTL, "new" is not
         await held.reject(requeue=True)  # back at the head, expired
-        assert [d.message_id for d in await _drain(transport, "ttl")] == ["new"]
-        assert [d.message_id for d in await _drain(transport, "dest")] == ["old"]
+        assert await _ids(transport, "ttl") == ["new"]
+        assert await _ids(transport, "dest") == ["old"]
 
 
 class TestDeclarations:

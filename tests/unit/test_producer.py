@@ -6,8 +6,9 @@ import anyio
 import pytest
 
 from aqueue._client.producer import Producer
-from aqueue._core.config import ProducerSettings
+from aqueue._core.config import ProducerSettings, QueueSettings
 from aqueue._core.topology import TopologyNames
+from aqueue._observability.hooks import Instruments
 from aqueue._transport import OutgoingMessage
 from aqueue._transport.memory import MemoryTransport
 from aqueue.exceptions import ConnectionLost
@@ -31,7 +32,13 @@ async def test_retry_loop_yields_and_keeps_its_deadline() -> None:
     """A publish that keeps losing its connection raises at publish_deadline; the loop yields."""
     transport = StaleTransport()
     await transport.connect(timeout=1)
-    producer = Producer(transport, TopologyNames("t"), ProducerSettings(publish_deadline=0.5))
+    producer = Producer(
+        transport,
+        TopologyNames("t"),
+        QueueSettings(),
+        ProducerSettings(publish_deadline=0.5),
+        Instruments(),
+    )
     ticks = 0
 
     async def tick() -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import pytest
 
-from aqueue import TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
+from aqueue import TaskQueue, WorkerSettings, current_job
 from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError
 from aqueue._workflows import (
     Node,
@@ -29,17 +27,9 @@ from aqueue.exceptions import (
     ResultTimeout,
 )
 from aqueue.testing import running_worker
+from tests.helpers.workers import WAIT, wait_until
 
-WAIT = 10.0
-
-
-def running(queue: TaskQueue) -> AbstractAsyncContextManager[Worker]:
-    return running_worker(queue, WorkerSettings(concurrency=20))
-
-
-async def until(worker: Worker, condition: Callable[[WorkerStatistics], bool]) -> None:
-    with anyio.fail_after(WAIT):
-        await worker.wait_until(condition)
+SETTINGS = WorkerSettings(concurrency=20)
 
 
 def make_queue() -> TaskQueue:
@@ -59,7 +49,7 @@ async def test_result_and_status_of_a_job() -> None:
     async with queue:
         job = await queue.enqueue(add, 2, 3)
         assert await job.status() is JobStatus.QUEUED
-        async with running(queue):
+        async with running_worker(queue, SETTINGS):
             gate.set()
             assert await job.result(timeout=WAIT) == 5
         assert await job.status() is JobStatus.SUCCEEDED
@@ -74,7 +64,7 @@ async def test_failure_raises_job_failed_with_remote_traceback() -> None:
     def explode() -> None:
         raise KeyError("missing")
 
-    async with queue, running(queue):
+    async with queue, running_worker(queue, SETTINGS):
         job = await queue.enqueue(explode)
         with pytest.raises(JobFailed) as info:
             await job.result(timeout=WAIT)
@@ -112,7 +102,7 @@ async def test_progress_is_visible_from_the_handle() -> None:
         await finish.wait()
         return "ok"
 
-    async with queue, running(queue):
+    async with queue, running_worker(queue, SETTINGS):
         job = await queue.enqueue(long)
         with anyio.fail_after(WAIT):
             await reported.wait()
@@ -138,7 +128,7 @@ async def test_chain_passes_each_result_on() -> None:
     async def store(items: list[str], tag: str) -> str:
         return f"{tag}:{len(items)}"
 
-    async with queue, running(queue):
+    async with queue, running_worker(queue, SETTINGS):
         job = await queue.enqueue(chain(fetch.s("abc"), parse.s(), store.s("t")))
         assert await job.result(timeout=WAIT) == "t:3"
 
@@ -162,7 +152,7 @@ async def test_chord_gathers_results_in_order() -> None:
         job = await queue.enqueue(chord([square.s(n) for n in range(10)], total.s()))
         # the callback is not published yet, but its handle is known: pending
         assert await job.status() is JobStatus.PENDING
-        async with running(queue):
+        async with running_worker(queue, SETTINGS):
             assert await job.result(timeout=WAIT) == sum(n * n for n in range(10))
     assert calls == [[n * n for n in range(10)]]
 
@@ -179,7 +169,7 @@ async def test_group_and_nesting() -> None:
     async def total(values: list[int]) -> int:
         return sum(values)
 
-    async with queue, running(queue):
+    async with queue, running_worker(queue, SETTINGS):
         grouped = await queue.enqueue(group(inc.s(1), chain(inc.s(10), inc.s()), inc.s(100)))
         assert await grouped.result(timeout=WAIT) == [2, 12, 101]
         nested = await queue.enqueue(chain(inc.s(0), group(inc.s(), inc.s()), total.s()))
@@ -208,12 +198,12 @@ async def test_failing_member_fails_the_chord_and_runs_the_error_callback() -> N
     async def on_error(error: dict[str, object]) -> None:
         errors.append(error)
 
-    async with queue, running(queue) as worker:
+    async with queue, running_worker(queue, SETTINGS) as worker:
         flow = chord([member.s(n) for n in range(4)], total.s(), on_error=on_error.s())
         job = await queue.enqueue(flow)
         with pytest.raises(JobFailed, match="member 2 broke") as info:
             await job.result(timeout=WAIT)
-        await until(worker, lambda s: s.succeeded >= 4)
+        await wait_until(worker, lambda s: s.succeeded >= 4)
     assert "raise ValueError" in info.value.remote_traceback
     assert not callback_ran
     assert len(errors) == 1
@@ -251,11 +241,11 @@ async def test_redelivered_finished_step_does_not_run_again() -> None:
 
     flow = assign_ids(chain(first.s(), second.s()), "root-1")
     [handle] = final_ids(flow)
-    async with queue, running(queue) as worker:
-        await queue.flows.start(flow, root="root-1")
+    async with queue.session() as session, running_worker(queue, SETTINGS) as worker:
+        await session.flows.start(flow, root="root-1")
         assert await queue.job(handle).result(timeout=WAIT) == 14
-        await queue.flows.start(flow, root="root-1")
-        await until(worker, lambda s: s.succeeded == 4)
+        await session.flows.start(flow, root="root-1")
+        await wait_until(worker, lambda s: s.succeeded == 4)
     assert runs == ["first", "second"]
 
 
@@ -274,7 +264,7 @@ async def test_group_whose_members_all_fail_runs_its_error_callback_once() -> No
     async def on_error(error: dict[str, object]) -> None:
         errors.append(error)
 
-    async with queue, running(queue) as worker:
+    async with queue, running_worker(queue, SETTINGS) as worker:
         grouped = await queue.enqueue(group(broken.s(1), broken.s(2), on_error=on_error.s()))
         with pytest.raises(JobFailed, match="broke"):
             await grouped.result(timeout=WAIT)
@@ -282,11 +272,11 @@ async def test_group_whose_members_all_fail_runs_its_error_callback_once() -> No
             with pytest.raises(JobFailed):
                 await member.result(timeout=WAIT)
         # the two members (failed) and the one error callback (succeeded) are settled
-        await until(worker, lambda s: s.failed >= 2 and s.succeeded >= 1)
+        await wait_until(worker, lambda s: s.failed >= 2 and s.succeeded >= 1)
         # a sentinel behind anything still queued: once it ran, nothing else is coming
         sentinel = await queue.enqueue(on_error, {"sentinel": True})
         await sentinel.result(timeout=WAIT)
-        await until(worker, lambda s: s.succeeded >= 2)
+        await wait_until(worker, lambda s: s.succeeded >= 2)
         # two members, one error callback (not a copy per failing member), the sentinel
         assert worker.statistics().received == 4
     assert len(errors) == 2
@@ -314,16 +304,16 @@ async def test_member_redelivered_after_the_barrier_does_not_publish_the_callbac
     flow = assign_ids(chord([ident.s(n) for n in range(3)], total.s()), "root-r")
     members = plan(flow, root="root-r")
     [handle] = final_ids(flow)
-    async with queue, running(queue) as worker:
-        await queue.flows.start(flow, root="root-r")
+    async with queue.session() as session, running_worker(queue, SETTINGS) as worker:
+        await session.flows.start(flow, root="root-r")
         assert await queue.job(handle).result(timeout=WAIT) == 3
-        await until(worker, lambda s: s.succeeded == 4)
+        await wait_until(worker, lambda s: s.succeeded == 4)
         # every member's redelivery carries on again; only the completing one publishes
         for index, member in enumerate(members):
-            await queue.flows.succeeded(member.links, index)
+            await session.flows.succeeded(member.links, index)
         sentinel = await queue.enqueue(ident, 99)
         assert await sentinel.result(timeout=WAIT) == 99
-        await until(worker, lambda s: s.succeeded >= 6)
+        await wait_until(worker, lambda s: s.succeeded >= 6)
         assert worker.statistics().received == 6  # 4 steps, 1 callback copy, the sentinel
     assert calls == [[0, 1, 2]]
 
@@ -346,22 +336,23 @@ async def test_error_callback_survives_a_failed_publish(monkeypatch: pytest.Monk
     [first] = plan(flow, root="root-e")
     [callback] = final_ids(flow.error_links[0])
     error = RemoteError("ValueError", "broke", "Traceback ...")
-    real_start = queue.flows.start
     calls = 0
 
-    async def flaky_start(node: Node, **kwargs: Any) -> list[PlannedJob]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise PublishError("broker said no")
-        return await real_start(node, **kwargs)
+    async with queue.session() as session, running_worker(queue, SETTINGS):
+        real_start = session.flows.start
 
-    async with queue, running(queue):
-        monkeypatch.setattr(queue.flows, "start", flaky_start)
+        async def flaky_start(node: Node, **kwargs: Any) -> list[PlannedJob]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise PublishError("broker said no")
+            return await real_start(node, **kwargs)
+
+        monkeypatch.setattr(session.flows, "start", flaky_start)
         with pytest.raises(PublishError):
-            await queue.flows.failed(first.links, first.job_id, error)
-        await queue.flows.failed(first.links, first.job_id, error)  # the redelivery
-        await queue.flows.failed(first.links, "another-step", error)  # claimed: nothing
+            await session.flows.failed(first.links, first.job_id, error)
+        await session.flows.failed(first.links, first.job_id, error)  # the redelivery
+        await session.flows.failed(first.links, "another-step", error)  # claimed: nothing
         with pytest.raises(JobFailed, match="broke"):
             await queue.job(final_ids(flow)[0]).result(timeout=WAIT)
         await queue.job(callback).result(timeout=WAIT)
@@ -395,11 +386,11 @@ async def test_status_is_not_set_back_to_queued_by_a_late_record() -> None:
         started.set()
         await finish.wait()
 
-    async with queue, running(queue):
+    async with queue.session() as session, running_worker(queue, SETTINGS):
         job = await queue.enqueue(slow)
         with anyio.fail_after(WAIT):
             await started.wait()
-        await queue.flows.record_many([JobState(job.job_id, JobStatus.QUEUED)])
+        await session.states.record_many([JobState(job.job_id, JobStatus.QUEUED)])
         assert await job.status() is JobStatus.RUNNING
         finish.set()
         await job.result(timeout=WAIT)
@@ -441,14 +432,14 @@ async def test_a_workflow_header_too_big_for_one_frame_is_refused_at_enqueue() -
     async def member(value: int) -> int:
         return value
 
-    async with queue:
+    async with queue.session() as session:
         with pytest.raises(EncodeError, match="aqueue-workflow header"):
             await queue.enqueue(chain(first.s(), group(member.s() for _ in range(1000))))
-        work_queue = queue.names.work_queue("default")
-        assert await queue.transport.message_count(work_queue) == 0
+        work_queue = session.names.work_queue("default")
+        assert await session.transport.message_count(work_queue) == 0
         # the same members as a chord's header travel in their own messages: fine
         await queue.enqueue(chord([member.s(n) for n in range(1000)], member.s()))
-        assert await queue.transport.message_count(work_queue) == 1000
+        assert await session.transport.message_count(work_queue) == 1000
 
 
 async def test_worker_without_backend_survives_a_chord_member() -> None:
@@ -471,11 +462,11 @@ async def test_worker_without_backend_survives_a_chord_member() -> None:
             ran.set()
 
     async with producer, consumer:
-        member_task = producer.registry.get("member")
-        after_task = producer.registry.get("after")
+        member_task = producer.tasks["member"]
+        after_task = producer.tasks["after"]
         await producer.enqueue(chord([member_task.s()], after_task.s()))
-        async with running(consumer) as worker:
-            await until(worker, lambda s: s.dead_lettered == 1)
-            await consumer.enqueue(consumer.registry.get("plain"))
+        async with running_worker(consumer, SETTINGS) as worker:
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
+            await consumer.enqueue(consumer.tasks["plain"])
             with anyio.fail_after(WAIT):
                 await ran.wait()

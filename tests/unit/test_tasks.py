@@ -4,7 +4,8 @@ import pytest
 
 from aqueue import TaskQueue
 from aqueue._core.config import WorkerSettings
-from aqueue.exceptions import ConfigurationError, UnknownTaskError
+from aqueue._tasks.task import TaskRegistry
+from aqueue.exceptions import ConfigurationError
 
 
 def make_queue() -> TaskQueue:
@@ -28,8 +29,11 @@ def test_decorator_registers_async_and_sync_functions() -> None:
     assert fetch.name.endswith("test_decorator_registers_async_and_sync_functions.<locals>.fetch")
     assert resize.options.queue == "images"
     assert resize.options.timeout == 5
-    assert queue.registry.get(resize.name) is resize
-    assert queue.registry.queues() == {"default", "images"}
+    assert queue.tasks[resize.name] is resize
+    assert list(queue.tasks) == [fetch.name, resize.name]
+    registry = queue.tasks
+    assert isinstance(registry, TaskRegistry)
+    assert registry.queues() == {"default", "images"}
 
 
 def test_unknown_option_fails_at_decoration_with_suggestion() -> None:
@@ -104,9 +108,12 @@ def test_with_options_keeps_the_name() -> None:
 
 
 def test_unknown_task_lookup() -> None:
-    """Looking up an unregistered name raises UnknownTaskError."""
-    with pytest.raises(UnknownTaskError, match="nope"):
-        make_queue().registry.get("nope")
+    """Looking up an unregistered name finds nothing (the worker raises UnknownTaskError for it)."""
+    tasks = make_queue().tasks
+    assert "nope" not in tasks
+    assert tasks.get("nope") is None
+    with pytest.raises(KeyError, match="nope"):
+        tasks["nope"]
 
 
 @pytest.mark.parametrize(
@@ -138,10 +145,21 @@ def test_bad_urls_are_refused(url: object) -> None:
         TaskQueue(url)  # type: ignore[arg-type]
 
 
-def test_named_memory_brokers_are_shared_and_bare_ones_private() -> None:
+async def test_named_memory_brokers_are_shared_and_bare_ones_private() -> None:
     """TaskQueue("memory://name") queues share one broker; "memory://" ones each get their own."""
     one, two = TaskQueue("memory://shared"), TaskQueue("memory://shared")
-    alone = TaskQueue("memory://")
-    assert one._memory_broker is two._memory_broker
-    assert alone._memory_broker is not None
-    assert alone._memory_broker is not one._memory_broker
+    alone, other = TaskQueue("memory://"), TaskQueue("memory://")
+    queues = [one, two, alone, other]
+    for queue in queues:
+
+        @queue.task(name="job")
+        def job() -> None: ...
+
+    async with one, two, alone, other:
+        await one.enqueue(one.tasks["job"])
+        await alone.enqueue(alone.tasks["job"])
+        counts = []
+        for queue in queues:
+            async with queue.session() as session:
+                counts.append(await session.transport.message_count("aqueue.default"))
+    assert counts == [1, 1, 1, 0]

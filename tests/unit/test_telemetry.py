@@ -16,13 +16,14 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
-from aqueue import JobContext, Retry, TaskQueue, Worker, WorkerSettings, chain, current_job
-from aqueue._core import topology as t
+from aqueue import JobContext, Retry, TaskQueue, WorkerSettings, chain, current_job
+from aqueue._core import wire as t
 from aqueue._core.types import HeaderValue
+from aqueue._core.wire import HEADER_WORKFLOW
 from aqueue._observability.hooks import NO_OBSERVER
 from aqueue._observability.otel import _Watch
 from aqueue._transport import OutgoingMessage
-from aqueue._workflows import HEADER_WORKFLOW, WorkflowLinks
+from aqueue._workflows import WorkflowLinks
 from aqueue.telemetry import (
     Telemetry,
     current_trace_ids,
@@ -33,8 +34,10 @@ from aqueue.telemetry import (
     publish_attributes,
     workflow_id,
 )
+from aqueue.testing import running_worker
+from tests.helpers.jobs import publish_job
 from tests.helpers.otel import Tree
-from tests.helpers.workers import running, wait_until
+from tests.helpers.workers import drain, wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -188,17 +191,18 @@ def test_workflow_id(value: HeaderValue, expected: str | None) -> None:
 # -- traces through a worker ------------------------------------------------------------------
 
 
-async def test_a_chain_with_retries_is_one_trace(spans: InMemorySpanExporter) -> None:
+async def test_a_chain_with_retries_is_one_trace(
+    spans: InMemorySpanExporter, memory_queue: TaskQueue
+) -> None:
     """request → publish a → process a → publish b (continuation) → process b, failing twice:
     each retry is published from inside the failed attempt's span, all in one trace."""
-    queue = TaskQueue("memory://", prefix="t")
     calls = {"b": 0}
 
-    @queue.task(name="a")
+    @memory_queue.task(name="a")
     async def a(x: int) -> int:
         return x + 1
 
-    @queue.task(name="b", retries=3, backoff=0.01, jitter=0)
+    @memory_queue.task(name="b", retries=3, backoff=0.01, jitter=0)
     async def b(x: int) -> int:
         calls["b"] += 1
         if calls["b"] == 1:
@@ -207,12 +211,11 @@ async def test_a_chain_with_retries_is_one_trace(spans: InMemorySpanExporter) ->
             raise ValueError("boom")
         return x * 2
 
-    async with queue:
+    async with memory_queue:
         with trace.get_tracer("test").start_as_current_span("request"):
-            await queue.enqueue(chain(a.s(1), b.s()))
-        worker = Worker(queue, WorkerSettings())
-        async with running(worker):
-            await wait_until(worker, lambda s: s.succeeded == 2, timeout=10)
+            await memory_queue.enqueue(chain(a.s(1), b.s()))
+        async with running_worker(memory_queue, WorkerSettings()) as worker:
+            await wait_until(worker, lambda s: s.succeeded == 2)
     tree = Tree(spans.get_finished_spans())
     assert len(tree.trace_ids()) == 1, tree.describe()
     request = tree.one("request")
@@ -246,19 +249,18 @@ async def test_a_chain_with_retries_is_one_trace(spans: InMemorySpanExporter) ->
 
 async def test_a_dead_letter_is_published_inside_the_failed_job(
     spans: InMemorySpanExporter,
+    memory_queue: TaskQueue,
 ) -> None:
     """A job out of retries: its span is an error, and the dead letter is its child."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(name="bad", retries=0)
+    @memory_queue.task(name="bad", retries=0)
     async def bad() -> None:
         raise KeyError("missing")
 
-    async with queue:
-        await queue.enqueue(bad)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1, timeout=10)
+    async with memory_queue:
+        await memory_queue.enqueue(bad)
+        async with running_worker(memory_queue) as worker:
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
     tree = Tree(spans.get_finished_spans())
     process = tree.one("process bad")
     enqueue, dead = tree.named("publish bad")
@@ -270,25 +272,19 @@ async def test_a_dead_letter_is_published_inside_the_failed_job(
     assert process.attributes["aqueue.settlement"] == "dead-lettered"  # type: ignore[index]
 
 
-async def test_an_unknown_task_gets_an_error_span(spans: InMemorySpanExporter) -> None:
+async def test_an_unknown_task_gets_an_error_span(
+    spans: InMemorySpanExporter, memory_queue: TaskQueue
+) -> None:
     """A delivery that never runs still has its span, with the reason it was dead-lettered."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(name="known")
+    @memory_queue.task(name="known")
     async def known() -> None:
         return None
 
-    async with queue:
-        message = queue.producer.job_message(queue._envelope(known, (), {}, 0))
-        headers = {**message.headers, t.HEADER_TASK: "unknown"}
-        await queue.producer.publish(
-            OutgoingMessage(
-                message.exchange, message.routing_key, message.body, message.message_id, headers
-            )
-        )
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1, timeout=10)
+    async with memory_queue.session() as session:
+        await publish_job(session, "unknown")
+        async with running_worker(memory_queue) as worker:
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
     process = Tree(spans.get_finished_spans()).one("process unknown")
     assert process.status.status_code is StatusCode.ERROR
     assert process.attributes["error.type"] == "aqueue.exceptions.UnknownTaskError"  # type: ignore[index]
@@ -297,27 +293,17 @@ async def test_an_unknown_task_gets_an_error_span(spans: InMemorySpanExporter) -
 
 async def test_a_publish_outside_any_span_continues_the_trace_the_message_carries(
     spans: InMemorySpanExporter,
+    memory_queue: TaskQueue,
 ) -> None:
     """A dead-letter replay from the command line stays in the job's trace."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(name="job")
+    @memory_queue.task(name="job")
     async def job() -> None:
         return None
 
-    async with queue:
-        message = queue.producer.job_message(queue._envelope(job, (), {}, 0))
-        carried = OutgoingMessage(
-            message.exchange,
-            message.routing_key,
-            message.body,
-            message.message_id,
-            {**message.headers, "traceparent": TRACEPARENT},
-        )
-        await queue.producer.publish(carried)
-        got = await queue.transport.get("t.default")
-        assert got is not None
-        await got.ack()
+    async with memory_queue.session() as session:
+        await publish_job(session, job.name, headers={"traceparent": TRACEPARENT})
+        [got] = await drain(session.transport, "t.default")
     publish = Tree(spans.get_finished_spans()).one("publish job")
     assert publish.parent is not None
     assert f"{publish.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
@@ -326,21 +312,21 @@ async def test_a_publish_outside_any_span_continues_the_trace_the_message_carrie
     assert f"{publish.context.span_id:016x}" in str(got.headers["traceparent"])
 
 
-async def test_enqueue_many_makes_a_producer_span_per_job(spans: InMemorySpanExporter) -> None:
+async def test_enqueue_many_makes_a_producer_span_per_job(
+    spans: InMemorySpanExporter, memory_queue: TaskQueue
+) -> None:
     """Each message of a batch has its own span and its own trace context."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(name="job")
+    @memory_queue.task(name="job")
     async def job(i: int) -> None:
         return None
 
-    async with queue:
+    async with memory_queue.session() as session:
         with trace.get_tracer("test").start_as_current_span("batch"):
-            await queue.enqueue_many(job, [(i,) for i in range(5)])
-        parents = set()
-        while (got := await queue.transport.get("t.default")) is not None:
-            await got.ack()
-            parents.add(got.headers["traceparent"])
+            await memory_queue.enqueue_many(job, [(i,) for i in range(5)])
+        parents = {
+            got.headers["traceparent"] for got in await drain(session.transport, "t.default")
+        }
     tree = Tree(spans.get_finished_spans())
     publishes = tree.named("publish job")
     assert len(publishes) == 5
@@ -357,12 +343,10 @@ async def test_telemetry_false_adds_no_trace_context(spans: InMemorySpanExporter
         return None
 
     assert queue.instrumentation == ()
-    async with queue:
+    async with queue.session() as session:
         with trace.get_tracer("test").start_as_current_span("request"):
             await queue.enqueue(job)
-        got = await queue.transport.get("t.default")
-        assert got is not None
-        await got.ack()
+        [got] = await drain(session.transport, "t.default")
     assert "traceparent" not in got.headers
     assert [s.name for s in spans.get_finished_spans()] == ["request"]
 
@@ -411,9 +395,8 @@ async def test_metrics_through_an_sdk_meter_provider() -> None:
         for _ in range(3):
             await queue.enqueue(ok)
         await queue.enqueue(flaky)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.succeeded == 4, timeout=10)
+        async with running_worker(queue) as worker:
+            await wait_until(worker, lambda s: s.succeeded == 4)
     points = _points(reader)
     ok_key, flaky_key = ("ok", "default"), ("flaky", "default")
     assert points["aqueue.jobs.started"] == {ok_key: 3, flaky_key: 2}
@@ -452,9 +435,8 @@ async def test_without_an_sdk_the_trace_context_passes_through_a_workflow() -> N
         finally:
             otel_context.detach(token)
         await queue.enqueue(b, 2)  # none: none injected
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.succeeded == 3, timeout=10)
+        async with running_worker(queue) as worker:
+            await wait_until(worker, lambda s: s.succeeded == 3)
     assert sorted(seen, key=str) == [TRACEPARENT, TRACEPARENT, None]
 
 
@@ -484,19 +466,18 @@ def test_an_sdk_set_up_later_is_found() -> None:
 
 async def test_a_retry_request_past_the_last_attempt_is_a_failure(
     spans: InMemorySpanExporter,
+    memory_queue: TaskQueue,
 ) -> None:
     """Retry is no failure while attempts remain; out of them, the job died: status ERROR."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(name="again", retries=0)
+    @memory_queue.task(name="again", retries=0)
     async def again() -> None:
         raise Retry(delay=0.01)
 
-    async with queue:
-        await queue.enqueue(again)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1, timeout=10)
+    async with memory_queue:
+        await memory_queue.enqueue(again)
+        async with running_worker(memory_queue) as worker:
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
     process = Tree(spans.get_finished_spans()).one("process again")
     assert process.status.status_code is StatusCode.ERROR
     assert [e.name for e in process.events] == ["aqueue.retry", "exception"]

@@ -2,19 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from aqueue._core.topology import (
+from aqueue._core.config import QueueSettings
+from aqueue._core.delays import (
     DELAY_LEVELS,
     MAX_DELAY_MS,
-    MAX_QUEUE_NAME_BYTES,
-    QueueSettings,
-    Topology,
-    TopologyNames,
     delay_routing_key,
     delay_topology,
     delay_units,
-    queue_topology,
-    validate_name,
+    entry_exchange,
 )
+from aqueue._core.queues import queue_topology
+from aqueue._core.topology import MAX_QUEUE_NAME_BYTES, Topology, TopologyNames, validate_name
 from aqueue.exceptions import ConfigurationError
 
 
@@ -134,7 +132,7 @@ def test_delay_levels_add_up_to_the_delay(units: int) -> None:
     names = TopologyNames("t")
     topology = delay_topology(names, QueueSettings())
     hops: list[str] = []
-    end = _route(topology, names.delay_entry_exchange, delay_routing_key(units, "q"), hops)
+    end = _route(topology, entry_exchange(names), delay_routing_key(units, "q"), hops)
     assert end == names.delay_delivery_exchange
     assert sum(int(hop.split(":")[1]) for hop in hops) == units * 10
     assert len(hops) == bin(units).count("1")

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
-from aqueue import JobContext, TaskQueue, Worker, WorkerSettings, WorkerStatistics, current_job
-from aqueue._core import topology as t
+from aqueue import JobContext, TaskQueue, Worker, WorkerSettings, current_job
+from aqueue._core import wire as t
 from aqueue._tasks.middleware import CallNext
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import ConfigurationError, EncodeError
-
-WAIT = 10.0
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.run)
-        with anyio.fail_after(WAIT):
-            await worker.wait_started()
-        yield worker
-        worker.stop()
-
-
-async def wait_until(worker: Worker, condition: Callable[[WorkerStatistics], bool]) -> None:
-    with anyio.fail_after(WAIT):
-        await worker.wait_until(condition)
+from aqueue.testing import running_worker
+from tests.helpers.workers import WAIT, drain, wait_until
 
 
 async def wait_event(event: anyio.Event) -> None:
@@ -38,78 +21,74 @@ async def wait_event(event: anyio.Event) -> None:
         await event.wait()
 
 
-async def test_async_and_sync_tasks_run_and_are_acked() -> None:
+async def test_async_and_sync_tasks_run_and_are_acked(memory_queue: TaskQueue) -> None:
     """Async tasks run on the loop, sync tasks in a thread; both are acked."""
-    queue = TaskQueue("memory://", prefix="t")
     seen: list[tuple[str, object]] = []
     loop_thread = threading.get_ident()
 
-    @queue.task
+    @memory_queue.task
     async def add(a: int, b: int) -> int:
         seen.append(("add", a + b))
         return a + b
 
-    @queue.task
+    @memory_queue.task
     def blocking(x: int) -> None:
         seen.append(("thread", threading.get_ident() != loop_thread))
 
-    async with queue:
-        await queue.enqueue(add, 1, 2)
-        await queue.enqueue(blocking, 1)
-        worker = Worker(queue)
-        async with running(worker):
+    async with memory_queue.session() as session:
+        await memory_queue.enqueue(add, 1, 2)
+        await memory_queue.enqueue(blocking, 1)
+        async with running_worker(memory_queue) as worker:
             await wait_until(worker, lambda s: s.succeeded == 2)
         assert sorted(seen) == [("add", 3), ("thread", True)]
-        assert await queue.transport.message_count("t.default") == 0
+        assert await session.transport.message_count("t.default") == 0
 
 
-async def test_current_job_inside_sync_and_async_tasks() -> None:
+async def test_current_job_inside_sync_and_async_tasks(memory_queue: TaskQueue) -> None:
     """current_job() gives the job id and attempt inside both kinds of task."""
-    queue = TaskQueue("memory://", prefix="t")
     ids: list[tuple[str, int]] = []
 
-    @queue.task
+    @memory_queue.task
     async def a() -> None:
         ids.append((current_job().job_id, current_job().attempt))
 
-    @queue.task
+    @memory_queue.task
     def s() -> None:
         ids.append((current_job().job_id, current_job().attempt))
 
-    async with queue:
-        jobs = [await queue.enqueue(a), await queue.enqueue(s)]
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.succeeded == 2)
+    async with memory_queue, running_worker(memory_queue) as worker:
+        jobs = [await memory_queue.enqueue(a), await memory_queue.enqueue(s)]
+        await wait_until(worker, lambda s: s.succeeded == 2)
     assert sorted(ids) == sorted((job.job_id, 1) for job in jobs)
     with pytest.raises(LookupError, match="outside"):
         current_job()
 
 
-async def _dead_letters(queue: TaskQueue, logical: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = []
-    while (
-        delivery := await queue.transport.get(queue.names.dead_letter_queue(logical))
-    ) is not None:
-        found.append({"body": delivery.body, "id": delivery.message_id, **delivery.headers})
-        await delivery.ack()
-    return found
+async def _dead_letters(queue: TaskQueue, logical: str = "default") -> list[dict[str, object]]:
+    """Take (and ack) the dead letters of a logical queue: body, id and headers of each."""
+    async with queue.session() as session:
+        taken = await drain(session.transport, session.names.dead_letter_queue(logical))
+    return [{"body": d.body, "id": d.message_id, **d.headers} for d in taken]
 
 
-async def test_failure_goes_to_dead_letter_queue_with_reason() -> None:
+async def _only_dead_letter(queue: TaskQueue) -> dict[str, object]:
+    """Run `queue`'s worker until one job is dead-lettered; return that dead letter."""
+    async with running_worker(queue) as worker:
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
+    [dead] = await _dead_letters(queue)
+    return dead
+
+
+async def test_failure_goes_to_dead_letter_queue_with_reason(memory_queue: TaskQueue) -> None:
     """A task that raises is dead-lettered once, with type, message, traceback and attempts."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task
+    @memory_queue.task
     async def broken(x: int) -> None:
         raise ValueError(f"bad {x}")
 
-    async with queue:
-        job = await queue.enqueue(broken, 7)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1)
-        [dead] = await _dead_letters(queue, "default")
+    async with memory_queue:
+        job = await memory_queue.enqueue(broken, 7)
+        dead = await _only_dead_letter(memory_queue)
     assert dead["id"] == job.job_id
     assert dead[t.HEADER_DEAD_REASON] == "failed"
     assert dead[t.HEADER_DEAD_EXC_TYPE] == "ValueError"
@@ -120,78 +99,69 @@ async def test_failure_goes_to_dead_letter_queue_with_reason() -> None:
     assert dead[t.HEADER_TASK] == broken.name
 
 
-async def test_timeout_cancels_the_job_and_dead_letters_it() -> None:
+async def test_timeout_cancels_the_job_and_dead_letters_it(memory_queue: TaskQueue) -> None:
     """A job over its timeout is cancelled and dead-lettered with reason 'timeout'."""
-    queue = TaskQueue("memory://", prefix="t")
     cancelled = anyio.Event()
 
-    @queue.task(timeout=0.05)
+    @memory_queue.task(timeout=0.05)
     async def slow() -> None:
         try:
             await anyio.sleep(WAIT)
         finally:
             cancelled.set()
 
-    async with queue:
-        await queue.enqueue(slow)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1)
-        assert cancelled.is_set()
-        [dead] = await _dead_letters(queue, "default")
+    async with memory_queue:
+        await memory_queue.enqueue(slow)
+        dead = await _only_dead_letter(memory_queue)
+    assert cancelled.is_set()
     assert dead[t.HEADER_DEAD_REASON] == "timeout"
 
 
-async def test_own_timeout_error_counts_as_failure_not_timeout() -> None:
+async def test_own_timeout_error_counts_as_failure_not_timeout(memory_queue: TaskQueue) -> None:
     """A TimeoutError raised by the task itself is a plain failure."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task(timeout=30)
+    @memory_queue.task(timeout=30)
     async def raises() -> None:
         raise TimeoutError("upstream")
 
-    async with queue:
-        await queue.enqueue(raises)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.dead_lettered == 1)
-        [dead] = await _dead_letters(queue, "default")
+    async with memory_queue:
+        await memory_queue.enqueue(raises)
+        dead = await _only_dead_letter(memory_queue)
     assert dead[t.HEADER_DEAD_REASON] == "failed"
 
 
-async def test_garbage_and_unknown_tasks_are_dead_lettered_and_worker_goes_on() -> None:
+async def test_garbage_and_unknown_tasks_are_dead_lettered_and_worker_goes_on(
+    memory_queue: TaskQueue,
+) -> None:
     """Undecodable bodies and unknown task names are dead-lettered; good jobs still run."""
-    queue = TaskQueue("memory://", prefix="t")
     ran = anyio.Event()
 
-    @queue.task
+    @memory_queue.task
     async def good() -> None:
         ran.set()
 
-    async with queue:
-        worker = Worker(queue)
-        async with running(worker):
-            publish = queue.transport.publish
-            headers = {t.HEADER_TASK: good.name}
-            await publish(OutgoingMessage("t", "default", b"\x00garbage", "g", headers), timeout=5)
-            unknown = {t.HEADER_TASK: "nobody.knows"}
-            await publish(OutgoingMessage("t", "default", b"{}", "u", unknown), timeout=5)
-            await queue.enqueue(good)
-            await wait_until(worker, lambda s: s.dead_lettered == 2 and ran.is_set())
-        dead = {d["id"]: d for d in await _dead_letters(queue, "default")}
+    async with memory_queue.session() as session, running_worker(memory_queue) as worker:
+        publish = session.transport.publish
+        headers = {t.HEADER_TASK: good.name}
+        await publish(OutgoingMessage("t", "default", b"\x00garbage", "g", headers), timeout=5)
+        unknown = {t.HEADER_TASK: "nobody.knows"}
+        await publish(OutgoingMessage("t", "default", b"{}", "u", unknown), timeout=5)
+        await memory_queue.enqueue(good)
+        await wait_until(worker, lambda s: s.dead_lettered == 2 and ran.is_set())
+        dead = {d["id"]: d for d in await _dead_letters(memory_queue)}
     assert dead["g"][t.HEADER_DEAD_REASON] == "decode-error"
     assert dead["g"]["body"] == b"\x00garbage"
     assert dead["u"][t.HEADER_DEAD_REASON] == "unknown-task"
+    assert dead["u"][t.HEADER_DEAD_EXC_TYPE] == "aqueue.exceptions.UnknownTaskError"
     assert "nobody.knows" in str(dead["u"][t.HEADER_DEAD_EXC_MESSAGE])
 
 
-async def test_concurrency_limit_is_respected() -> None:
+async def test_concurrency_limit_is_respected(memory_queue: TaskQueue) -> None:
     """No more than `concurrency` jobs run at once, and they do overlap up to it."""
-    queue = TaskQueue("memory://", prefix="t")
     running_now = 0
     peak = 0
 
-    @queue.task
+    @memory_queue.task
     async def hold() -> None:
         nonlocal running_now, peak
         running_now += 1
@@ -199,22 +169,30 @@ async def test_concurrency_limit_is_respected() -> None:
         await anyio.sleep(0.02)
         running_now -= 1
 
-    async with queue:
-        await queue.enqueue_many(hold, [() for _ in range(40)])
-        worker = Worker(queue, WorkerSettings(concurrency=5))
-        async with running(worker):
+    async with memory_queue:
+        await memory_queue.enqueue_many(hold, [() for _ in range(40)])
+        async with running_worker(memory_queue, WorkerSettings(concurrency=5)) as worker:
             await wait_until(worker, lambda s: s.succeeded == 40)
     assert peak == 5
 
 
-async def test_graceful_stop_finishes_running_jobs_and_leaves_the_rest() -> None:
-    """stop() lets running jobs finish and leaves unstarted ones queued."""
-    queue = TaskQueue("memory://", prefix="t")
+@pytest.mark.parametrize(
+    ("stops", "succeeded", "queued"),
+    [
+        pytest.param(1, 3, 7, id="graceful-finishes-running-jobs"),
+        pytest.param(2, 0, 10, id="second-cancels-running-jobs"),
+    ],
+)
+async def test_stop_leaves_unsettled_jobs_queued(
+    memory_queue: TaskQueue, stops: int, succeeded: int, queued: int
+) -> None:
+    """stop() lets running jobs finish and leaves unstarted ones queued; a second stop()
+    cancels running jobs, which are not acked and go back to the queue."""
     started = 0
     three_started = anyio.Event()
     release = anyio.Event()
 
-    @queue.task
+    @memory_queue.task
     async def wait_for_release() -> None:
         nonlocal started
         started += 1
@@ -222,43 +200,18 @@ async def test_graceful_stop_finishes_running_jobs_and_leaves_the_rest() -> None
             three_started.set()
         await release.wait()
 
-    async with queue:
-        await queue.enqueue_many(wait_for_release, [() for _ in range(10)])
-        worker = Worker(queue, WorkerSettings(concurrency=3, grace=WAIT))
+    async with memory_queue.session() as session:
+        await memory_queue.enqueue_many(wait_for_release, [() for _ in range(10)])
+        worker = Worker(memory_queue, WorkerSettings(concurrency=3, grace=WAIT))
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
             await wait_event(three_started)
-            worker.stop()
-            release.set()
-        assert worker.statistics().succeeded == 3
-        assert await queue.transport.message_count("t.default") == 7
-
-
-async def test_second_stop_cancels_running_jobs_which_stay_queued() -> None:
-    """stop(now=True) cancels running jobs; they are not acked and go back to the queue."""
-    queue = TaskQueue("memory://", prefix="t")
-    started = 0
-    two_started = anyio.Event()
-
-    @queue.task
-    async def forever() -> None:
-        nonlocal started
-        started += 1
-        if started == 2:
-            two_started.set()
-        await anyio.sleep_forever()
-
-    async with queue:
-        await queue.enqueue_many(forever, [() for _ in range(4)])
-        worker = Worker(queue, WorkerSettings(concurrency=2, grace=WAIT))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            await wait_event(two_started)
-            worker.stop()
-            worker.stop()
+            for _ in range(stops):
+                worker.stop()
+            release.set()  # too late for cancelled jobs: they are gone from the worker
         stats = worker.statistics()
-        assert (stats.succeeded, stats.failed) == (0, 0)
-        assert await queue.transport.message_count("t.default") == 4
+        assert (stats.succeeded, stats.failed) == (succeeded, 0)
+        assert await session.transport.message_count("t.default") == queued
 
 
 async def test_middleware_wraps_every_job_outermost_first() -> None:
@@ -282,11 +235,9 @@ async def test_middleware_wraps_every_job_outermost_first() -> None:
         calls.append("task")
         return 42
 
-    async with queue:
+    async with queue, running_worker(queue) as worker:
         await queue.enqueue(answer)
-        worker = Worker(queue)
-        async with running(worker):
-            await wait_until(worker, lambda s: s.succeeded == 1)
+        await wait_until(worker, lambda s: s.succeeded == 1)
     assert calls == ["outer-in", "inner:answer", "task", "outer-out:42"]
 
 
@@ -299,64 +250,63 @@ async def test_enqueue_refuses_bad_input_before_publishing() -> None:
 
     with pytest.raises(ConfigurationError, match="not open"):
         await queue.enqueue(take, 1)
-    async with queue:
+    async with queue.session() as session:
         with pytest.raises(EncodeError, match=r"args\[0\] of type set"):
             await queue.enqueue(take, {1, 2})
         with pytest.raises(EncodeError, match="over the limit"):
             await queue.enqueue(take, "x" * 200)
         with pytest.raises(EncodeError, match=r"call 1: argument args\[0\]"):
             await queue.enqueue_many(take, [(1,), (object(),)])
-        assert await queue.transport.message_count("t.default") == 0
+        assert await session.transport.message_count("t.default") == 0
 
 
-async def test_enqueue_many_returns_a_handle_per_job() -> None:
+async def test_enqueue_many_returns_a_handle_per_job(memory_queue: TaskQueue) -> None:
     """enqueue_many confirms every job and returns their handles in order."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task
+    @memory_queue.task
     async def echo(x: int, *, tag: str = "") -> None: ...
 
-    async with queue:
-        result = await queue.enqueue_many(echo, [(1,), {"x": 2, "tag": "b"}, [3]])
+    async with memory_queue.session() as session:
+        result = await memory_queue.enqueue_many(echo, [(1,), {"x": 2, "tag": "b"}, [3]])
         assert result.ok
         assert result.confirmed == 3
         assert len({job.job_id for job in result.jobs}) == 3
-        assert await queue.transport.message_count("t.default") == 3
+        assert await session.transport.message_count("t.default") == 3
 
 
-async def test_a_slow_queue_does_not_starve_another() -> None:
+async def test_a_slow_queue_does_not_starve_another(memory_queue: TaskQueue) -> None:
     """Each queue has its own runners: jobs stuck on one queue leave another's running."""
-    queue = TaskQueue("memory://", prefix="t")
     release = anyio.Event()
     fast_done = anyio.Event()
 
-    @queue.task(queue="slow")
+    @memory_queue.task(queue="slow")
     async def slow() -> None:
         await release.wait()
 
-    @queue.task(queue="fast")
+    @memory_queue.task(queue="fast")
     async def fast() -> None:
         fast_done.set()
 
-    async with queue:
-        await queue.enqueue_many(slow, [() for _ in range(10)])
-        worker = Worker(queue, WorkerSettings(concurrency=2, grace=WAIT))
-        async with running(worker):
-            await queue.enqueue(fast)
+    async with memory_queue:
+        await memory_queue.enqueue_many(slow, [() for _ in range(10)])
+        settings = WorkerSettings(concurrency=2, grace=WAIT)
+        async with running_worker(memory_queue, settings) as worker:
+            await memory_queue.enqueue(fast)
             await wait_event(fast_done)
             release.set()
             await wait_until(worker, lambda s: s.succeeded == 11)
 
 
-async def test_enqueue_many_takes_a_generator_even_when_it_declares_first() -> None:
+async def test_enqueue_many_takes_a_generator_even_when_it_declares_first(
+    memory_queue: TaskQueue,
+) -> None:
     """A generator of calls is read once: a first-time declaration does not empty the batch."""
-    queue = TaskQueue("memory://", prefix="t")
 
-    @queue.task
+    @memory_queue.task
     async def echo(x: int) -> None: ...
 
-    async with queue:
+    async with memory_queue.session() as session:
         elsewhere = echo.with_options(queue="not-declared-at-open")
-        result = await queue.enqueue_many(elsewhere, ((i,) for i in range(5)))
+        result = await memory_queue.enqueue_many(elsewhere, ((i,) for i in range(5)))
         assert result.confirmed == 5
-        assert await queue.transport.message_count("t.not-declared-at-open") == 5
+        assert await session.transport.message_count("t.not-declared-at-open") == 5

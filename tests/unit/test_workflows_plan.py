@@ -6,6 +6,7 @@ import pytest
 
 from aqueue._workflows import (
     Join,
+    Resume,
     Signature,
     Start,
     WorkflowLinks,
@@ -60,9 +61,13 @@ def test_chain_starts_with_its_first_step_carrying_the_rest() -> None:
 
 def test_result_is_prepended_unless_immutable() -> None:
     """The previous result becomes the first argument of mutable signatures only."""
-    [mutable] = plan(assign_ids(sig("b", 2), "r"), root="r", result=10, has_result=True)
+    [mutable] = plan(
+        assign_ids(sig("b", 2), "r"), root="r", resume=Resume(result=10, has_result=True)
+    )
     [fixed] = plan(
-        assign_ids(sig("c", 2, immutable=True), "r"), root="r", result=10, has_result=True
+        assign_ids(sig("c", 2, immutable=True), "r"),
+        root="r",
+        resume=Resume(result=10, has_result=True),
     )
     assert mutable.args == (10, 2)
     assert fixed.args == (2,)

@@ -1,24 +1,20 @@
-"""The ``aqueue`` command line (typer): the only place that configures logging.
+"""``aqueue dlq``: list, show, replay and purge dead letters.
 
-Bad input (an app path that does not import, a bad option value) fails before any
-connection is opened, with exit code 2; an error from the broker exits with code 1.
+Which broker and prefix: ``--app module:queue`` takes both from the application's TaskQueue
+(its URLs, prefix, queue settings), and then --url/--prefix may not be given. Without --app,
+each of --url and --prefix comes from the option, else from $AQUEUE_URL / $AQUEUE_PREFIX, else
+the defaults.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import logging
 import os
-import signal
 import sys
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack
-from typing import Annotated, TypeVar
+from collections.abc import Sequence
+from typing import Annotated
 from urllib.parse import urlsplit
 
-import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -32,208 +28,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aqueue._cli.telemetry import (
-    LOG_FORMATS,
-    LogFormat,
-    ObservabilityError,
-    configure_logging,
-    worker_observability,
-)
+from aqueue._cli.common import app, console, load_queue, queue_names, run
 from aqueue._client.deadletters import DeadLetter, ReplayResult
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import WorkerSettings
+from aqueue._core.config import DEFAULT_PREFIX, DEFAULT_URL
 from aqueue._core.topology import TopologyNames, validate_name
 from aqueue._serialization import decode_arguments
-from aqueue._worker.worker import Worker
-from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError
-
-app = typer.Typer(
-    name="aqueue",
-    help="aqueue: an asyncio-native task queue on RabbitMQ.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True)
-
-AppArgument = Annotated[
-    str, typer.Argument(help="Where the TaskQueue lives, as 'package.module:attribute'.")
-]
-
-
-def load_queue(path: str) -> TaskQueue:
-    """Import ``module:attribute`` and check that it is a TaskQueue.
-
-    Raises:
-        typer.BadParameter: the path is malformed, does not import, or is not a TaskQueue.
-    """
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise typer.BadParameter(f"{path!r} must look like 'package.module:attribute'")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: the current directory is importable
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
-    except Exception as exc:  # the app's own code failed at import: bad input too
-        raise typer.BadParameter(
-            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}{_where(exc)}"
-        ) from exc
-    queue = getattr(module, attribute, None)
-    if not isinstance(queue, TaskQueue):
-        raise typer.BadParameter(f"{path!r} is {type(queue).__name__}, not an aqueue.TaskQueue")
-    return queue
-
-
-def _where(exc: BaseException) -> str:
-    """Where an exception was raised (its innermost frame), as `` (at file:line)``."""
-    if isinstance(exc, SyntaxError):
-        return ""  # its message names the file and line already
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-
-
-def _configure_logging(level: str, log_format: LogFormat = "text") -> None:
-    configure_logging(level, log_format)
-
-
-@app.command()
-def worker(
-    app_path: AppArgument,
-    queues: Annotated[
-        str | None, typer.Option("--queues", "-Q", help="Comma-separated logical queues.")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once, per queue.", min=1)] = 100,
-    prefetch: Annotated[
-        int | None, typer.Option(help="Unacked deliveries per queue (default: concurrency).", min=1)
-    ] = None,
-    grace: Annotated[
-        float, typer.Option(help="Seconds to let running jobs finish on SIGTERM.", min=0)
-    ] = 30.0,
-    threads: Annotated[int, typer.Option(help="Threads for plain (sync) tasks.", min=1)] = 40,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
-    log_format: Annotated[
-        str,
-        typer.Option(
-            help="text, or json (one object per line); lines about a job carry its job_id, "
-            "task, attempt and queue."
-        ),
-    ] = "text",
-    otel: Annotated[
-        bool,
-        typer.Option(
-            "--otel",
-            help="Export traces and metrics over OTLP/HTTP, configured by the standard OTEL_* "
-            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs aqueue[otel].",
-            envvar="AQUEUE_OTEL",
-        ),
-    ] = False,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs aqueue[metrics].",
-            min=0,
-            max=65535,
-            envvar="AQUEUE_METRICS_PORT",
-        ),
-    ] = None,
-    metrics_address: Annotated[
-        str, typer.Option(help="The address the metrics endpoint listens on.")
-    ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
-) -> None:
-    """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    if log_format not in LOG_FORMATS:
-        raise typer.BadParameter(
-            f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
-        )
-    queue = load_queue(app_path)
-    names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
-    try:
-        settings = WorkerSettings(
-            queues=names, concurrency=concurrency, prefetch=prefetch, grace=grace, threads=threads
-        )
-    except ConfigurationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    _configure_logging(log_level, log_format)
-    with ExitStack() as stack:  # its exit flushes the spans still to export
-        try:
-            stack.enter_context(
-                worker_observability(
-                    queue, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
-                )
-            )
-        except ObservabilityError as exc:  # before connecting, like any other bad option
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from exc
-        try:
-            anyio.run(_run_worker, Worker(queue, settings))
-        except (AqueueError, BaseExceptionGroup) as exc:
-            error = _aqueue_error(exc)
-            if error is None:
-                raise
-            console.print(f"[red]error:[/red] {escape(str(error))}")
-            raise typer.Exit(1) from exc
-
-
-def _aqueue_error(exc: BaseException) -> AqueueError | None:
-    """The AqueueError in `exc`, looking inside exception groups (task groups raise those)."""
-    if isinstance(exc, AqueueError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _aqueue_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
-async def _run_worker(worker: Worker) -> None:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, worker)
-        await worker.run()
-        tg.cancel_scope.cancel()
-
-
-async def _stop_on_signals(worker: Worker) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        first = True
-        async for signum in signals:
-            logging.getLogger("aqueue.worker").warning(
-                "received %s: %s",
-                signal.Signals(signum).name,
-                "stopping gracefully" if first else "stopping now",
-            )
-            worker.stop(now=not first)
-            first = False
-
-
-@app.command("queues")
-def list_queues(app_path: AppArgument) -> None:
-    """Show ready messages in every work queue and dead-letter queue of the app's tasks."""
-    queue = load_queue(app_path)
-    try:
-        rows = anyio.run(_queue_sizes, queue)
-    except AqueueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    table = Table("queue", "ready", "dead letters")
-    for name, ready, dead in rows:
-        table.add_row(name, str(ready), str(dead))
-    Console().print(table)
-
-
-async def _queue_sizes(queue: TaskQueue) -> list[tuple[str, int, int]]:
-    rows = []
-    async with queue:
-        for name in sorted(queue.registry.queues()):
-            ready = await queue.transport.message_count(queue.names.work_queue(name))
-            dead = await queue.transport.message_count(queue.names.dead_letter_queue(name))
-            rows.append((name, ready, dead))
-    return rows
-
+from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError, QueueNotFound
 
 # -- aqueue dlq ------------------------------------------------------------------------------
 #
@@ -242,10 +43,6 @@ async def _queue_sizes(queue: TaskQueue) -> list[tuple[str, int, int]]:
 # --app, each of --url and --prefix comes from the option, else from $AQUEUE_URL /
 # $AQUEUE_PREFIX, else the defaults (amqp://guest:guest@localhost/, aqueue).
 
-T = TypeVar("T")
-
-DEFAULT_URL = "amqp://guest:guest@localhost/"
-DEFAULT_PREFIX = "aqueue"
 #: Replays of more dead letters than this show a progress bar.
 PROGRESS_THRESHOLD = 100
 
@@ -335,18 +132,6 @@ def _queue_name(name: str, hint: str = "QUEUE") -> str:
         raise typer.BadParameter(str(exc), param_hint=hint) from exc
 
 
-def _run(fn: Callable[..., Awaitable[T]], *args: object) -> T:
-    """Run a coroutine function; an aqueue error (the broker's, mostly) exits 1, clearly."""
-    try:
-        return anyio.run(fn, *args)
-    except AqueueError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        console.print("interrupted: what was not done is still where it was")
-        raise typer.Exit(130) from None
-
-
 def _when(moment: dt.datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -368,7 +153,7 @@ def dlq_list(
 ) -> None:
     """List the dead letters of a queue, oldest first; they stay where they are, in order."""
     name = _queue_name(queue)
-    letters, total, where = _run(_dlq_list, broker_queue(app_path, url, prefix), name, limit)
+    letters, total, where = run(_dlq_list, broker_queue(app_path, url, prefix), name, limit)
     if not letters:
         console.print(f"no dead letters in {where}")
         return
@@ -421,10 +206,10 @@ def dlq_show(
             param_hint="--queue",
         )
     queue = broker_queue(app_path, url, prefix)
-    names = names or sorted(queue.registry.queues())
+    names = names or queue_names(queue)
     if not names:
         raise typer.BadParameter("the app has no tasks, so no queues: give --queue")
-    found = _run(_dlq_find, queue, job_id.strip(), names)
+    found = run(_dlq_find, queue, job_id.strip(), names)
     if found is None:
         console.print(f"no dead letter with job id {escape(job_id)!r} in {', '.join(names)}")
         raise typer.Exit(1)
@@ -433,20 +218,21 @@ def dlq_show(
 
 async def _dlq_find(queue: TaskQueue, job_id: str, names: Sequence[str]) -> DeadLetter | None:
     missing = []
-    async with queue:
+    async with queue.session() as session:
         for name in names:
             dlq = queue.dead_letters(name)
             try:
                 found = await dlq.find(job_id)
-            except ConfigurationError:
+            except QueueNotFound:
                 missing.append(dlq.broker_name)
                 continue
             if found is not None:
                 return found
+        prefix = session.names.prefix
     if len(missing) == len(names):
-        raise ConfigurationError(
+        raise QueueNotFound(
             f"none of these dead-letter queues exists: {', '.join(missing)} (check the queue "
-            f"names and the prefix {queue.names.prefix!r})"
+            f"names and the prefix {prefix!r})"
         )
     return None
 
@@ -516,7 +302,7 @@ def dlq_replay(
     name = _queue_name(queue)
     if task is not None and not task.strip():
         raise typer.BadParameter("the task name is empty", param_hint="--task")
-    result, where = _run(_dlq_replay, broker_queue(app_path, url, prefix), name, task, limit)
+    result, where = run(_dlq_replay, broker_queue(app_path, url, prefix), name, task, limit)
     left = f"; {result.skipped} left in place" if result.skipped else ""
     console.print(f"replayed {result.replayed} dead letter(s) from {where} to {name!r}{left}")
 
@@ -588,14 +374,14 @@ def dlq_purge(
         )
     task_queue = broker_queue(app_path, url, prefix)
     if not yes:
-        count, where = _run(_dlq_count, task_queue, name)
+        count, where = run(_dlq_count, task_queue, name)
         if count == 0:
             console.print(f"no dead letters in {where}")
             return
         if not typer.confirm(f"Delete {count} dead letter(s) from {where}, for good?"):
             console.print("nothing purged")
             raise typer.Exit(1)
-    purged, where = _run(_dlq_purge, task_queue, name)
+    purged, where = run(_dlq_purge, task_queue, name)
     console.print(f"purged {purged} dead letter(s) from {where}")
 
 
@@ -609,8 +395,3 @@ async def _dlq_purge(queue: TaskQueue, name: str) -> tuple[int, str]:
     async with queue:
         dlq = queue.dead_letters(name)
         return await dlq.purge(), dlq.broker_name
-
-
-def main() -> None:
-    """Entry point of the ``aqueue`` script."""
-    app()

@@ -1,0 +1,158 @@
+"""``aqueue worker`` and ``aqueue queues``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from contextlib import ExitStack
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from aqueue._cli.common import AppArgument, app, aqueue_error, console, load_queue, queue_names
+from aqueue._cli.telemetry import (
+    LOG_FORMATS,
+    ObservabilityError,
+    configure_logging,
+    worker_observability,
+)
+from aqueue._client.queue import TaskQueue
+from aqueue._core.config import WorkerSettings
+from aqueue._worker.worker import Worker
+from aqueue.exceptions import AqueueError, ConfigurationError
+
+_WORKER = WorkerSettings()  # the defaults, stated once there
+
+
+@app.command()
+def worker(
+    app_path: AppArgument,
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-Q", help="Comma-separated logical queues.")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(help="Jobs run at once, per queue.", min=1)
+    ] = _WORKER.concurrency,
+    prefetch: Annotated[
+        int | None, typer.Option(help="Unacked deliveries per queue (default: concurrency).", min=1)
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds to let running jobs finish on SIGTERM.", min=0)
+    ] = _WORKER.grace,
+    threads: Annotated[
+        int, typer.Option(help="Threads for plain (sync) tasks.", min=1)
+    ] = _WORKER.threads,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            help="text, or json (one object per line); lines about a job carry its job_id, "
+            "task, attempt and queue."
+        ),
+    ] = "text",
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Export traces and metrics over OTLP/HTTP, configured by the standard OTEL_* "
+            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs aqueue[otel].",
+            envvar="AQUEUE_OTEL",
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs aqueue[metrics].",
+            min=0,
+            max=65535,
+            envvar="AQUEUE_METRICS_PORT",
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option(help="The address the metrics endpoint listens on.")
+    ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
+) -> None:
+    """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
+        )
+    queue = load_queue(app_path)
+    names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
+    try:
+        settings = WorkerSettings(
+            queues=names, concurrency=concurrency, prefetch=prefetch, grace=grace, threads=threads
+        )
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    configure_logging(log_level, log_format)
+    with ExitStack() as stack:  # its exit flushes the spans still to export
+        try:
+            stack.enter_context(
+                worker_observability(
+                    queue, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
+                )
+            )
+        except ObservabilityError as exc:  # before connecting, like any other bad option
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        try:
+            anyio.run(_run_worker, Worker(queue, settings))
+        except (AqueueError, BaseExceptionGroup) as exc:
+            error = aqueue_error(exc)
+            if error is None:
+                raise
+            console.print(f"[red]error:[/red] {escape(str(error))}")
+            raise typer.Exit(1) from exc
+
+
+async def _run_worker(worker: Worker) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, worker)
+        await worker.run()
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signals(worker: Worker) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        first = True
+        async for signum in signals:
+            logging.getLogger("aqueue.worker").warning(
+                "received %s: %s",
+                signal.Signals(signum).name,
+                "stopping gracefully" if first else "stopping now",
+            )
+            worker.stop(now=not first)
+            first = False
+
+
+@app.command("queues")
+def list_queues(app_path: AppArgument) -> None:
+    """Show ready messages in every work queue and dead-letter queue of the app's tasks."""
+    queue = load_queue(app_path)
+    try:
+        rows = anyio.run(_queue_sizes, queue)
+    except AqueueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    table = Table("queue", "ready", "dead letters")
+    for name, ready, dead in rows:
+        table.add_row(name, str(ready), str(dead))
+    Console().print(table)
+
+
+async def _queue_sizes(queue: TaskQueue) -> list[tuple[str, int, int]]:
+    rows = []
+    async with queue.session() as session:
+        count, names = session.transport.message_count, session.names
+        for name in queue_names(queue):
+            ready = await count(names.work_queue(name))
+            dead = await count(names.dead_letter_queue(name))
+            rows.append((name, ready, dead))
+    return rows

@@ -1,0 +1,80 @@
+"""What one logical queue needs on the broker: its work queue, dead-letter queue and bindings.
+
+Pure data (the transport declares it). Why each argument is there is on the topology page.
+"""
+
+from __future__ import annotations
+
+from aqueue._core.config import QueueSettings
+from aqueue._core.delays import delayed_delivery_binding
+from aqueue._core.topology import (
+    ArgumentValue,
+    BindingSpec,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+    TopologyNames,
+    validate_name,
+)
+from aqueue.exceptions import ConfigurationError
+
+#: Deliveries a dead letter may have before a quorum queue would drop it. Reading a
+#: dead-letter queue (list, find) takes messages and gives them back, and every give-back
+#: counts; RabbitMQ 4.x defaults quorum queues to a limit of 20, and with no dead-letter
+#: exchange the broker would then drop the message. Set explicitly, far out of reach.
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000_000
+
+
+def work_queue_arguments(
+    names: TopologyNames, queue: str, settings: QueueSettings
+) -> dict[str, ArgumentValue]:
+    """The `x-` arguments of a work queue."""
+    arguments: dict[str, ArgumentValue] = {
+        "x-queue-type": settings.queue_type,
+        "x-dead-letter-exchange": names.dead_letter_exchange,
+        "x-dead-letter-routing-key": queue,
+    }
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = settings.delivery_limit
+        # at-least-once dead-lettering only holds with reject-publish; with the default
+        # drop-head RabbitMQ silently falls back to at-most-once.
+        arguments["x-dead-letter-strategy"] = "at-least-once"
+        arguments["x-overflow"] = "reject-publish"
+    return arguments
+
+
+def dead_letter_queue_arguments(settings: QueueSettings) -> dict[str, ArgumentValue]:
+    """The `x-` arguments of a dead-letter queue."""
+    arguments: dict[str, ArgumentValue] = {"x-queue-type": settings.queue_type}
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = DEAD_LETTER_DELIVERY_LIMIT
+    return arguments
+
+
+def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) -> Topology:
+    """Everything one logical queue needs: exchanges, work queue, dead-letter queue, bindings."""
+    validate_name(queue)
+    work = names.work_queue(queue)
+    dead = names.dead_letter_queue(queue)
+    if len(dead.encode()) > 255:  # AMQP short strings
+        raise ConfigurationError(f"queue name {dead!r} (prefix + queue) is over 255 bytes")
+    return Topology(
+        exchanges=(
+            ExchangeSpec(names.exchange, "direct"),
+            ExchangeSpec(names.dead_letter_exchange, "direct"),
+            ExchangeSpec(names.delay_delivery_exchange, "topic"),
+        ),
+        queues=(
+            QueueSpec(work, work_queue_arguments(names, queue, settings)),
+            # The dead-letter queue has no dead-letter exchange of its own: nothing leaves it
+            # except through replay (publish confirmed, then ack).
+            QueueSpec(dead, dead_letter_queue_arguments(settings)),
+        ),
+        bindings=(
+            BindingSpec(work, names.exchange, queue),
+            BindingSpec(dead, names.dead_letter_exchange, queue),
+            # bound before any delayed publish: a delayed message for an unbound destination
+            # would wait in the last delay level (see the RabbitMQ-behaviour page)
+            delayed_delivery_binding(names, queue),
+        ),
+    )

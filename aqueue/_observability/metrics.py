@@ -1,0 +1,129 @@
+"""Job metrics through a `MetricSink`: one `JobMetrics` instrumentation, any metrics library.
+
+`aqueue.telemetry.Telemetry` (OpenTelemetry) and the Prometheus exporter of ``aqueue worker
+--metrics-port`` are sinks; the names and descriptions of the metrics are stated here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Literal, Protocol, TypeAlias
+
+from aqueue._core import wire as t
+from aqueue._observability.hooks import Instrumentation, JobObserver, Settlement
+from aqueue._tasks.context import JobContext
+from aqueue._transport import Delivery
+
+#: The job counters every metrics backend keeps, per task and queue.
+Counter: TypeAlias = Literal["started", "succeeded", "failed", "retried", "dead_lettered"]
+#: The histograms, in seconds: a job's run time, and its wait from due to start.
+Histogram: TypeAlias = Literal["duration", "queue_wait"]
+#: What each counter counts (both metrics backends describe them with these words).
+COUNTERS: Mapping[Counter, str] = {
+    "started": "Jobs that started running.",
+    "succeeded": "Jobs that succeeded (acked).",
+    "failed": "Attempts that failed (each retried or dead-lettered).",
+    "retried": "Failed attempts sent to a next attempt.",
+    "dead_lettered": "Jobs sent to the dead-letter queue.",
+}
+#: What each histogram measures, in seconds.
+HISTOGRAMS: Mapping[Histogram, str] = {
+    "duration": "How long a job's run (its middleware chain) took.",
+    "queue_wait": "How long a job waited between becoming due and starting.",
+}
+IN_FLIGHT = "Jobs running now."
+#: Bucket bounds of both histograms, in seconds: from a 5 ms job to a ten-minute wait.
+SECONDS_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+
+class MetricSink(Protocol):
+    """Where `JobMetrics` records: one implementation per metrics library."""
+
+    def count(self, counter: Counter, task: str, queue: str) -> None:
+        """Add one to `counter`."""
+
+    def observe(self, histogram: Histogram, seconds: float, task: str, queue: str) -> None:
+        """Record a value in `histogram`."""
+
+    def in_flight(self, delta: int, task: str, queue: str) -> None:
+        """Jobs running now, up or down by `delta`."""
+
+
+class JobMetrics(Instrumentation):
+    """Job metrics per task and queue, recorded into a `MetricSink`.
+
+    Counts jobs started, succeeded, failed, retried and dead-lettered; times their runs and
+    their queue waits; tracks jobs in flight. ``failed`` counts attempts that ended in an
+    exception and were settled as such: each is also counted in ``retried`` or
+    ``dead_lettered``. A delivery that could not be decoded counts as failed and dead-lettered
+    under the task its header names (``""`` if none).
+    """
+
+    def __init__(self, sink: MetricSink) -> None:
+        self.sink = sink
+
+    def job(self, delivery: Delivery, queue: str) -> JobObserver:
+        return JobMetricsObserver(self.sink, delivery, queue)
+
+
+class JobMetricsObserver(JobObserver):
+    """The `JobObserver` of `JobMetrics` (subclassed by observers that also record metrics)."""
+
+    __slots__ = ("_queue", "_running", "_sink", "_task")
+
+    def __init__(self, sink: MetricSink, delivery: Delivery, queue: str) -> None:
+        self._sink = sink
+        task = delivery.headers.get(t.HEADER_TASK)
+        self._task = task if isinstance(task, str) else ""
+        self._queue = queue
+        self._running = False
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._running:
+            self._running = False
+            self._sink.in_flight(-1, self._task, self._queue)
+
+    def started(self, job: JobContext) -> None:
+        self._task, self._queue = job.task, job.queue
+        sink = self._sink
+        sink.count("started", job.task, job.queue)
+        sink.observe("queue_wait", job.queue_wait, job.task, job.queue)
+        sink.in_flight(1, job.task, job.queue)
+        self._running = True
+
+    def finished(self, job: JobContext, error: BaseException | None, duration: float) -> None:
+        self._sink.observe("duration", duration, job.task, job.queue)
+
+    def settled(self, settlement: Settlement, error: BaseException | None) -> None:
+        sink, task, queue = self._sink, self._task, self._queue
+        if settlement == "succeeded":
+            sink.count("succeeded", task, queue)
+        elif settlement == "retried":
+            sink.count("failed", task, queue)
+            sink.count("retried", task, queue)
+        elif settlement == "dead-lettered":
+            sink.count("failed", task, queue)
+            sink.count("dead_lettered", task, queue)

@@ -1,0 +1,133 @@
+"""Job states: the one object that writes them (enqueue, every attempt, workflow handles).
+
+Without a result backend every write is skipped, so nothing here costs a fire-and-forget
+application anything. The worker's writes happen *before* a delivery is acked: a worker that
+dies in the middle is redelivered and writes them again, which is harmless (see
+`ResultBackend.set_state`: an initial state never replaces another).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from aqueue._core.types import JSONValue
+from aqueue._results.base import JobState, JobStatus, RemoteError, ResultBackend
+from aqueue.exceptions import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of one job, as its states name it.
+
+    Attributes:
+        job_id: the job.
+        task: its task name.
+        attempt: 1 for the first run.
+        store: whether its states are written (a backend is configured and the task keeps
+            its results).
+    """
+
+    job_id: str
+    task: str
+    attempt: int
+    store: bool
+
+    def state(
+        self,
+        status: JobStatus,
+        *,
+        result: JSONValue = None,
+        error: RemoteError | None = None,
+        progress: JSONValue = None,
+    ) -> JobState:
+        """A state of this attempt."""
+        return JobState(
+            self.job_id,
+            status,
+            task=self.task,
+            attempt=self.attempt,
+            result=result,
+            error=error,
+            progress=progress,
+        )
+
+
+class JobStates:
+    """Writes and reads job states in a `ResultBackend` (or does nothing without one).
+
+    Args:
+        backend: where states live; None for fire-and-forget.
+        ttl: seconds every state is kept.
+    """
+
+    def __init__(self, backend: ResultBackend | None, ttl: float) -> None:
+        self.backend = backend
+        self.ttl = ttl
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is recorded at all (a result backend is configured)."""
+        return self.backend is not None
+
+    def require_backend(self, what: str) -> ResultBackend:
+        """The backend, or a clear error saying `what` needs one.
+
+        Raises:
+            ConfigurationError: no result backend is configured.
+        """
+        if self.backend is None:
+            raise ConfigurationError(
+                f"{what} needs a result backend: pass results=RedisResultBackend(...) to TaskQueue"
+            )
+        return self.backend
+
+    async def record(self, state: JobState) -> None:
+        """Store a job state, when a backend is configured."""
+        if self.backend is not None:
+            await self.backend.set_state(replace(state, updated_at=time.time()), ttl=self.ttl)
+
+    async def record_many(self, states: Sequence[JobState]) -> None:
+        """Store job states in one round trip, when a backend is configured."""
+        if self.backend is not None and states:
+            now = time.time()
+            stamped = [replace(state, updated_at=now) for state in states]
+            await self.backend.set_states(stamped, ttl=self.ttl)
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def succeeded_before(self, job_id: str) -> tuple[bool, JSONValue]:
+        """Whether the job already succeeded (a redelivery), and its stored result."""
+        if self.backend is None:
+            return False, None
+        state = await self.backend.get_state(job_id)
+        if state is not None and state.status is JobStatus.SUCCEEDED:
+            return True, state.result
+        return False, None
+
+    async def running(self, attempt: Attempt) -> None:
+        """Record that an attempt is running."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.RUNNING))
+
+    async def progress(self, attempt: Attempt, progress: JSONValue) -> None:
+        """Record a progress value the running task reported."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.RUNNING, progress=progress))
+
+    async def succeeded(self, attempt: Attempt, result: JSONValue) -> None:
+        """Record the result."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.SUCCEEDED, result=result))
+
+    async def retrying(self, attempt: Attempt) -> None:
+        """Record that the job waits for its next attempt."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.RETRYING))
+
+    async def failed(self, attempt: Attempt, error: RemoteError, *, dead: bool) -> None:
+        """Record the failure for good (``dead``: it could not even be run)."""
+        if attempt.store:
+            status = JobStatus.DEAD if dead else JobStatus.FAILED
+            await self.record(attempt.state(status, error=error))
