@@ -7,6 +7,7 @@ AqueueError
 ├── EncodeError                 arguments that are not JSON, or a message over the size limit
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
+├── JobCrashed                  a job's deliveries came back unacked too often (dead-lettered)
 ├── TransportError              anything between aqueue and the broker
 │   ├── ConnectionFailed        the broker could not be reached before the deadline
 │   ├── ConnectionLost          the connection or channel dropped under an operation
@@ -29,6 +30,7 @@ Control-flow signals raised *inside* tasks are not errors and do not derive from
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 __all__ = [
     "AqueueError",
@@ -38,6 +40,7 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "EncodeError",
+    "JobCrashed",
     "JobFailed",
     "PublishError",
     "PublishNacked",
@@ -76,6 +79,13 @@ class DecodeError(AqueueError, ValueError):
 
 class UnknownTaskError(AqueueError, LookupError):
     """A message names a task that is not registered in this process."""
+
+
+class JobCrashed(AqueueError):
+    """A job came back unacked too many times, and is dead-lettered with reason ``crashed``.
+
+    Each time, the worker holding it died or lost its connection.
+    """
 
 
 class TransportError(AqueueError):
@@ -141,9 +151,10 @@ class ResultTimeout(AqueueError, TimeoutError):
 class Retry(Exception):
     """Raised inside a task: run this job again after `delay` (or the task's backoff).
 
-    It counts as an attempt: when the task's ``retries`` are used up, the job goes to the
-    dead-letter queue like any other failure. The delay lives in the broker, never in the
-    worker.
+    It counts as an attempt: when the task's ``retries`` are used up (three, if the task sets
+    none), the job goes to the dead-letter queue like any other failure. The delay lives in
+    the broker, never in the worker; one longer than the longest delay (about 31 days) is
+    cut to it.
 
     Args:
         delay: seconds or a timedelta; ``None`` uses the task's backoff.
@@ -152,7 +163,10 @@ class Retry(Exception):
 
     def __init__(self, delay: float | dt.timedelta | None = None, reason: str = "") -> None:
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-        if seconds is not None and not seconds >= 0:
-            raise ConfigurationError(f"Retry delay must be >= 0 seconds, not {delay!r}")
+        given: object = seconds  # run-time input: not every caller runs mypy
+        if given is not None and not (
+            isinstance(given, int | float) and math.isfinite(given) and given >= 0
+        ):
+            raise ConfigurationError(f"Retry delay must be a finite number >= 0, not {delay!r}")
         super().__init__(reason or "retry requested")
         self.delay: float | None = seconds

@@ -260,9 +260,10 @@ def _print_dead_letter(letter: DeadLetter) -> None:
     if letter.history:
         history = Table("attempt", "failed at (UTC)", "error", title="history")
         for failure in letter.history:
-            at = dt.datetime.fromtimestamp(failure.at_ms / 1000, dt.UTC)
             history.add_row(
-                str(failure.attempt), _when(at), escape(f"{failure.type}: {failure.message}")
+                str(failure.attempt),
+                _when(failure.failed_at),
+                escape(f"{failure.type}: {failure.message}"),
             )
         out.print(history)
     if letter.traceback:

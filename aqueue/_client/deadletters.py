@@ -376,7 +376,7 @@ def _broker_cause(
     death = _death(headers, work_queue)
     reason = _string(death.get("reason")) or _string(headers.get("x-first-death-reason"))
     died_at = _integer(death.get("time"))
-    last = None if died_at is None else dt.datetime.fromtimestamp(died_at, dt.UTC)
+    last = _from_seconds(died_at)
     attempts = _integer(headers.get(t.HEADER_ATTEMPT))
     if attempts is not None and reason == "delivery_limit":
         # the broker delivered it `delivery_limit` more times, each one counted by a worker
@@ -386,7 +386,7 @@ def _broker_cause(
         reason=reason or "unknown",
         source="broker",
         attempts=attempts,
-        first_failed_at=_from_ms(history[0].at_ms) if history else last,
+        first_failed_at=history[0].failed_at if history else last,
         last_failed_at=last,
     )
 
@@ -426,7 +426,17 @@ def _integer(value: HeaderValue) -> int | None:
 
 
 def _from_ms(value: int | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+    return None if value is None else _from_seconds(value / 1000)
+
+
+def _from_seconds(value: float | None) -> dt.datetime | None:
+    """A UTC datetime, or None for a time no datetime can hold (past year 9999, ...)."""
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _check_limit(limit: object) -> None:

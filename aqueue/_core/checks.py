@@ -19,6 +19,6 @@ def is_number(
     return at_least <= value <= at_most and (above is None or value > above)
 
 
-def is_whole(value: object, *, at_least: int) -> TypeGuard[int]:
-    """An int (never a bool) of at least `at_least`."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+def is_whole(value: object, *, at_least: int, at_most: float = math.inf) -> TypeGuard[int]:
+    """An int (never a bool) within the bounds."""
+    return isinstance(value, int) and not isinstance(value, bool) and at_least <= value <= at_most

@@ -21,6 +21,11 @@ from aqueue.exceptions import ConfigurationError
 DEFAULT_URL = "amqp://guest:guest@localhost/"
 DEFAULT_PREFIX = "aqueue"
 DEFAULT_QUEUE = "default"
+#: Retries a ``raise Retry()`` gets when the task sets no ``retries`` (Celery's default too).
+RETRY_SIGNAL_RETRIES = 3
+#: Bounds of run-time numbers, so no value can overflow a header or a delay on the way.
+MAX_RETRIES = 10_000
+MAX_TIMEOUT = 1e9
 
 
 class TaskOverridesDict(TypedDict, total=False):
@@ -28,7 +33,7 @@ class TaskOverridesDict(TypedDict, total=False):
 
     queue: str
     timeout: float | None
-    retries: int
+    retries: int | None
     backoff: float
     max_backoff: float
     jitter: float
@@ -51,10 +56,13 @@ class TaskOptions:
         timeout: seconds a run may take before it is cancelled and counted as a failure;
             ``None`` for no limit. A plain (sync) function cannot be interrupted: on timeout
             the worker stops waiting for its thread, which runs on to its end.
-        retries: how many times a failed run is retried (0: never); then the job is
-            dead-lettered with its history.
-        backoff: seconds before the first retry; each later one waits twice as long.
-        max_backoff: cap on one retry delay, in seconds.
+        retries: how many times a failed run is retried (0: never, not even on
+            ``raise Retry()``); then the job is dead-lettered with its history. Unset
+            (``None``): failures are not retried, but ``raise Retry()`` is, up to
+            `RETRY_SIGNAL_RETRIES` times.
+        backoff: seconds before the first retry; each later one waits twice as long (at most
+            the longest delay, about 31 days).
+        max_backoff: cap on one retry delay, in seconds (at most the longest delay).
         jitter: share of each retry delay that is random (0 to 1), so jobs that failed
             together do not all come back together.
         retry_on: exception types that are retried; others are dead-lettered at once.
@@ -64,7 +72,7 @@ class TaskOptions:
 
     queue: str = DEFAULT_QUEUE
     timeout: float | None = None
-    retries: int = 0
+    retries: int | None = None
     backoff: float = 1.0
     max_backoff: float = 3600.0
     jitter: float = 0.2
@@ -73,13 +81,16 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
-        if self.timeout is not None and not is_number(self.timeout, above=0):
+        if self.timeout is not None and not is_number(self.timeout, above=0, at_most=MAX_TIMEOUT):
             raise ConfigurationError(
-                f"timeout must be a positive number of seconds or None, not {self.timeout!r}"
+                f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:g} or None, "
+                f"not {self.timeout!r}"
             )
         retries: object = self.retries
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        if retries is not None and not is_whole(retries, at_least=0, at_most=MAX_RETRIES):
+            raise ConfigurationError(
+                f"retries must be an integer from 0 to {MAX_RETRIES}, or None, not {retries!r}"
+            )
         self.retry_policy()  # validates the backoff options
 
     def retry_policy(self) -> RetryPolicy:
@@ -89,7 +100,8 @@ class TaskOptions:
             ConfigurationError: a backoff option has a bad value.
         """
         return RetryPolicy(
-            max_attempts=self.retries + 1,
+            max_attempts=(self.retries or 0) + 1,
+            signal_attempts=(RETRY_SIGNAL_RETRIES if self.retries is None else self.retries) + 1,
             backoff=self.backoff,
             max_backoff=self.max_backoff,
             jitter=self.jitter,
@@ -220,6 +232,8 @@ class WorkerSettings:
         prefetch: unacked deliveries per queue consumer; ``None`` means `concurrency`.
         grace: seconds a graceful stop waits for running jobs before cancelling them.
         threads: threads for plain (sync) task functions.
+        crash_limit: a job whose deliveries came back unacked this many times (its worker
+            died or lost its connection each time) is dead-lettered with reason ``crashed``.
     """
 
     queues: tuple[str, ...] = ()
@@ -227,11 +241,12 @@ class WorkerSettings:
     prefetch: int | None = None
     grace: float = 30.0
     threads: int = 40
+    crash_limit: int = 3
 
     def __post_init__(self) -> None:
         for queue in self.queues:
             validate_name(queue)
-        for name in ("concurrency", "threads"):
+        for name in ("concurrency", "threads", "crash_limit"):
             value = getattr(self, name)
             if not is_whole(value, at_least=1):
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Protocol
 
 from aqueue._core.checks import is_number
-from aqueue._core.config import QueueSettings
 from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
     ExchangeSpec,
     QueueSpec,
+    QueueType,
     Topology,
     TopologyNames,
 )
@@ -39,6 +40,15 @@ DELAY_UNIT_MS = 10
 #: 28 levels of 10 ms reach 2**28 * 10 ms ≈ 31 days.
 DELAY_LEVELS = 28
 MAX_DELAY_MS = ((1 << DELAY_LEVELS) - 1) * DELAY_UNIT_MS
+#: The longest delay in seconds (about 31 days): the bound of every delay and backoff option.
+MAX_DELAY_SECONDS = MAX_DELAY_MS / 1000
+
+
+class _QueueKind(Protocol):
+    """What the level queues take from the queue settings (`QueueSettings` has it)."""
+
+    @property
+    def queue_type(self) -> QueueType: ...
 
 
 def delay_to_ms(delay: object) -> int:
@@ -111,7 +121,7 @@ def _level_pattern(level: int, bit: str) -> str:
     return ".".join(words) + ".#"
 
 
-def delay_topology(names: TopologyNames, settings: QueueSettings) -> Topology:
+def delay_topology(names: TopologyNames, settings: _QueueKind) -> Topology:
     """The delay levels: one topic exchange and one fixed-TTL queue per level."""
     exchanges = [ExchangeSpec(names.delay_delivery_exchange, "topic")]
     queues = []

@@ -66,6 +66,9 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
         ),
         queues=(
             QueueSpec(work, work_queue_arguments(names, queue, settings)),
+            # Jobs that came back unacked wait here to run alone (see the guarantees page):
+            # dead-lettered like the work queue, with the same delivery limit as a backstop.
+            QueueSpec(names.quarantine_queue(queue), work_queue_arguments(names, queue, settings)),
             # The dead-letter queue has no dead-letter exchange of its own: nothing leaves it
             # except through replay (publish confirmed, then ack).
             QueueSpec(dead, dead_letter_queue_arguments(settings)),

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from aqueue._core.checks import is_number, is_whole
+from aqueue._core.delays import MAX_DELAY_SECONDS as LONGEST
 from aqueue.exceptions import ConfigurationError, Retry
 
 
@@ -25,6 +26,8 @@ class RetryPolicy:
 
     Attributes:
         max_attempts: runs in all, the first included; 1 means never retry.
+        signal_attempts: runs in all when the task asks for a retry (``raise Retry()``);
+            None: `max_attempts`.
         backoff: seconds before the first retry.
         factor: growth of the delay per retry.
         max_backoff: cap on one delay, in seconds.
@@ -35,6 +38,7 @@ class RetryPolicy:
     """
 
     max_attempts: int = 1
+    signal_attempts: int | None = None
     backoff: float = 1.0
     factor: float = 2.0
     max_backoff: float = 3600.0
@@ -44,9 +48,18 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         checks: list[tuple[str, object, bool]] = [
             ("max_attempts", self.max_attempts, is_whole(self.max_attempts, at_least=1)),
-            ("backoff", self.backoff, is_number(self.backoff, at_least=0)),
+            (
+                "signal_attempts",
+                self.signal_attempts,
+                self.signal_attempts is None or is_whole(self.signal_attempts, at_least=1),
+            ),
+            ("backoff", self.backoff, is_number(self.backoff, at_least=0, at_most=LONGEST)),
             ("factor", self.factor, is_number(self.factor, at_least=1)),
-            ("max_backoff", self.max_backoff, is_number(self.max_backoff, at_least=0)),
+            (
+                "max_backoff",
+                self.max_backoff,
+                is_number(self.max_backoff, at_least=0, at_most=LONGEST),
+            ),
             ("jitter", self.jitter, is_number(self.jitter, at_least=0, at_most=1)),
         ]
         for name, value, ok in checks:
@@ -71,7 +84,7 @@ class RetryPolicy:
             full = self.backoff * self.factor**exponent
         except OverflowError:
             full = math.inf
-        capped = min(self.max_backoff, full)
+        capped = min(self.max_backoff, full, LONGEST)
         return capped * (1 - self.jitter * random_value)
 
     def next_delay(self, error: BaseException, attempt: int, random_value: float) -> float | None:
@@ -79,14 +92,16 @@ class RetryPolicy:
 
         Returns:
             None when the job is not retried: its attempts are used up, or `error` is not one
-            of `retry_on`. ``raise Retry(delay=...)`` is retried whatever `retry_on` says,
-            after its own delay when it gives one.
+            of `retry_on`. ``raise Retry(delay=...)`` is retried whatever `retry_on` says, up
+            to `signal_attempts`, after its own delay (capped at the longest delay) when it
+            gives one.
         """
-        if attempt >= self.max_attempts:
-            return None
         if isinstance(error, Retry):
+            limit = self.signal_attempts or self.max_attempts
+            if attempt >= limit:
+                return None
             if error.delay is not None:
-                return error.delay
-        elif not isinstance(error, self.retry_on):
+                return min(error.delay, LONGEST)
+        elif attempt >= self.max_attempts or not isinstance(error, self.retry_on):
             return None
         return self.delay(attempt, random_value)

@@ -23,6 +23,7 @@ ArgumentValue: TypeAlias = str | int | bool
 #: Longest logical queue name. AMQP short strings stop at 255 bytes; delayed messages
 #: (see the retries page) spell up to 28 delay bits before the destination in the routing key.
 MAX_QUEUE_NAME_BYTES = 199
+_RESERVED_ENDINGS = (".dlq", ".quarantine")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 
@@ -109,6 +110,10 @@ class TopologyNames:
         """The broker name of a logical queue's dead-letter queue."""
         return f"{self.prefix}.{queue}.dlq"
 
+    def quarantine_queue(self, queue: str) -> str:
+        """The broker name of a logical queue's quarantine: redelivered jobs, run alone."""
+        return f"{self.prefix}.{queue}.quarantine"
+
     def delay_exchange(self, level: int) -> str:
         """The topic exchange of one delay level; delayed messages enter at the top level."""
         return f"{self.prefix}.delay.{level}"
@@ -136,9 +141,9 @@ def validate_name(name: object, *, what: str = "queue name") -> str:
         )
     if len(name.encode()) > MAX_QUEUE_NAME_BYTES:
         raise ConfigurationError(f"{what} {name!r} is longer than {MAX_QUEUE_NAME_BYTES} bytes")
-    if what == "queue name" and (name.endswith(".dlq") or name.startswith("delay.")):
+    if what == "queue name" and (name.endswith(_RESERVED_ENDINGS) or name.startswith("delay.")):
         raise ConfigurationError(
-            f"queue name {name!r} would collide with aqueue's own queues "
-            "(names ending in '.dlq' and starting with 'delay.' are reserved)"
+            f"queue name {name!r} would collide with aqueue's own queues (names ending in "
+            "'.dlq' or '.quarantine' and starting with 'delay.' are reserved)"
         )
     return name

@@ -16,6 +16,7 @@ No I/O and no clock: the caller passes ``now_ms``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,7 +24,7 @@ from typing import Protocol
 from aqueue._core.delays import job_route
 from aqueue._core.topology import TopologyNames
 from aqueue._core.types import Headers, HeaderValue, JSONScalar, JSONValue
-from aqueue.exceptions import DecodeError
+from aqueue.exceptions import DecodeError, EncodeError
 
 FORMAT_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -39,6 +40,7 @@ HEADER_QUEUE = "aqueue-queue"  # the logical queue the job was sent to
 HEADER_OPTIONS = "aqueue-options"  # run-time options changed at enqueue (timeout, retries, ...)
 HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, message, at}]
 HEADER_WORKFLOW = "aqueue-workflow"  # a workflow step's links (JSON text)
+HEADER_CRASHES = "aqueue-crashes"  # deliveries of this job that came back unacked
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"
@@ -76,11 +78,38 @@ _OWN_HEADERS = frozenset(
         HEADER_ENQUEUED_AT,
         HEADER_ETA,
         HEADER_VERSION,
+        HEADER_CRASHES,
     }
 )
 
 #: How many failed attempts a job carries in its history header (the newest ones).
 MAX_HISTORY = 20
+#: Bytes a copy's header table may take. RabbitMQ's frame_max is 131072 and the whole content
+#: header must fit in one frame, or the broker closes the publishing *connection* (501); the
+#: rest is room for the other properties and for what the broker adds (``x-death``,
+#: ``x-delivery-count``).
+HEADER_BUDGET = 120 * 1024
+#: Set on a copy that had to drop or shorten headers to fit: what went.
+HEADER_TRUNCATED = "aqueue-truncated"
+#: What a dead letter keeps when it has to shrink: why it died and what the job is.
+_DEAD_ESSENTIAL = frozenset(
+    {
+        HEADER_TASK,
+        HEADER_QUEUE,
+        HEADER_ATTEMPT,
+        HEADER_ENQUEUED_AT,
+        HEADER_VERSION,
+        HEADER_HISTORY,
+        HEADER_DEAD_REASON,
+        HEADER_DEAD_EXC_TYPE,
+        HEADER_DEAD_EXC_MESSAGE,
+        HEADER_DEAD_TRACEBACK,
+        HEADER_DEAD_ATTEMPTS,
+        HEADER_DEAD_FIRST_FAILED_AT,
+        HEADER_DEAD_LAST_FAILED_AT,
+        HEADER_DEAD_QUEUE,
+    }
+)
 _MAX_MESSAGE_CHARS = 500
 
 
@@ -131,6 +160,14 @@ class Failure:
     type: str
     message: str
     at_ms: int
+
+    @property
+    def failed_at(self) -> dt.datetime | None:
+        """When it failed (aware, UTC); None for a time no datetime can hold."""
+        try:
+            return dt.datetime.fromtimestamp(self.at_ms / 1000, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
 
     def as_header(self) -> dict[str, HeaderValue]:
         """The header-table form."""
@@ -229,6 +266,56 @@ class Envelope:
         return self.eta_ms if self.eta_ms is not None else self.enqueued_at_ms
 
 
+def encoded_size(value: HeaderValue) -> int:
+    """An upper bound of the bytes `value` takes in an AMQP field table (with its type octet)."""
+    if isinstance(value, str):
+        return 5 + len(value.encode(errors="replace"))
+    if isinstance(value, dict):
+        return 5 + sum(
+            2 + len(key.encode(errors="replace")) + encoded_size(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return 5 + sum(encoded_size(item) for item in value)
+    return 9  # a number, a bool or None
+
+
+def _fit(headers: dict[str, HeaderValue], keep: frozenset[str]) -> dict[str, HeaderValue]:
+    """`headers` made to fit `HEADER_BUDGET`, marked with `HEADER_TRUNCATED` if it had to.
+
+    History and traceback are shortened first, then the largest headers not in `keep` go.
+
+    Raises:
+        EncodeError: what must be kept does not fit on its own.
+    """
+    if encoded_size(headers) <= HEADER_BUDGET:
+        return headers
+    cut: list[str] = []
+    history = headers.get(HEADER_HISTORY)
+    if isinstance(history, list) and len(history) > 3:
+        headers[HEADER_HISTORY] = history[-3:]
+        cut.append(f"{HEADER_HISTORY} (oldest {len(history) - 3})")
+    trace = headers.get(HEADER_DEAD_TRACEBACK)
+    if isinstance(trace, str) and len(trace) > 1000:
+        headers[HEADER_DEAD_TRACEBACK] = trace[-1000:]
+        cut.append(f"{HEADER_DEAD_TRACEBACK} (shortened)")
+    droppable = sorted(
+        (key for key in headers if key not in keep), key=lambda k: -encoded_size(headers[k])
+    )
+    for key in droppable:
+        if encoded_size(headers) + 64 <= HEADER_BUDGET:
+            break
+        del headers[key]
+        cut.append(key)
+    headers[HEADER_TRUNCATED] = ", ".join(cut)[:1000]
+    if encoded_size(headers) > HEADER_BUDGET:
+        raise EncodeError(
+            f"the headers kept ({', '.join(sorted(keep & set(headers)))}) are "
+            f"over {HEADER_BUDGET} bytes"
+        )
+    return headers
+
+
 def job_message(
     names: TopologyNames, envelope: Envelope, body: bytes, *, delay_ms: int = 0
 ) -> OutgoingMessage:
@@ -278,7 +365,8 @@ def retry_message(
         history=with_failure(headers.history, failure),
     )
     exchange, routing_key = job_route(names, queue, delay_ms)
-    return _copy(received, exchange, routing_key, envelope.headers(), now_ms)
+    fitted = _fit(envelope.headers(), _OWN_HEADERS | {HEADER_WORKFLOW})
+    return _copy(received, exchange, routing_key, fitted, now_ms)
 
 
 def dead_letter_message(
@@ -291,7 +379,11 @@ def dead_letter_message(
     history: tuple[Failure, ...],
     now_ms: int,
 ) -> OutgoingMessage:
-    """The dead-letter copy: the original body and job headers, plus why it died."""
+    """The dead-letter copy: the original body and job headers, plus why it died.
+
+    Never too big to publish: a copy over `HEADER_BUDGET` keeps why it died and what the job
+    is, and drops the rest (named in `HEADER_TRUNCATED`).
+    """
     history = with_failure(history, Failure(attempts, cause.type, cause.message, now_ms))
     headers = carried_headers(received.headers)
     headers.update(
@@ -307,7 +399,28 @@ def dead_letter_message(
             HEADER_DEAD_QUEUE: queue,
         }
     )
-    return _copy(received, names.dead_letter_exchange, queue, headers, now_ms)
+    fitted = _fit(headers, _DEAD_ESSENTIAL)
+    return _copy(received, names.dead_letter_exchange, queue, fitted, now_ms)
+
+
+def quarantine_message(
+    names: TopologyNames,
+    received: Received,
+    *,
+    queue: str,
+    attempt: int,
+    crashes: int,
+    now_ms: int,
+) -> OutgoingMessage:
+    """A job that came back unacked, sent to its queue's quarantine to run alone.
+
+    A fresh copy (RabbitMQ's counters dropped), carrying its attempt and crash counts.
+    """
+    headers = carried_headers(received.headers)
+    headers[HEADER_ATTEMPT] = attempt
+    headers[HEADER_CRASHES] = crashes
+    fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
+    return _copy(received, "", names.quarantine_queue(queue), fitted, now_ms)
 
 
 def replay_message(
@@ -320,7 +433,8 @@ def replay_message(
     # Due now: queue latency (due → started) measures the wait after the replay, not the
     # time spent in the dead-letter queue. The enqueue time and the history stay.
     headers[HEADER_ETA] = now_ms
-    return _copy(received, names.exchange, queue, headers, now_ms)
+    fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
+    return _copy(received, names.exchange, queue, fitted, now_ms)
 
 
 def _copy(
@@ -357,6 +471,8 @@ class JobHeaders:
     extra: Mapping[str, str]
     options: Mapping[str, JSONScalar]
     history: tuple[Failure, ...]
+    #: deliveries that came back unacked before this one (counted by the quarantine)
+    crashes: int = 0
 
 
 def read_headers(headers: Headers) -> JobHeaders:
@@ -382,15 +498,19 @@ def read_headers(headers: Headers) -> JobHeaders:
         and key not in BROKER_HEADERS
         and not key.startswith(DEAD_HEADER_PREFIX)
     }
+    attempt = _int_header(headers, HEADER_ATTEMPT, default=1)
+    if attempt < 1:
+        raise DecodeError(f"header {HEADER_ATTEMPT!r} must be 1 or more, not {attempt}")
     return JobHeaders(
         task=task,
         queue=queue if isinstance(queue, str) else None,
-        attempt=_int_header(headers, HEADER_ATTEMPT, default=1),
+        attempt=attempt,
         enqueued_at_ms=_int_header(headers, HEADER_ENQUEUED_AT, default=0),
         eta_ms=None if eta is None else _int_header(headers, HEADER_ETA, default=0),
         extra=extra,
         options=_options_header(headers),
         history=_history_header(headers),
+        crashes=max(0, _int_header(headers, HEADER_CRASHES, default=0)),
     )
 
 

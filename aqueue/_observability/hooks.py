@@ -33,8 +33,9 @@ from aqueue._transport import Delivery, OutgoingMessage
 from aqueue.exceptions import ConfigurationError
 
 #: How a delivery was settled: acked after success, moved to its next attempt, moved to the
-#: dead-letter queue, or given back to the broker (it will be delivered again).
-Settlement: TypeAlias = Literal["succeeded", "retried", "dead-lettered", "requeued"]
+#: dead-letter queue, moved to its queue's quarantine (it came back unacked: it runs again
+#: alone), or given back to the broker (it will be delivered again).
+Settlement: TypeAlias = Literal["succeeded", "retried", "dead-lettered", "quarantined", "requeued"]
 
 
 class JobObserver:

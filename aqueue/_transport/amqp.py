@@ -23,6 +23,7 @@ import asyncio
 import calendar
 import contextlib
 import logging
+import struct
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,6 +37,7 @@ import anyio.lowlevel
 from aio_pika import RobustConnection
 from aiormq import exceptions as amqp
 from pamqp import commands as spec
+from pamqp import encode as pamqp_encode
 from pamqp.common import FieldTable
 from yarl import URL
 
@@ -112,6 +114,13 @@ def _missing(queue: str, exc: amqp.ChannelNotFoundEntity) -> QueueNotFound:
     return QueueNotFound(f"queue {queue!r} does not exist ({_reason(exc)})")
 
 
+def _is_consumer_timeout(reason: BaseException | None) -> bool:
+    """Whether a channel was closed for RabbitMQ's consumer_timeout (406, measured text)."""
+    return isinstance(reason, amqp.ChannelPreconditionFailed) and (
+        "delivery acknowledgement" in _reason(reason) and "timed out" in _reason(reason)
+    )
+
+
 def _safe_url(url: URL) -> str:
     return str(url.with_password("******") if url.password else url)
 
@@ -144,10 +153,52 @@ def _header_value(value: object) -> HeaderValue:
     return str(value)
 
 
+def _table(value: Mapping[str, Any]) -> bytes:
+    parts = []
+    for key, item in sorted(value.items()):
+        parts.append(pamqp_encode.short_string(key))
+        try:
+            parts.append(_table_value(item))
+        except (TypeError, OverflowError, struct.error) as exc:
+            raise TypeError(f"header {key!r}: {exc}") from exc
+    data = b"".join(parts)
+    return struct.pack(">I", len(data)) + data
+
+
+def _table_value(value: object) -> bytes:
+    if isinstance(value, float):
+        return b"d" + struct.pack(">d", value)  # pamqp would send a 32-bit float ('f')
+    if isinstance(value, Mapping):
+        return b"F" + _table(value)
+    if isinstance(value, list | tuple):
+        data = b"".join(_table_value(item) for item in value)
+        return b"A" + struct.pack(">I", len(data)) + data
+    return pamqp_encode.encode_table_value(value)  # type: ignore[arg-type]
+
+
+class _Properties(spec.Basic.Properties):
+    """Basic properties whose header floats travel as 64-bit doubles.
+
+    pamqp encodes every float in a field table as a 32-bit ``f``: ``timeout=0.1`` arrived as
+    0.10000000149 and a value over 3.4e38 could not be sent at all. No ``__slots__`` here:
+    pamqp's ``marshal`` walks the parent's.
+    """
+
+    def encode_property(self, name: str, value: Any) -> bytes:
+        if name == "headers" and value:
+            return _table(value)
+        return super().encode_property(name, value)
+
+
 class AmqpDelivery(Delivery):
     """A message received from RabbitMQ, bound to the aiormq channel that delivered it."""
 
-    def __init__(self, message: aiormq.abc.DeliveredMessage, queue: str) -> None:
+    def __init__(
+        self,
+        message: aiormq.abc.DeliveredMessage,
+        queue: str,
+        unsettled: dict[AmqpDelivery, None] | None = None,
+    ) -> None:
         delivery = message.delivery
         if not isinstance(delivery, spec.Basic.Deliver | spec.Basic.GetOk) or (
             delivery.delivery_tag is None
@@ -157,6 +208,10 @@ class AmqpDelivery(Delivery):
         self._channel = message.channel
         self._delivery_tag = delivery.delivery_tag
         self._settled = False
+        # the consumer's unsettled deliveries on this channel: told when the channel dies
+        self._unsettled = unsettled
+        if unsettled is not None:
+            unsettled[self] = None
         self.body = message.body
         # most values are plain already: convert only the others (this runs once per job);
         # mypy cannot narrow on `type(v) in _PLAIN`, which is exactly the HeaderValue scalars
@@ -184,6 +239,8 @@ class AmqpDelivery(Delivery):
         if self._settled:  # never sent: a second ack of a tag closes the channel (406)
             raise ConnectionLost(f"{self!r} was already settled")
         self._settled = True
+        if self._unsettled is not None:
+            self._unsettled.pop(self, None)
         if self._channel.is_closed:
             raise ConnectionLost(f"the channel of {self!r} is gone; the broker redelivers it")
         try:  # not `with _translated(...)`: no message string and generator on each ack
@@ -243,6 +300,7 @@ class _AmqpConsumer(Consumer):
         self._tag: str | None = None
         self._lock = asyncio.Lock()
         self._cancelled = self._restarting = False
+        self._unsettled: dict[AmqpDelivery, None] = {}  # on the current channel
 
     async def _subscribe(self) -> None:
         """Open a channel and subscribe, unless subscribed on a live channel already."""
@@ -261,13 +319,32 @@ class _AmqpConsumer(Consumer):
                         raise _missing(self._queue, exc) from exc
                     raise
             self._channel, self._tag = channel, ok.consumer_tag
+            unsettled = self._unsettled = {}
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.closing.add_done_callback(partial(self._on_channel_closed, channel))
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
 
     async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
-        self._on_delivery(AmqpDelivery(message, self._queue))
+        self._on_delivery(AmqpDelivery(message, self._queue, self._unsettled))
 
-    def _on_channel_closed(self, channel: _Channel, _: object) -> None:
+    def _on_channel_closed(
+        self, channel: _Channel, unsettled: dict[AmqpDelivery, None], closing: asyncio.Future[Any]
+    ) -> None:
+        # The broker requeues what the channel held: runs of those jobs here must stop.
+        lost = list(unsettled)
+        unsettled.clear()
+        reason = None if closing.cancelled() else closing.exception()
+        if lost and _is_consumer_timeout(reason):
+            log.error(
+                "RabbitMQ closed the consumer channel of %r because a delivery was not acked "
+                "within its consumer_timeout (%s): %d job(s) on it are cancelled here and will "
+                "be delivered again. Jobs that run longer than consumer_timeout need a result "
+                "backend (they are then acked early, under a lease) or a higher broker limit.",
+                self._queue,
+                _reason(reason) if reason is not None else "",
+                len(lost),
+            )
+        for delivery in lost:
+            delivery.mark_lost()
         if channel is self._channel and not self._cancelled:
             self._schedule_restart()
 
@@ -519,7 +596,7 @@ class AmqpTransport(Transport):
         if channel is None or channel.is_closed:  # aiormq would write to a closed channel
             channel = await self._publishing_channel("reopen the publishing channel", timeout)
         headers: FieldTable = message.headers  # type: ignore[assignment]
-        properties = spec.Basic.Properties(
+        properties = _Properties(
             content_type=message.content_type or None,  # "": none, as received
             headers=headers,
             delivery_mode=2,

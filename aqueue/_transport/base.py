@@ -38,6 +38,30 @@ class Delivery(abc.ABC):
     queue: str
     #: True when the broker delivered this message before (to any consumer).
     redelivered: bool
+    #: Called once if the delivering channel dies first (see `on_lost`).
+    _lost_callback: Callable[[], None] | None = None
+    _lost: bool = False
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` if this delivery's channel or connection dies before it is settled.
+
+        The broker then delivers the message again (here or to another worker), so whatever
+        runs it here should stop: the worker cancels the job's run. Called once, on the event
+        loop; at once if the delivery is lost already. ``None`` clears it.
+        """
+        if callback is not None and self._lost:
+            callback()
+            return
+        self._lost_callback = callback
+
+    def mark_lost(self) -> None:
+        """For transports: the delivering channel died with this delivery unsettled."""
+        if self._lost:
+            return
+        self._lost = True
+        callback, self._lost_callback = self._lost_callback, None
+        if callback is not None:
+            callback()
 
     @property
     def delivery_count(self) -> int:

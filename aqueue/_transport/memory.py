@@ -101,6 +101,8 @@ class _MemoryDelivery(Delivery):
     def requeue_on_close(self) -> None:
         self._settled = True
         self._source.give_back(self._message, nacked=False)
+        if self._consumer is not None:  # a basic.get delivery has no run to stop
+            self.mark_lost()
 
 
 class _MemoryConsumer(Consumer):

@@ -62,6 +62,10 @@ class Intake:
         # closed while this runner was being woken: the delivery is left unstarted too
         return None if self.closed() else idle.delivery
 
+    def waiting(self) -> int:
+        """Deliveries handed over and not yet taken by a runner."""
+        return len(self._ready)
+
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._closed

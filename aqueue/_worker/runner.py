@@ -10,6 +10,7 @@ the settlement, which happens after the middleware chain has returned.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -25,6 +26,7 @@ import anyio.to_thread
 
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
+from aqueue._core.delays import MAX_DELAY_MS
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
     HEADER_TASK,
@@ -32,6 +34,7 @@ from aqueue._core.wire import (
     JobHeaders,
     OutgoingMessage,
     dead_letter_message,
+    quarantine_message,
     read_headers,
     retry_message,
 )
@@ -49,6 +52,7 @@ from aqueue.exceptions import (
     ConnectionLost,
     DecodeError,
     EncodeError,
+    JobCrashed,
     TransportError,
     UnknownTaskError,
 )
@@ -60,12 +64,17 @@ logger = logging.getLogger("aqueue.worker")
 class _Job:
     """A resolved delivery: what it runs, with which options, and what it records."""
 
+    delivery: Delivery
     context: JobContext
     task: Task[Any, Any]
     options: TaskOptions
     headers: JobHeaders
     attempt: Attempt
     links: WorkflowLinks | None
+
+
+class _Lost(Exception):
+    """The job's delivery was lost while it ran: its run was cancelled, the broker redelivers."""
 
 
 class JobRunner:
@@ -76,6 +85,8 @@ class JobRunner:
         tasks: the registered tasks, by name.
         middleware: run around every job, outermost first.
         threads: the limiter of the thread pool for plain (sync) task functions.
+        crash_limit: a job whose deliveries came back unacked this many times is
+            dead-lettered with reason ``crashed`` instead of running again.
     """
 
     def __init__(
@@ -85,11 +96,13 @@ class JobRunner:
         middleware: Sequence[Middleware],
         *,
         threads: anyio.CapacityLimiter,
+        crash_limit: int = 3,
     ) -> None:
         self._session = session
         self._tasks = tasks
         self._middleware = tuple(middleware)
         self._threads = threads
+        self._crash_limit = crash_limit
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -100,6 +113,8 @@ class JobRunner:
         covers the run *and* the publishes that settle it.
         """
         with observe_job(self._session.instruments.all, delivery, queue) as observer:
+            if delivery.redelivered or delivery.delivery_count:
+                return await self._came_back(delivery, queue, observer)
             try:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
@@ -145,7 +160,51 @@ class JobRunner:
         if store:
             context.reporter = functools.partial(self._session.states.progress, attempt)
         links = WorkflowLinks.of(headers.extra)
-        return _Job(context, task, options, headers, attempt, links)
+        return _Job(delivery, context, task, options, headers, attempt, links)
+
+    async def _came_back(self, delivery: Delivery, queue: str, observer: JobObserver) -> Settlement:
+        """A delivery that came back unacked: a worker holding it died, or lost its connection.
+
+        It could be the cause (a job that kills its worker), or a neighbour of the cause. It is
+        not run here among other jobs: a fresh copy goes to the queue's quarantine, where
+        workers run such jobs one at a time, so a crash counts against the job that caused
+        it. Past `crash_limit` it is dead-lettered (reason ``crashed``).
+        """
+        try:
+            headers = read_headers(delivery.headers)
+        except DecodeError as exc:
+            return await self._undecodable(delivery, queue, exc, observer)
+        came_back = max(delivery.delivery_count, 1)
+        crashes = headers.crashes + came_back
+        attempt = headers.attempt + came_back
+        if crashes >= self._crash_limit:
+            crashed = JobCrashed(
+                f"its deliveries came back unacked {crashes} times (crash_limit="
+                f"{self._crash_limit}): the worker holding it died or lost its connection"
+            )
+            return await self._dead_letter(
+                delivery,
+                queue,
+                Outcome("crashed", crashed),
+                observer,
+                attempts=attempt,
+                history=headers.history,
+            )
+        logger.warning(
+            "job %s came back unacked (%d time(s)); quarantined to run alone",
+            delivery.message_id,
+            crashes,
+        )
+        message = quarantine_message(
+            self._session.names,
+            delivery,
+            queue=queue,
+            attempt=attempt,
+            crashes=crashes,
+            now_ms=time.time_ns() // 1_000_000,
+        )
+        moved = await self._publish_then_ack(delivery, lambda: message, delayed=False)
+        return _settled(observer, "quarantined" if moved else "requeued", None)
 
     async def _undecodable(
         self, delivery: Delivery, queue: str, exc: Exception, observer: JobObserver
@@ -168,6 +227,13 @@ class JobRunner:
     ) -> Settlement:
         try:
             outcome = await self._attempt(job, observer)
+        except _Lost as exc:
+            logger.warning(
+                "job %s: its channel to the broker closed while it ran; this run is cancelled "
+                "and the broker delivers the job again",
+                job.context.job_id,
+            )
+            return _settled(observer, "requeued", exc)
         except TransportError as exc:  # the result backend or a workflow step's publish
             logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
             await _reject_quietly(delivery)
@@ -246,8 +312,24 @@ class JobRunner:
     async def _run(self, job: _Job) -> tuple[Outcome | None, object]:
         """Run the job through the middleware; return its failure (or None) and its value.
 
-        Cancellation (shutdown) propagates: the job is then left unsettled on purpose.
+        Cancellation (shutdown) propagates: the job is then left unsettled on purpose. If the
+        delivery is lost meanwhile (its channel died: the broker redelivers it), the run is
+        cancelled and `_Lost` raised, so it cannot also settle.
+
+        Raises:
+            _Lost: the delivery was lost during the run.
         """
+        with anyio.CancelScope() as lost:
+            job.delivery.on_lost(lost.cancel)
+            try:
+                result = await self._run_chain(job)
+            finally:
+                job.delivery.on_lost(None)
+        if lost.cancel_called:
+            raise _Lost(job.context.job_id)
+        return result
+
+    async def _run_chain(self, job: _Job) -> tuple[Outcome | None, object]:
         token = set_current_job(job.context)
         try:
             call = build_chain(
@@ -263,8 +345,12 @@ class JobRunner:
                 else:
                     with anyio.fail_after(timeout) as deadline:
                         value = await call()
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's exception is its outcome;
-                # SystemExit too: a task calling sys.exit() must not stop the worker
+            except BaseException as exc:
+                # whatever it is (SystemExit, a CancelledError of its own, a BaseException
+                # subclass): only a cancellation of this worker's own (shutdown, a lost
+                # delivery) leaves the job unsettled
+                if _cancelled_from_outside(exc):
+                    raise
                 timed_out = (
                     isinstance(exc, TimeoutError)
                     and deadline is not None
@@ -326,7 +412,7 @@ class JobRunner:
         self, delivery: Delivery, job: _Job, outcome: Outcome, delay: float, observer: JobObserver
     ) -> Settlement:
         """Publish the next attempt through the delay levels (confirmed), then ack."""
-        delay_ms = math.ceil(delay * 1000)
+        delay_ms = min(math.ceil(delay * 1000), MAX_DELAY_MS)  # next_delay caps it already
         logger.info(
             "job %s attempt %d failed (%s: %s); retrying in %.2fs",
             job.context.job_id,
@@ -351,7 +437,20 @@ class JobRunner:
                 now_ms=now_ms,
             )
 
-        moved = await self._publish_then_ack(delivery, build, delayed=delay_ms > 0)
+        try:
+            moved = await self._publish_then_ack(delivery, build, delayed=delay_ms > 0)
+        except EncodeError as exc:  # its headers cannot fit a frame even trimmed
+            logger.error(
+                "job %s cannot be retried (%s); dead-lettering it", job.context.job_id, exc
+            )
+            return await self._dead_letter(
+                delivery,
+                job.context.queue,
+                outcome,
+                observer,
+                attempts=job.context.attempt,
+                history=job.headers.history,
+            )
         return _settled(observer, "retried" if moved else "requeued", outcome.error)
 
     async def _dead_letter(
@@ -397,13 +496,19 @@ class JobRunner:
     async def _publish_then_ack(
         self, delivery: Delivery, build: Callable[[], OutgoingMessage], *, delayed: bool
     ) -> bool:
-        """Settle by moving the job: the new copy is confirmed before the original is acked."""
+        """Settle by moving the job: the new copy is confirmed before the original is acked.
+
+        Raises:
+            EncodeError: `build` could not make the copy; nothing was published.
+        """
         producer = self._session.producer
         try:
             if delayed:
                 await producer.declare_delays()
             await producer.publish(build())
             await delivery.ack()
+        except EncodeError:  # the copy cannot be built: the caller settles otherwise
+            raise
         except ConnectionLost as exc:
             logger.warning(
                 "moving %s interrupted (%s); it will be redelivered", delivery.message_id, exc
@@ -414,6 +519,19 @@ class JobRunner:
             await _reject_quietly(delivery)
             return False
         return True
+
+
+def _cancelled_from_outside(exc: BaseException) -> bool:
+    """Whether `exc` is a cancellation of the running task (not one a job raised itself).
+
+    anyio cancels through ``Task.cancel()``, which `Task.cancelling` counts; a task that
+    raises ``CancelledError`` itself, or awaits a future someone else cancelled, leaves it
+    at 0.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _settled(

@@ -19,8 +19,9 @@ from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.queues import queue_topology
 from aqueue._observability.hooks import Settlement
-from aqueue._transport import Consumer, Transport
+from aqueue._transport import Consumer, Delivery, Transport
 from aqueue._worker.intake import Intake
+from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
 from aqueue.exceptions import TransportError
 
@@ -89,6 +90,13 @@ class Worker:
         self._counters = _Counters()
         self._changed = anyio.Event()
         self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
+        # set by `run`
+        self._session: Session | None = None
+        self._transport: Transport | None = None
+        self._intakes: dict[str, Intake] = {}
+        self._consumers: dict[str, Consumer] = {}
+        self._runner: JobRunner | None = None
+        self._quarantine: Quarantine | None = None
 
     def queues(self) -> tuple[str, ...]:
         """The logical queues this worker consumes."""
@@ -147,53 +155,94 @@ class Worker:
             intakes = {queue: Intake() for queue in self.queues()}
             for intake in intakes.values():
                 stack.callback(intake.close)
-            consumers = await self._subscribe(session, transport, intakes)
+            self._session, self._transport, self._intakes = session, transport, intakes
+            for queue in intakes:
+                # declared on both connections: each re-declares its topology after a
+                # reconnect, and the consumer's must exist before it resumes
+                await session.producer.declare_queue(queue)
+                await transport.declare(
+                    queue_topology(session.names, queue, session.queue_settings)
+                )
+            await self.resume()
             runner = JobRunner(
-                session, self.queue.tasks, self.queue.middleware, threads=self._threads
+                session,
+                self.queue.tasks,
+                self.queue.middleware,
+                threads=self._threads,
+                crash_limit=self.settings.crash_limit,
             )
-            await self._serve(runner, consumers, intakes)
+            self._runner = runner
+            self._quarantine = Quarantine(session, transport, list(intakes), self)
+            await self._serve(runner, intakes)
 
-    async def _subscribe(
-        self, session: Session, transport: Transport, intakes: Mapping[str, Intake]
-    ) -> list[Consumer]:
-        consumers = []
-        for queue, intake in intakes.items():
-            # declared on both connections: each re-declares its topology after a reconnect,
-            # and the consumer's must exist before it resumes
-            await session.producer.declare_queue(queue)
-            await transport.declare(queue_topology(session.names, queue, session.queue_settings))
-            consumers.append(
-                await transport.consume(
+    # -- consumers (also what the quarantine pauses and resumes) ---------------------------
+
+    async def resume(self) -> None:
+        """Subscribe a consumer to every queue that has none (not once stopping)."""
+        session, transport = self._session, self._transport
+        if session is None or transport is None or self._stop_requested:
+            return
+        for queue, intake in self._intakes.items():
+            if queue not in self._consumers:
+                self._consumers[queue] = await transport.consume(
                     session.names.work_queue(queue),
                     prefetch=self.settings.effective_prefetch,
                     on_delivery=intake.put,
                 )
-            )
-        return consumers
 
-    async def _serve(
-        self, runner: JobRunner, consumers: Sequence[Consumer], intakes: Mapping[str, Intake]
-    ) -> None:
+    async def pause(self) -> None:
+        """Cancel every consumer; what they delivered stays held until it is settled."""
+        consumers, self._consumers = list(self._consumers.values()), {}
+        await self._cancel_consumers(consumers)
+
+    async def wait_idle(self) -> None:
+        """Return once no delivery waits in an intake and no job runs."""
+        self._watchers += 1
+        try:
+            while self._counters.in_flight or any(i.waiting() for i in self._intakes.values()):
+                await self._changed.wait()
+        finally:
+            self._watchers -= 1
+
+    async def handle(self, delivery: Delivery, queue: str) -> None:
+        """Run and settle one delivery of the logical `queue`, counting it."""
+        runner = self._runner
+        if runner is None:  # pragma: no cover - only called while serving
+            raise RuntimeError("the worker is not running")
+        counters = self._counters
+        counters.received += 1
+        counters.in_flight += 1
+        try:
+            settlement = await runner.process(delivery, queue)
+            counters.settled(settlement)
+            if settlement == "quarantined" and self._quarantine is not None:
+                self._quarantine.nudge()
+        finally:
+            counters.in_flight -= 1
+            self._notify()
+
+    async def _serve(self, runner: JobRunner, intakes: Mapping[str, Intake]) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             # `concurrency` runners per queue, each taking the next delivery when its job is
             # settled: the concurrency limit without a task and a semaphore round per job.
             for queue, intake in intakes.items():
                 for _ in range(self.settings.concurrency):
-                    jobs.start_soon(self._take_jobs, runner, intake, queue)
+                    jobs.start_soon(self._take_jobs, intake, queue)
             with anyio.CancelScope() as consuming:
                 self._intake = consuming
                 if self._stop_requested:
                     consuming.cancel()
                 self._started.set()
                 logger.info("worker consuming from %s", ", ".join(self.queues()))
-                await anyio.sleep_forever()
+                if self._quarantine is not None:
+                    await self._quarantine.run()
             self._intake = None
             # idle runners return at once, busy ones after their job; deliveries not started
             # stay unacked and go back to the broker when the consuming connection closes
             for intake in intakes.values():
                 intake.close()
-            await self._cancel_consumers(consumers)
+            await self.pause()
             logger.info(
                 "worker stopping: waiting up to %ss for %d jobs",
                 self.settings.grace,
@@ -212,13 +261,6 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    async def _take_jobs(self, runner: JobRunner, intake: Intake, queue: str) -> None:
-        counters = self._counters
+    async def _take_jobs(self, intake: Intake, queue: str) -> None:
         while (delivery := await intake.get()) is not None:
-            counters.received += 1
-            counters.in_flight += 1
-            try:
-                counters.settled(await runner.process(delivery, queue))
-            finally:
-                counters.in_flight -= 1
-                self._notify()
+            await self.handle(delivery, queue)
