@@ -151,7 +151,8 @@ class JobRunner:
             enqueued_at=enqueued_at,
             due_at=due,
             started_at=time.time(),
-            redelivered=delivery.redelivered,
+            # a quarantined copy is a fresh message, but its job came back all the same
+            redelivered=delivery.redelivered or headers.crashes > 0,
             headers=headers.extra,
         )
         options = _with_overrides(task.options, headers)

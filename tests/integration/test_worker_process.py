@@ -15,7 +15,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aqueue._client.session import Session
 from aqueue._core.topology import TopologyNames
 from aqueue._transport import Delivery
 from tests.helpers.polling import read_lines, wait_for
@@ -209,60 +208,68 @@ async def test_second_signal_stops_at_once_and_requeues_running_jobs(
     assert "stopping now" in worker.output()
 
 
-async def _is_settled_in(session: Session, places: tuple[str, ...]) -> bool:
-    counts = [await session.transport.message_count(place) for place in places]
-    return sum(counts) == 1
-
-
-async def test_poison_job_that_kills_its_worker_is_dead_lettered_once(
-    amqp_url: str, prefix: str, records: Records, spawn: Spawn, cleanup: None
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_poison_job_is_dead_lettered_as_crashed_and_takes_no_healthy_job_with_it(
+    amqp_url: str, prefix: str, records: Records, tmp_path: Path, cleanup: None, queue_type: str
 ) -> None:
-    """A job that kills every worker ends in the DLQ once, by delivery_limit; workers go on."""
-    queue = poison.make_queue(amqp_url, prefix)
+    """A job that kills its worker, among 600 healthy jobs: each crash counts against it alone.
+
+    Jobs that came back unacked run in quarantine, one at a time, so the poison kills a worker
+    `CRASH_LIMIT` times and is then dead-lettered with reason ``crashed``; every healthy job
+    runs (some of them came back with it once) and none is dead-lettered.
+    """
+    queue = poison.make_queue(amqp_url, prefix, queue_type=queue_type)  # type: ignore[arg-type]
     names = TopologyNames(prefix)
-    work_queue = names.work_queue("default")
-    dead_letter_queue = names.dead_letter_queue("default")
-    crashes = 0
-    async with queue.session() as session:
-        job = await queue.enqueue(queue.tasks["crash"])
-        while True:
-            # Between a worker's death and the broker's requeue (or dead-lettering), the
-            # message is in neither queue: wait until it is in one of them.
+    env = {**apps_env(amqp_url, prefix, records.path), "AQUEUE_TEST_QUEUE_TYPE": queue_type}
+    healthy_count = 600
+    workers: list[WorkerProcess] = []
+    try:
+        async with queue.session() as session:
+            # the poison among the first deliveries, so healthy jobs are held when it strikes
+            healthy = await queue.enqueue_many(queue.tasks["done"], [(0.3,)] * 20)
+            job = await queue.enqueue(queue.tasks["crash"])
+            rest = await queue.enqueue_many(queue.tasks["done"], [(0.3,)] * (healthy_count - 20))
+            assert healthy.ok
+            assert rest.ok
+            expected = {j.job_id for j in (*healthy.jobs, *rest.jobs)}
+            dead_letter_queue = names.dead_letter_queue("default")
+
+            async def finished() -> bool:
+                if workers and workers[-1].popen.poll() == poison.EXIT_CODE:
+                    assert len(workers) <= poison.CRASH_LIMIT, "the poison keeps coming back"
+                    workers.append(_poison_worker(env, tmp_path, len(workers)))
+                done = set(records.ids("done"))
+                dead = await session.transport.message_count(dead_letter_queue)
+                return done >= expected and dead >= 1
+
+            workers.append(_poison_worker(env, tmp_path, 0))
             await wait_for(
-                lambda: _is_settled_in(session, (work_queue, dead_letter_queue)),
-                timeout=20,
-                what="the poison message to be back in the work queue or in the DLQ",
+                finished,
+                timeout=150,
+                what="every healthy job to run and the poison to be dead-lettered",
+                details=lambda: workers[-1].output_tail(),
             )
-            if await session.transport.message_count(work_queue) == 0:
-                break
-            assert crashes <= poison.DELIVERY_LIMIT, "the poison message keeps coming back"
-            worker = spawn(POISON_APP, "--concurrency", "1")
-            assert await worker.wait(timeout=30) == poison.EXIT_CODE, worker.output_tail()
-            crashes += 1
+            await workers[-1].terminate(timeout=20)
+            dead = await drain(session.transport, dead_letter_queue)
+    finally:
+        for worker in workers:
+            worker.cleanup()
 
-        [dead] = await drain(session.transport, dead_letter_queue)
-        assert await session.transport.message_count(dead_letter_queue) == 0
+    assert [d.message_id for d in dead] == [job.job_id]
+    assert dead[0].headers["aqueue-dead-reason"] == "crashed"
+    assert records.ids("start") == [job.job_id] * poison.CRASH_LIMIT
+    assert len(workers) == poison.CRASH_LIMIT + 1  # the last one survived
+    done = records.ids("done")
+    assert set(done) == expected
+    print(
+        f"\npoison job on {queue_type}: {poison.CRASH_LIMIT} worker deaths, then dead-lettered"
+        f" as crashed; {healthy_count} healthy jobs ran ({len(done) - healthy_count} twice)"
+    )
 
-        # A worker started now is not caught by the poison job: it runs other jobs.
-        after = await queue.enqueue(queue.tasks["done"])
-        worker = spawn(POISON_APP, "--concurrency", "1")
-        await wait_for(
-            lambda: records.ids("done") == [after.job_id],
-            timeout=30,
-            what="a job after the poison one to run",
-            details=worker.output_tail,
-        )
-        await worker.terminate(timeout=20)
 
-    assert records.ids("start") == [job.job_id] * crashes
-    # RabbitMQ dead-letters a message returned more than delivery_limit times
-    assert crashes == poison.DELIVERY_LIMIT + 1
-    assert dead.message_id == job.job_id
-    assert dead.headers["x-first-death-reason"] == "delivery_limit"
-    assert dead.headers["x-first-death-queue"] == work_queue
-    deaths = dead.headers["x-death"]
-    assert isinstance(deaths, list)
-    [death] = deaths
-    assert isinstance(death, dict)
-    assert (death["reason"], death["queue"], death["count"]) == ("delivery_limit", work_queue, 1)
-    print(f"\npoison job: {crashes} worker deaths, then dead-lettered by delivery_limit")
+def _poison_worker(env: dict[str, str], tmp_path: Path, index: int) -> WorkerProcess:
+    worker = WorkerProcess(
+        POISON_APP, ("--concurrency", "20"), env=env, log=tmp_path / f"worker{index}.log"
+    )
+    worker.start()
+    return worker

@@ -55,14 +55,26 @@ def test_topologies_merge_without_duplicates() -> None:
     assert len(merged.exchanges) == 3
     assert [q.name for q in merged.queues] == [
         "aqueue.a",
+        "aqueue.a.quarantine",
         "aqueue.a.dlq",
         "aqueue.b",
+        "aqueue.b.quarantine",
         "aqueue.b.dlq",
     ]
 
 
 @pytest.mark.parametrize(
-    "name", ["", "has space", "slash/no", "x" * (MAX_QUEUE_NAME_BYTES + 1), 3, "a.dlq", "delay.1"]
+    "name",
+    [
+        "",
+        "has space",
+        "slash/no",
+        "x" * (MAX_QUEUE_NAME_BYTES + 1),
+        3,
+        "a.dlq",
+        "a.quarantine",
+        "delay.1",
+    ],
 )
 def test_bad_names_are_refused(name: object) -> None:
     """Empty, oversized or oddly spelled names are configuration errors."""
