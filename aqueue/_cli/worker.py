@@ -46,6 +46,25 @@ def worker(
     threads: Annotated[
         int, typer.Option(help="Threads for plain (sync) tasks.", min=1)
     ] = _WORKER.threads,
+    crash_limit: Annotated[
+        int,
+        typer.Option(
+            help="Dead-letter a job (reason 'crashed') whose deliveries came back unacked this "
+            "many times: it kills its worker.",
+            min=1,
+        ),
+    ] = _WORKER.crash_limit,
+    lease_after: Annotated[
+        float,
+        typer.Option(
+            help="With a result backend: ack a job still running after this many seconds under "
+            "a renewed lease, so it may outlive RabbitMQ's consumer_timeout (0: never).",
+            min=0,
+        ),
+    ] = _WORKER.lease_after or 0.0,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds a lease lasts unless renewed.", min=1)
+    ] = _WORKER.lease_ttl,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     log_format: Annotated[
         str,
@@ -87,7 +106,14 @@ def worker(
     names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
     try:
         settings = WorkerSettings(
-            queues=names, concurrency=concurrency, prefetch=prefetch, grace=grace, threads=threads
+            queues=names,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            grace=grace,
+            threads=threads,
+            crash_limit=crash_limit,
+            lease_after=lease_after or None,
+            lease_ttl=lease_ttl,
         )
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from aqueue._core.checks import is_number, is_whole
+from aqueue._core.delays import MAX_DELAY_SECONDS
 from aqueue._core.retry import RetryPolicy
 from aqueue._core.topology import QueueType, validate_name
 from aqueue._core.types import JSONScalar
@@ -234,6 +235,11 @@ class WorkerSettings:
         threads: threads for plain (sync) task functions.
         crash_limit: a job whose deliveries came back unacked this many times (its worker
             died or lost its connection each time) is dead-lettered with reason ``crashed``.
+        lease_after: with a result backend, a job still running after this many seconds is
+            acked early under a lease (see the guarantees page), so it may outlive RabbitMQ's
+            ``consumer_timeout``; keep it well below that timeout. ``None``: never.
+        lease_ttl: seconds a lease lasts unless renewed (every third of it); a job whose
+            worker died runs again after about twice this.
     """
 
     queues: tuple[str, ...] = ()
@@ -242,6 +248,8 @@ class WorkerSettings:
     grace: float = 30.0
     threads: int = 40
     crash_limit: int = 3
+    lease_after: float | None = 600.0
+    lease_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         for queue in self.queues:
@@ -254,6 +262,15 @@ class WorkerSettings:
             raise ConfigurationError(f"prefetch must be an integer >= 1, not {self.prefetch!r}")
         if not is_number(self.grace, at_least=0):
             raise ConfigurationError(f"grace must be >= 0 seconds, not {self.grace!r}")
+        if self.lease_after is not None and not is_number(self.lease_after, above=0):
+            raise ConfigurationError(
+                f"lease_after must be a positive number of seconds or None, not "
+                f"{self.lease_after!r}"
+            )
+        if not is_number(self.lease_ttl, at_least=1, at_most=MAX_DELAY_SECONDS):
+            raise ConfigurationError(
+                f"lease_ttl must be 1 to {MAX_DELAY_SECONDS:g} seconds, not {self.lease_ttl!r}"
+            )
 
     @property
     def effective_prefetch(self) -> int:

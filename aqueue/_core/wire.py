@@ -41,6 +41,7 @@ HEADER_OPTIONS = "aqueue-options"  # run-time options changed at enqueue (timeou
 HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, message, at}]
 HEADER_WORKFLOW = "aqueue-workflow"  # a workflow step's links (JSON text)
 HEADER_CRASHES = "aqueue-crashes"  # deliveries of this job that came back unacked
+HEADER_LEASE = "aqueue-lease"  # on a lease copy: the run whose lease it checks
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"
@@ -79,6 +80,7 @@ _OWN_HEADERS = frozenset(
         HEADER_ETA,
         HEADER_VERSION,
         HEADER_CRASHES,
+        HEADER_LEASE,
     }
 )
 
@@ -417,10 +419,33 @@ def quarantine_message(
     A fresh copy (RabbitMQ's counters dropped), carrying its attempt and crash counts.
     """
     headers = carried_headers(received.headers)
+    headers.pop(HEADER_LEASE, None)  # a lease copy whose run died is the job again
     headers[HEADER_ATTEMPT] = attempt
     headers[HEADER_CRASHES] = crashes
     fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
     return _copy(received, "", names.quarantine_queue(queue), fitted, now_ms)
+
+
+def lease_copy(
+    names: TopologyNames,
+    received: Received,
+    *,
+    queue: str,
+    owner: str,
+    delay_ms: int,
+    now_ms: int,
+) -> OutgoingMessage:
+    """The copy that stands in for a leased job: back in the work queue after `delay_ms`.
+
+    It carries the job unchanged plus the lease's owner. A worker that receives it runs the
+    job only if that lease expired (its worker died); otherwise it sends it round again, or
+    drops it once the run ended.
+    """
+    headers = carried_headers(received.headers)
+    headers[HEADER_LEASE] = owner
+    fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
+    exchange, routing_key = job_route(names, queue, delay_ms)
+    return _copy(received, exchange, routing_key, fitted, now_ms)
 
 
 def replay_message(
@@ -428,6 +453,8 @@ def replay_message(
 ) -> OutgoingMessage:
     """A dead letter sent back as a fresh job: attempt 1, due now, its history kept."""
     headers = carried_headers(received.headers)
+    headers.pop(HEADER_LEASE, None)
+    headers.pop(HEADER_CRASHES, None)
     headers[HEADER_ATTEMPT] = 1
     headers[HEADER_QUEUE] = queue
     # Due now: queue latency (due → started) measures the wait after the replay, not the

@@ -34,8 +34,11 @@ from aqueue.exceptions import ConfigurationError
 
 #: How a delivery was settled: acked after success, moved to its next attempt, moved to the
 #: dead-letter queue, moved to its queue's quarantine (it came back unacked: it runs again
-#: alone), or given back to the broker (it will be delivered again).
-Settlement: TypeAlias = Literal["succeeded", "retried", "dead-lettered", "quarantined", "requeued"]
+#: alone), given back to the broker (it will be delivered again), or settled by its lease
+#: (a long job's lease copy sent round or dropped; see ``aqueue._worker.leases``).
+Settlement: TypeAlias = Literal[
+    "succeeded", "retried", "dead-lettered", "quarantined", "requeued", "lease-checked"
+]
 
 
 class JobObserver:

@@ -133,6 +133,14 @@ class JobState:
             raise DecodeError(f"not a stored job state: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease on a long-running job: the run that holds it, and whether that run ended."""
+
+    owner: str
+    ended: bool
+
+
 class ResultBackend(abc.ABC):
     """Where job states, results and chord barriers are kept.
 
@@ -202,3 +210,23 @@ class ResultBackend(abc.ABC):
         True for the first owner, and again for that same owner (its redeliveries, which may
         have died before they acted on the claim); False for every other.
         """
+
+    @abc.abstractmethod
+    async def hold_lease(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Take or renew the lease on `key` for `owner` for `ttl` seconds; atomic.
+
+        True when the lease was free (never taken, or expired) or already `owner`'s, and is
+        now `owner`'s until `ttl` from now; False when another owner holds it, or when it was
+        ended (a finished run is never leased again).
+        """
+
+    @abc.abstractmethod
+    async def end_lease(self, key: str, owner: str, *, ttl: float) -> None:
+        """Mark `owner`'s lease on `key` ended, remembered for `ttl` seconds.
+
+        Does nothing when another owner holds it.
+        """
+
+    @abc.abstractmethod
+    async def lease(self, key: str) -> Lease | None:
+        """Who holds the lease on `key`, and whether it ended; None once free or expired."""

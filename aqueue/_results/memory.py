@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import anyio
 
 from aqueue._core.types import JSONValue
-from aqueue._results.base import JobState, JobStatus, ResultBackend
+from aqueue._results.base import JobState, JobStatus, Lease, ResultBackend
 
 
 class MemoryResultBackend(ResultBackend):
-    """Job states in a dict; waiters wake on events. TTLs are not enforced (tests are short)."""
+    """Job states in a dict; waiters wake on events.
+
+    TTLs are not enforced (tests are short), except a lease's: its expiry is what brings the
+    job of a dead worker back.
+    """
 
     def __init__(self) -> None:
         self._states: dict[str, JobState] = {}
@@ -19,6 +24,7 @@ class MemoryResultBackend(ResultBackend):
         self._barriers: dict[str, dict[int, JSONValue]] = {}
         self._completers: dict[str, int] = {}
         self._claims: dict[str, str] = {}
+        self._leases: dict[str, tuple[Lease, float]] = {}  # key -> (lease, monotonic expiry)
 
     async def open(self) -> None:
         return None
@@ -59,6 +65,25 @@ class MemoryResultBackend(ResultBackend):
 
     async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
         return self._claims.setdefault(key, owner) == owner
+
+    async def hold_lease(self, key: str, owner: str, *, ttl: float) -> bool:
+        current = await self.lease(key)
+        if current is not None and (current.ended or current.owner != owner):
+            return False
+        self._leases[key] = (Lease(owner, ended=False), time.monotonic() + ttl)
+        return True
+
+    async def end_lease(self, key: str, owner: str, *, ttl: float) -> None:
+        current = await self.lease(key)
+        if current is None or current.owner == owner:
+            self._leases[key] = (Lease(owner, ended=True), time.monotonic() + ttl)
+
+    async def lease(self, key: str) -> Lease | None:
+        held = self._leases.get(key)
+        if held is None or held[1] <= time.monotonic():
+            self._leases.pop(key, None)
+            return None
+        return held[0]
 
     def _event(self, job_id: str) -> anyio.Event:
         return self._final.setdefault(job_id, anyio.Event())

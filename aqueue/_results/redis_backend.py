@@ -6,7 +6,9 @@ Keys, all under one prefix:
 - ``{prefix}:done:{job_id}``: a pub/sub channel that hears once, when the state turns final;
 - ``{prefix}:barrier:{id}``: a hash of member index → value; ``{prefix}:barrier-by:{id}``: the
   index of the member that completed it;
-- ``{prefix}:claim:{key}``: who claimed a run-once action (an error callback).
+- ``{prefix}:claim:{key}``: who claimed a run-once action (an error callback);
+- ``{prefix}:lease:{job_id}``: the run holding a long job's lease (``held:OWNER`` or
+  ``ended:OWNER``), expiring unless renewed.
 
 Writes that must be atomic (an initial state never replaces another, a final state is never
 replaced by a non-final one, first value wins in a barrier, one member completes it) are Lua
@@ -23,7 +25,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from aqueue._core.types import JSONValue
-from aqueue._results.base import JobState, ResultBackend
+from aqueue._results.base import JobState, Lease, ResultBackend
 from aqueue._serialization import dumps, loads
 from aqueue.exceptions import ConfigurationError, TransportError
 
@@ -95,6 +97,26 @@ end
 return 0
 """
 
+# KEYS[1] lease key; ARGV: owner, ttl ms. A free key or one held by the owner is (re)taken.
+_HOLD_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= 'held:' .. ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], 'held:' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] lease key; ARGV: owner, ttl ms. Only the owner's (or a free) lease is ended.
+_END_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= 'held:' .. ARGV[1] and current ~= 'ended:' .. ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], 'ended:' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 
 #: Seconds `wait_final` waits for a notification before it reads the state again anyway.
 RECHECK = 5.0
@@ -117,6 +139,8 @@ class RedisResultBackend(ResultBackend):
         self._set_state: Any = None
         self._join_barrier: Any = None
         self._claim: Any = None
+        self._hold_lease: Any = None
+        self._end_lease: Any = None
 
     async def open(self) -> None:
         if self._client is not None:
@@ -131,6 +155,8 @@ class RedisResultBackend(ResultBackend):
         self._set_state = client.register_script(_SET_STATE)
         self._join_barrier = client.register_script(_JOIN_BARRIER)
         self._claim = client.register_script(_CLAIM)
+        self._hold_lease = client.register_script(_HOLD_LEASE)
+        self._end_lease = client.register_script(_END_LEASE)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -208,6 +234,21 @@ class RedisResultBackend(ResultBackend):
     async def claim(self, key: str, owner: str, *, ttl: float) -> bool:
         keys = [self._key("claim", key)]
         return bool(await self._call(self._claim(keys=keys, args=[owner, _ms(ttl)])))
+
+    async def hold_lease(self, key: str, owner: str, *, ttl: float) -> bool:
+        keys = [self._key("lease", key)]
+        return bool(await self._call(self._hold_lease(keys=keys, args=[owner, _ms(ttl)])))
+
+    async def end_lease(self, key: str, owner: str, *, ttl: float) -> None:
+        await self._call(self._end_lease(keys=[self._key("lease", key)], args=[owner, _ms(ttl)]))
+
+    async def lease(self, key: str) -> Lease | None:
+        raw = await self._call(self.client.get(self._key("lease", key)))
+        if raw is None:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        state, _, owner = text.partition(":")
+        return Lease(owner, ended=state == "ended")
 
     async def _call(self, awaitable: Any) -> Any:
         try:

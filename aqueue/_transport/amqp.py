@@ -336,12 +336,15 @@ class _AmqpConsumer(Consumer):
         if lost and _is_consumer_timeout(reason):
             log.error(
                 "RabbitMQ closed the consumer channel of %r because a delivery was not acked "
-                "within its consumer_timeout (%s): %d job(s) on it are cancelled here and will "
-                "be delivered again. Jobs that run longer than consumer_timeout need a result "
-                "backend (they are then acked early, under a lease) or a higher broker limit.",
+                "within its consumer_timeout (%s): %d job(s) on it (%s) are cancelled here and "
+                "will be delivered again. Jobs that run longer than consumer_timeout need a "
+                "result backend (they are then acked early, under a lease: --lease-after) or a "
+                "higher broker limit.",
                 self._queue,
                 _reason(reason) if reason is not None else "",
                 len(lost),
+                ", ".join(str(delivery.message_id) for delivery in lost[:10])
+                + (", ..." if len(lost) > 10 else ""),
             )
         for delivery in lost:
             delivery.mark_lost()

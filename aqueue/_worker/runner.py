@@ -45,6 +45,7 @@ from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task
 from aqueue._transport import Delivery
+from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
 from aqueue._workflows import WorkflowLinks
 from aqueue.exceptions import (
@@ -97,12 +98,16 @@ class JobRunner:
         *,
         threads: anyio.CapacityLimiter,
         crash_limit: int = 3,
+        lease_after: float | None = None,
+        lease_ttl: float = 60.0,
     ) -> None:
         self._session = session
         self._tasks = tasks
         self._middleware = tuple(middleware)
         self._threads = threads
         self._crash_limit = crash_limit
+        self._leases = Leases(session, after=lease_after, ttl=lease_ttl)
+        self._lease_copies = LeaseCopies(session, ttl=lease_ttl)
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -112,9 +117,18 @@ class JobRunner:
         instrumentation observes it from its arrival until it is settled, so a tracing span
         covers the run *and* the publishes that settle it.
         """
+        leases = self._leases.active
+        if (
+            leases
+            and LeaseCopies.is_copy(delivery)
+            and await self._lease_copies.check(delivery, queue) != "run"
+        ):
+            return "lease-checked"
         with observe_job(self._session.instruments.all, delivery, queue) as observer:
-            if delivery.redelivered or delivery.delivery_count:
+            if delivery.redelivered or delivery.delivery_count or LeaseCopies.is_copy(delivery):
                 return await self._came_back(delivery, queue, observer)
+            if leases:
+                delivery = LeasableDelivery(delivery)
             try:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
@@ -175,6 +189,18 @@ class JobRunner:
             headers = read_headers(delivery.headers)
         except DecodeError as exc:
             return await self._undecodable(delivery, queue, exc, observer)
+        if (
+            self._leases.active
+            and not LeaseCopies.is_copy(delivery)
+            and await self._lease_copies.stands_in(delivery)
+        ):
+            # acked early under a lease, then redelivered: the lease copy is the job now
+            logger.info(
+                "job %s came back, but its lease copy stands in for it", delivery.message_id
+            )
+            with contextlib.suppress(ConnectionLost):
+                await delivery.ack()
+            return _settled(observer, "lease-checked", None)
         came_back = max(delivery.delivery_count, 1)
         crashes = headers.crashes + came_back
         attempt = headers.attempt + came_back
@@ -224,6 +250,17 @@ class JobRunner:
     # -- run -------------------------------------------------------------------------------
 
     async def _run_and_settle(
+        self, delivery: Delivery, job: _Job, observer: JobObserver
+    ) -> Settlement:
+        if not isinstance(delivery, LeasableDelivery):
+            return await self._run_then_settle(delivery, job, observer)
+        async with self._leases.keeping(delivery, job.context.queue) as lease:
+            settlement = await self._run_then_settle(delivery, job, observer)
+        if settlement != "requeued":  # else the lease expires, and its copy brings the job back
+            await lease.end()
+        return settlement
+
+    async def _run_then_settle(
         self, delivery: Delivery, job: _Job, observer: JobObserver
     ) -> Settlement:
         try:

@@ -21,6 +21,7 @@ from aqueue._core.queues import queue_topology
 from aqueue._observability.hooks import Settlement
 from aqueue._transport import Consumer, Delivery, Transport
 from aqueue._worker.intake import Intake
+from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
 from aqueue.exceptions import TransportError
@@ -170,6 +171,12 @@ class Worker:
                 self.queue.middleware,
                 threads=self._threads,
                 crash_limit=self.settings.crash_limit,
+                lease_after=self.settings.lease_after,
+                lease_ttl=self.settings.lease_ttl,
+            )
+            warn_about_long_tasks(
+                self.queue.tasks,
+                leases=session.states.active and self.settings.lease_after is not None,
             )
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)

@@ -11,12 +11,14 @@ import pytest
 from aqueue._results import (
     JobState,
     JobStatus,
+    Lease,
     MemoryResultBackend,
     RemoteError,
     ResultBackend,
     redis_backend,
 )
 from aqueue._results.redis_backend import RedisResultBackend
+from tests.helpers.polling import wait_for
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -208,3 +210,28 @@ async def test_wait_final_sees_a_result_whose_notification_was_lost(
         with anyio.fail_after(5):
             found = await backend.wait_final("lost", timeout=30)
     assert found == state
+
+
+async def test_lease_is_held_renewed_ended_and_expires(backend: ResultBackend) -> None:
+    """A lease is one owner's until it ends or expires; an ended lease is never taken again."""
+    assert await backend.lease("job") is None
+    assert await backend.hold_lease("job", "run-1", ttl=30)
+    assert await backend.hold_lease("job", "run-1", ttl=30)  # renewed by its owner
+    assert not await backend.hold_lease("job", "run-2", ttl=30)
+    assert await backend.lease("job") == Lease("run-1", ended=False)
+
+    await backend.end_lease("job", "run-2", ttl=30)  # not its lease: nothing changes
+    assert await backend.lease("job") == Lease("run-1", ended=False)
+    await backend.end_lease("job", "run-1", ttl=30)
+    assert await backend.lease("job") == Lease("run-1", ended=True)
+    assert not await backend.hold_lease("job", "run-1", ttl=30)
+    assert not await backend.hold_lease("job", "run-2", ttl=30)
+
+    assert await backend.hold_lease("short", "run-1", ttl=0.05)
+
+    async def expired() -> bool:  # its owner died: nobody renews it
+        return await backend.lease("short") is None
+
+    await wait_for(expired, timeout=5, what="the lease to expire")
+    assert await backend.hold_lease("short", "run-2", ttl=30)
+    assert await backend.lease("short") == Lease("run-2", ended=False)
