@@ -33,6 +33,9 @@ logger = logging.getLogger("aqueue.producer")
 #: further retry up to `RETRY_PAUSE_MAX` (the deadline still bounds the whole publish).
 RETRY_PAUSE_MIN = 0.05
 RETRY_PAUSE_MAX = 1.0
+#: How long a patient publish (a worker settling a job) waits for its confirm while the
+#: connection lives: in effect, for as long as a resource alarm blocks the connection.
+PATIENT_CONFIRM_TIMEOUT = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +182,16 @@ class Producer:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish(self, message: OutgoingMessage) -> None:
+    async def publish(self, message: OutgoingMessage, *, patient: bool = False) -> None:
         """Publish and wait for the confirm; on a lost connection wait for the reconnect and retry.
 
         Every publish, whoever makes it, goes through the instrumentation's hooks here.
+
+        `patient` is for a worker settling a job with a copy (retry, dead letter): it waits
+        for the confirm as long as the connection lives instead of ``publish_timeout``. A
+        broker under a memory or disk alarm blocks the connection: the copy is written and
+        will be stored when the alarm clears, so giving up (and running the job again) would
+        make a duplicate of it, once per timeout.
 
         Raises:
             PublishError: nacked, unroutable, blocked or timed out (not retried: the broker
@@ -191,20 +200,24 @@ class Producer:
         """
         instrumentation = self._instruments.all
         if not instrumentation:
-            await self._publish(message)
+            await self._publish(message, patient)
         elif len(instrumentation) == 1:
             with instrumentation[0].publish(message) as sent:
-                await self._publish(sent)
+                await self._publish(sent, patient)
         else:
             stack, sent = publish_hooks(instrumentation, message)
             with stack:
-                await self._publish(sent)
+                await self._publish(sent, patient)
 
-    async def _publish(self, message: OutgoingMessage) -> None:
+    async def _publish(self, message: OutgoingMessage, patient: bool = False) -> None:
         settings = self._settings
         # one clock read per publish on the happy path: this is `enqueue_many`'s inner loop
         deadline = anyio.current_time() + settings.publish_deadline
-        timeout = min(settings.publish_timeout, settings.publish_deadline)
+        timeout = (
+            PATIENT_CONFIRM_TIMEOUT
+            if patient
+            else min(settings.publish_timeout, settings.publish_deadline)
+        )
         pause = RETRY_PAUSE_MIN
         while True:
             try:
@@ -213,8 +226,9 @@ class Producer:
                 await self._wait_for_reconnect(deadline, exc, pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
                 logger.info("retrying publish of %s after reconnect", message.message_id)
-                remaining = deadline - anyio.current_time()
-                timeout = min(settings.publish_timeout, max(remaining, 0.001))
+                if not patient:
+                    remaining = deadline - anyio.current_time()
+                    timeout = min(settings.publish_timeout, max(remaining, 0.001))
             else:
                 return
 

@@ -5,9 +5,10 @@ RabbitMQ closes a consumer's channel when a delivery stays unacked past its
 may still go on. A job that runs longer than ``lease_after`` seconds is therefore moved under a
 lease, kept in the result backend:
 
-1. the worker takes the lease (``hold_lease``: owner = this run, expiring after ``lease_ttl``);
-2. it publishes a *lease copy* of the job (same id, body and headers, plus the owner) through
-   the delay levels, due back in the work queue after ``lease_ttl``, and waits for its confirm;
+1. the worker publishes a *lease copy* of the job (same id, body and headers, plus this run's
+   token) through the delay levels, due back in the work queue after ``lease_ttl``, and waits
+   for its confirm;
+2. it takes the lease (``hold_lease``: owner = this run, expiring after ``lease_ttl``);
 3. only then it acks the original delivery: the broker's timer stops, and the job is safe in
    the copy;
 4. while the job runs, the worker renews the lease every third of ``lease_ttl``; once the job
@@ -142,7 +143,10 @@ class _Keeper:
         self._after = after
         self._ttl = ttl
         self._job_id = delivery.message_id or ""
+        self._token = uuid.uuid4().hex
+        self._copy_sent = False
         self.owner: str | None = None
+        """The lease's owner once it was taken (this run's token)."""
 
     async def run(self) -> None:
         await anyio.sleep(self._after)
@@ -158,41 +162,45 @@ class _Keeper:
             await self._renew()
 
     async def _take(self) -> bool:
-        """Take the lease, publish the copy, ack the original; False to try again later."""
+        """Publish the copy, take the lease, ack the original; False to try again later.
+
+        The copy first: a lease that exists always has its copy, so a redelivered original
+        may be dropped whenever a lease is found (`LeaseCopies.stands_in`). The copy is sent
+        once: two copies of an expired lease would run the job twice.
+        """
         backend = self._session.states.require_backend("a lease")
-        owner = uuid.uuid4().hex
         producer = self._session.producer
         try:
-            if not await backend.hold_lease(self._job_id, owner, ttl=self._ttl):
+            if not self._copy_sent:
+                await producer.declare_delays()
+                await producer.publish(
+                    lease_copy(
+                        self._session.names,
+                        self._delivery,
+                        queue=self._queue,
+                        owner=self._token,
+                        delay_ms=min(math.ceil(self._ttl * 1000), MAX_DELAY_MS),
+                        now_ms=time.time_ns() // 1_000_000,
+                    ),
+                    patient=True,
+                )
+                self._copy_sent = True
+            if not await backend.hold_lease(self._job_id, self._token, ttl=self._ttl):
                 logger.warning(
                     "job %s runs long but another run holds its lease; it stays unacked",
                     self._job_id,
                 )
-                return True  # nothing more to do here: never two leases for one job
-            await producer.declare_delays()
-            now_ms = time.time_ns() // 1_000_000
-            await producer.publish(
-                lease_copy(
-                    self._session.names,
-                    self._delivery,
-                    queue=self._queue,
-                    owner=owner,
-                    delay_ms=min(math.ceil(self._ttl * 1000), MAX_DELAY_MS),
-                    now_ms=now_ms,
-                )
-            )
+                return True  # never two leases for one job (this copy will be dropped)
+            self.owner = self._token  # renewed from now on, ended once the job is settled
             await self._delivery.take_over()
         except (TransportError, ConnectionLost) as exc:
-            # The copy may exist while the original stays unacked: the redelivered original
-            # finds the lease held and is dropped (`LeaseCopies.stands_in`).
             logger.warning("job %s: could not take its lease yet (%s)", self._job_id, exc)
             return False
-        self.owner = owner
         logger.info(
             "job %s runs longer than %g s: acked under lease %s, renewed every %g s",
             self._job_id,
             self._after,
-            owner,
+            self._token,
             self._ttl / 3,
         )
         return True
@@ -289,7 +297,7 @@ class LeaseCopies:
         )
         try:
             await producer.declare_delays()
-            await producer.publish(message)
+            await producer.publish(message, patient=True)
             await delivery.ack()
         except ConnectionLost:
             return  # redelivered: checked again

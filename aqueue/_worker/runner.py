@@ -543,7 +543,7 @@ class JobRunner:
         try:
             if delayed:
                 await producer.declare_delays()
-            await producer.publish(build())
+            await producer.publish(build(), patient=True)
             await delivery.ack()
         except EncodeError:  # the copy cannot be built: the caller settles otherwise
             raise
