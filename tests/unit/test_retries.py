@@ -12,6 +12,7 @@ import pytest
 from aqueue import Retry, TaskQueue, current_job
 from aqueue._core import delays
 from aqueue._core import wire as t
+from aqueue._core.config import RETRY_SIGNAL_RETRIES
 from aqueue._core.topology import TopologyNames
 from aqueue._core.types import HeaderValue
 from aqueue._core.wire import Envelope, read_headers, retry_message
@@ -101,6 +102,45 @@ async def test_retry_signal_sets_the_delay_and_counts_attempts(memory_queue: Tas
     assert runs[1] - runs[0] >= 0.15
     assert dead is not None
     assert dead.headers[t.HEADER_DEAD_EXC_TYPE] == "aqueue.exceptions.Retry"
+
+
+async def test_retry_signal_retries_under_the_default_settings(memory_queue: TaskQueue) -> None:
+    """retries unset: a failure is not retried, but raise Retry() is, up to the documented cap."""
+    asked: list[int] = []
+    failed: list[int] = []
+
+    @memory_queue.task
+    async def poll() -> None:
+        asked.append(current_job().attempt)
+        raise Retry(delay=0.01)
+
+    @memory_queue.task
+    async def broken() -> None:
+        failed.append(current_job().attempt)
+        raise ValueError("not retried by default")
+
+    async with memory_queue, running_worker(memory_queue) as worker:
+        await memory_queue.enqueue(poll)
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
+        await memory_queue.enqueue(broken)
+        await wait_until(worker, lambda s: s.dead_lettered == 2)
+    assert asked == list(range(1, RETRY_SIGNAL_RETRIES + 2))  # the first run, then 3 retries
+    assert failed == [1]
+
+
+async def test_retries_zero_never_retries_even_when_asked(memory_queue: TaskQueue) -> None:
+    """retries=0 means never: an explicit Retry() is dead-lettered at once too."""
+    asked: list[int] = []
+
+    @memory_queue.task(retries=0)
+    async def poll() -> None:
+        asked.append(current_job().attempt)
+        raise Retry(delay=0.01)
+
+    async with memory_queue, running_worker(memory_queue) as worker:
+        await memory_queue.enqueue(poll)
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
+    assert asked == [1]
 
 
 async def test_options_set_at_enqueue_travel_with_the_job(memory_queue: TaskQueue) -> None:
