@@ -18,6 +18,7 @@ from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.context import JobContext, current_job
 from aqueue._tasks.middleware import CallNext, Middleware
 from aqueue._tasks.task import Call, Task
+from aqueue._worker.threads import AbandonedJob
 from aqueue._worker.worker import Worker, WorkerStatistics
 from aqueue._workflows import Chain, Chord, Group, Signature, chain, chord, group
 from aqueue.exceptions import Retry
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # imported on first use at run time: redis is an optional dep
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AbandonedJob",
     "BatchResult",
     "Call",
     "CallNext",

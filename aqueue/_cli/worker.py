@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
+import traceback
 from contextlib import ExitStack
 from typing import Annotated
 
@@ -118,24 +122,73 @@ def worker(
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     configure_logging(log_level, log_format)
+    running = Worker(queue, settings)
+    try:
+        _observed_run(
+            running, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
+        )
+    except typer.Exit as exc:
+        _exit_now_if_threads_abandoned(running, exc.exit_code)
+        raise
+    except BaseException:
+        if running.abandoned():  # a traceback first, then do not hang on the threads
+            traceback.print_exc()
+            _exit_now_if_threads_abandoned(running, 1)
+        raise
+    # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
+    # error, and its delivery, left unacked, is back in the queue for another worker.
+    _exit_now_if_threads_abandoned(running, 0)
+
+
+def _observed_run(
+    worker: Worker, *, otel: bool, metrics_port: int | None, metrics_address: str
+) -> None:
+    """Run `worker` until it stops, with the observability the options ask for around it."""
     with ExitStack() as stack:  # its exit flushes the spans still to export
         try:
             stack.enter_context(
                 worker_observability(
-                    queue, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
+                    worker.queue,
+                    otel=otel,
+                    metrics_port=metrics_port,
+                    metrics_address=metrics_address,
                 )
             )
         except ObservabilityError as exc:  # before connecting, like any other bad option
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc
         try:
-            anyio.run(_run_worker, Worker(queue, settings))
+            anyio.run(_run_worker, worker)
         except (AqueueError, BaseExceptionGroup) as exc:
             error = aqueue_error(exc)
             if error is None:
                 raise
             console.print(f"[red]error:[/red] {escape(str(error))}")
             raise typer.Exit(1) from exc
+
+
+def _exit_now_if_threads_abandoned(worker: Worker, code: int) -> None:
+    """End the process with `code` at once if sync jobs still run in abandoned threads.
+
+    A Python thread cannot be killed, and interpreter exit joins every non-daemon thread
+    (anyio's worker threads are not daemons): without this, a worker whose grace ran out
+    while a sync job ran would live on until that function returned, however short
+    ``--grace`` is. By now the worker has logged each abandoned job, its connections are
+    closed (the unsettled deliveries are back with the broker at once, not after a TCP
+    timeout) and its telemetry is flushed; `os._exit` skips atexit handlers and buffered
+    output, so the log handlers and stdio are flushed here first.
+    """
+    abandoned = worker.abandoned()
+    if not abandoned:
+        return  # a normal exit: no thread to wait for
+    logging.getLogger("aqueue.worker").warning(
+        "exiting with status %d without waiting for %d abandoned thread(s)", code, len(abandoned)
+    )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe: nothing more to do
+            stream.flush()
+    os._exit(code)
 
 
 async def _run_worker(worker: Worker) -> None:

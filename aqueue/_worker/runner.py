@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
@@ -47,6 +46,7 @@ from aqueue._tasks.task import Task
 from aqueue._transport import Delivery
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
+from aqueue._worker.threads import SyncThreads
 from aqueue._workflows import WorkflowLinks
 from aqueue.exceptions import (
     ConfigurationError,
@@ -85,7 +85,7 @@ class JobRunner:
         session: the open queue's session (producer, states, flows, instrumentation).
         tasks: the registered tasks, by name.
         middleware: run around every job, outermost first.
-        threads: the limiter of the thread pool for plain (sync) task functions.
+        threads: the thread pool for plain (sync) task functions.
         crash_limit: a job whose deliveries came back unacked this many times is
             dead-lettered with reason ``crashed`` instead of running again.
     """
@@ -96,7 +96,7 @@ class JobRunner:
         tasks: Mapping[str, Task[Any, Any]],
         middleware: Sequence[Middleware],
         *,
-        threads: anyio.CapacityLimiter,
+        threads: SyncThreads,
         crash_limit: int = 3,
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
@@ -394,6 +394,8 @@ class JobRunner:
                     and deadline is not None
                     and deadline.cancel_called
                 )
+                if timed_out and not job.task.is_async:
+                    self._abandoned_at_timeout(job)
                 return Outcome("timeout" if timed_out else "failed", exc), None
             return None, value
         finally:
@@ -403,10 +405,26 @@ class JobRunner:
         if task.is_async:
             return await task.fn(*context.args, **context.kwargs)
         # plain functions never run on the event loop; contextvars (current_job) follow them
-        return await anyio.to_thread.run_sync(
-            functools.partial(task.fn, *context.args, **context.kwargs),
-            limiter=self._threads,
-            abandon_on_cancel=True,
+        return await self._threads.run(
+            context, functools.partial(task.fn, *context.args, **context.kwargs)
+        )
+
+    def _abandoned_at_timeout(self, job: _Job) -> None:
+        threads = self._threads
+        entry = threads.timed_out(job.context)
+        if entry is None:  # it returned at the last moment, or never got a thread
+            return
+        logger.warning(
+            "job %s timed out (timeout %gs), but its sync function cannot be stopped: it runs "
+            "on in its thread (for %.1fs so far), its result to be discarded, and keeps one of "
+            "the threads until it returns (%d abandoned thread(s) running, %d of %d threads "
+            "busy)",
+            job.context.job_id,
+            job.options.timeout,
+            entry.running_for,
+            threads.abandoned_count(),
+            threads.busy(),
+            threads.limit,
         )
 
     async def _record_failure(

@@ -24,6 +24,7 @@ from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
+from aqueue._worker.threads import AbandonedJob, SyncThreads
 from aqueue.exceptions import TransportError
 
 logger = logging.getLogger("aqueue.worker")
@@ -83,7 +84,7 @@ class Worker:
     def __init__(self, queue: TaskQueue, settings: WorkerSettings | None = None) -> None:
         self.queue = queue
         self.settings = settings or WorkerSettings()
-        self._threads = anyio.CapacityLimiter(self.settings.threads)
+        self._threads = SyncThreads(self.settings.threads)
         self._started = anyio.Event()
         self._intake: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
@@ -107,6 +108,18 @@ class Worker:
     def statistics(self) -> WorkerStatistics:
         """A snapshot of the counters."""
         return self._counters.snapshot()
+
+    def abandoned(self) -> tuple[AbandonedJob, ...]:
+        """The sync jobs whose functions still run in threads this worker stopped waiting for.
+
+        A thread cannot be stopped from outside: a plain task function that outlives its
+        job's timeout, or the grace period of a stop, runs on to its end in the background,
+        and what it returns is discarded (see `AbandonedJob.reason` for what became of the
+        job). Once `run` has returned, a non-empty answer means the process cannot end
+        before those functions return, because interpreter exit waits for every thread;
+        ``aqueue worker`` ends the process without waiting.
+        """
+        return self._threads.abandoned()
 
     async def wait_until(self, condition: Callable[[WorkerStatistics], bool]) -> None:
         """Return once `condition(statistics)` holds; it is checked after every settled job.
@@ -181,6 +194,30 @@ class Worker:
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
             await self._serve(runner, intakes)
+        # after the connections closed: the unsettled deliveries are back with the broker
+        self._report_abandoned()
+
+    def _report_abandoned(self) -> None:
+        for job in self.abandoned():
+            if job.reason == "timeout":
+                fate = "it timed out and was settled then"
+            else:
+                fate = "it was left unacked, so the broker delivers it again"
+            logger.error(
+                "worker stopped with job %s (task %s) still running in its thread for %.1fs: "
+                "a thread cannot be stopped, so it is abandoned and its result will be "
+                "discarded; %s",
+                job.job_id,
+                job.task,
+                job.running_for,
+                fate,
+                extra={
+                    "job_id": job.job_id,
+                    "task": job.task,
+                    "attempt": job.attempt,
+                    "queue": job.queue,
+                },
+            )
 
     # -- consumers (also what the quarantine pauses and resumes) ---------------------------
 

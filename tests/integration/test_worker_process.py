@@ -208,6 +208,55 @@ async def test_second_signal_stops_at_once_and_requeues_running_jobs(
     assert "stopping now" in worker.output()
 
 
+@pytest.mark.parametrize(
+    ("grace", "signals", "window"),
+    [
+        pytest.param(5, (signal.SIGTERM,), (5, 7), id="grace-runs-out"),
+        pytest.param(30, (signal.SIGTERM, signal.SIGINT), (0, 2), id="second-signal"),
+    ],
+)
+async def test_stop_abandons_a_running_sync_job_and_exits_in_time(
+    jobs_app: jobs.App,
+    records: Records,
+    spawn: Spawn,
+    grace: int,
+    signals: tuple[signal.Signals, ...],
+    window: tuple[float, float],
+) -> None:
+    """A 60 s sync job cannot be interrupted: when the grace runs out (or a second signal
+    comes) the worker logs it as abandoned and exits 0 at once, without waiting for its
+    thread; the job, left unacked, is back in the queue as redelivered."""
+    app = jobs_app
+    async with app.queue.session() as session:
+        job = await app.queue.enqueue(app.slow_sync, 60.0)
+        worker = spawn(JOBS_APP, "--grace", str(grace))
+        await wait_for(
+            lambda: records.ids("start") == [job.job_id],
+            timeout=30,
+            what="the sync job to start",
+            details=worker.output_tail,
+        )
+        *first, last = signals
+        for signum in first:
+            worker.send_signal(signum)
+            await worker.wait_output("stopping gracefully")
+        began = anyio.current_time()  # the exit is timed from the signal that ends the wait
+        worker.send_signal(last)
+        code = await worker.wait(timeout=grace + 10)
+        took = anyio.current_time() - began
+        back = await drain(session.transport, session.names.work_queue("default"))
+
+    assert code == 0, worker.output_tail()
+    low, high = window
+    assert low <= took < high, f"exited {took:.2f} s after the signal\n{worker.output_tail()}"
+    output = worker.output()
+    assert f"worker stopped with job {job.job_id} (task slow_sync) still running" in output
+    assert "exiting with status 0 without waiting for 1 abandoned thread(s)" in output
+    assert [(d.message_id, d.redelivered) for d in back] == [(job.job_id, True)]
+    assert records.ids("finish") == []
+    print(f"\nsync job abandoned: exited {took:.2f} s after the signal (--grace {grace})")
+
+
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_poison_job_is_dead_lettered_as_crashed_and_takes_no_healthy_job_with_it(
     amqp_url: str, prefix: str, records: Records, tmp_path: Path, cleanup: None, queue_type: str

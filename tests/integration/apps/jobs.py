@@ -7,6 +7,7 @@ to enqueue jobs and to read the queues.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +36,18 @@ class App:
     queue: TaskQueue
     done: Task[[float, float], None]
     slow: Task[[float], None]
+    slow_sync: Task[[float], None]
 
 
 def make_app(
     url: str, prefix: str, *, connect_timeout: float = 10.0, out: Path | None = None
 ) -> App:
-    """The app: `done` and `slow`.
+    """The app: `done`, `slow` and `slow_sync`.
 
     `done` records ``done`` (and ``start`` first, when it sleeps `delay` seconds in between; it
     sleeps `first_delay` instead, when given, on the message's first delivery). `slow` records
-    ``start`` and ``finish`` around `seconds` of sleep.
+    ``start`` and ``finish`` around `seconds` of sleep; `slow_sync` too, as a plain function
+    (in a thread, which nothing can interrupt).
     """
     queue = TaskQueue(url, prefix=prefix, connect_timeout=connect_timeout, name=f"{prefix}-jobs")
 
@@ -63,7 +66,13 @@ def make_app(
         await anyio.sleep(seconds)
         record("finish", out)
 
-    return App(queue, done, slow)
+    @queue.task(name="slow_sync")
+    def slow_sync(seconds: float) -> None:
+        record("start", out)
+        time.sleep(seconds)  # noqa: TID251 - a sync task blocks its thread, not the loop
+        record("finish", out)
+
+    return App(queue, done, slow, slow_sync)
 
 
 app = make_app(
