@@ -105,7 +105,11 @@ class PublishError(TransportError):
 
 
 class PublishNacked(PublishError):
-    """The broker answered the publish with `basic.nack`: the message was not stored."""
+    """The broker answered every attempt with `basic.nack`: the message is probably not stored.
+
+    Probably: the publish was retried until its deadline, and an earlier copy, nacked or
+    unconfirmed, may have been stored after all.
+    """
 
 
 class Unroutable(PublishError):

@@ -1,4 +1,4 @@
-"""Publishing: declare on first use, encode, publish confirmed, retried across reconnects.
+"""Publishing: declare on first use, encode, publish confirmed, retried until a deadline.
 
 The `Producer` of an open `TaskQueue` (one per `Session`) is the only way jobs reach the
 broker: enqueues, workflow steps, a worker's retry copies and dead letters, dead-letter
@@ -23,7 +23,15 @@ from aqueue._observability.hooks import Instruments, publish_hooks
 from aqueue._results.handles import Job
 from aqueue._serialization import encode_arguments
 from aqueue._transport import Transport
-from aqueue.exceptions import ConnectionLost, EncodeError, PublishError, TransportError
+from aqueue.exceptions import (
+    BrokerBlocked,
+    ConnectionLost,
+    EncodeError,
+    PublishError,
+    PublishNacked,
+    PublishTimeout,
+    TransportError,
+)
 
 R = TypeVar("R")
 
@@ -33,6 +41,10 @@ logger = logging.getLogger("aqueue.producer")
 #: further retry up to `RETRY_PAUSE_MAX` (the deadline still bounds the whole publish).
 RETRY_PAUSE_MIN = 0.05
 RETRY_PAUSE_MAX = 1.0
+#: The longest pause between two publishes of a message the broker nacked or did not confirm.
+#: Shorter than after a lost connection: the broker is there and a new quorum leader takes
+#: over within seconds, after which the next attempt (on a fresh channel) is confirmed.
+REFUSED_PAUSE_MAX = 0.25
 #: How long a patient publish (a worker settling a job) waits for its confirm while the
 #: connection lives: in effect, for as long as a resource alarm blocks the connection.
 PATIENT_CONFIRM_TIMEOUT = 86400.0
@@ -71,10 +83,13 @@ class BatchResult(Generic[R]):
 
 
 class Producer:
-    """Publishes on one transport with confirms, retrying only on lost connections.
+    """Publishes on one transport with confirms, retrying until ``publish_deadline``.
 
-    A retried publish keeps its ``message_id`` (the job id): a confirm lost with the
-    connection may hide a message that was stored, so a duplicate is possible and recognisable.
+    Retried: a lost connection (after the reconnect), a nack and a confirm that did not come
+    in time (on a fresh channel: the transport retires the one that failed); not retried: an
+    unroutable message and a connection blocked by a resource alarm. A retried publish keeps
+    its ``message_id`` (the job id): a nacked copy, or one whose confirm was lost, may have
+    been stored anyway, so a duplicate is possible and recognisable.
     It also declares what a job needs on its way, once per open: its queue's topology, and the
     delay levels on the first delayed publish (most applications never delay).
     """
@@ -183,9 +198,11 @@ class Producer:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, message: OutgoingMessage, *, patient: bool = False) -> None:
-        """Publish and wait for the confirm; on a lost connection wait for the reconnect and retry.
+        """Publish and wait for the confirm, retrying until ``publish_deadline``.
 
-        Every publish, whoever makes it, goes through the instrumentation's hooks here.
+        On a lost connection it waits for the reconnect; after a nack or a confirm timeout it
+        pauses briefly; then it publishes the same message again. Every publish, whoever makes
+        it, goes through the instrumentation's hooks here (once, around all its attempts).
 
         `patient` is for a worker settling a job with a copy (retry, dead letter): it waits
         for the confirm as long as the connection lives instead of ``publish_timeout``. A
@@ -194,9 +211,14 @@ class Producer:
         make a duplicate of it, once per timeout.
 
         Raises:
-            PublishError: nacked, unroutable, blocked or timed out (not retried: the broker
-                answered, or may have stored it).
-            ConnectionLost: still no connection at the deadline (``publish_deadline``).
+            PublishNacked: still nacked at the deadline (the last copy was probably not stored;
+                an earlier one may have been).
+            PublishTimeout: no confirm for the last attempt before the deadline (it may be
+                stored).
+            BrokerBlocked: a resource alarm blocked the connection past ``publish_timeout``
+                (not retried: a fresh channel is blocked too).
+            Unroutable: no queue is bound for the message (not retried).
+            ConnectionLost: still no connection at the deadline.
         """
         instrumentation = self._instruments.all
         if not instrumentation:
@@ -226,11 +248,16 @@ class Producer:
                 await self._wait_for_reconnect(deadline, exc, pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
                 logger.info("retrying publish of %s after reconnect", message.message_id)
-                if not patient:
-                    remaining = deadline - anyio.current_time()
-                    timeout = min(settings.publish_timeout, max(remaining, 0.001))
+            except (PublishNacked, PublishTimeout) as exc:
+                if isinstance(exc, BrokerBlocked) or not await _pause_before(deadline, pause):
+                    raise
+                pause = min(pause * 2, REFUSED_PAUSE_MAX)
+                logger.debug("retrying publish of %s after %r", message.message_id, exc)
             else:
                 return
+            if not patient:
+                remaining = deadline - anyio.current_time()
+                timeout = min(settings.publish_timeout, max(remaining, 0.001))
 
     async def declare(self, topology: Topology) -> None:
         """Declare on the publishing transport (no cache), retried across reconnects.
@@ -289,3 +316,15 @@ class Producer:
                 tg.start_soon(sender)
         failures.sort(key=lambda failure: failure.index)
         return failures
+
+
+async def _pause_before(deadline: float, pause: float) -> bool:
+    """Sleep `pause` seconds before another attempt; False if that would pass `deadline`.
+
+    The caller then raises the error it has rather than one more attempt cut short by the
+    deadline: a failing publish raises within ``publish_deadline``, never after it.
+    """
+    if anyio.current_time() + pause >= deadline:
+        return False
+    await anyio.sleep(pause)
+    return True

@@ -1,9 +1,10 @@
 """Pytest fixtures for private RabbitMQ nodes (registered through ``pytest_plugins``).
 
 ``rabbit_node`` gives a test a started node of its own; ``make_rabbit_node`` makes more (for
-clusters or side-by-side brokers). Both always clean up: the node is stopped (SIGKILLed if it
-will not stop), its epmd stopped, and its directory removed, whatever the test did to it.
-Nodes left behind by a run that was killed outright are reaped once per session.
+side-by-side brokers); ``rabbit_cluster`` is a started three-node cluster. All of them always
+clean up: every node is stopped (SIGKILLed if it will not stop), its epmd stopped, and its
+directory removed, whatever the test did to it. Nodes left behind by a run that was killed
+outright are reaped once per session.
 
 When RabbitMQ is not installed the fixtures skip, or fail under ``AQUEUE_REQUIRE_BROKER=1``,
 as the ``amqp_url`` fixture does.
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers.rabbit_cluster import RabbitCluster
 from tests.helpers.rabbit_node import RABBITMQ_BIN, RabbitNode, reap_stale
 
 
@@ -57,3 +59,34 @@ def rabbit_node(make_rabbit_node: Callable[[], RabbitNode]) -> RabbitNode:
     node = make_rabbit_node()
     node.start()
     return node
+
+
+@pytest.fixture
+def make_rabbit_cluster(
+    rabbit_node_support: None,
+) -> Iterator[Callable[..., RabbitCluster]]:
+    """A factory of private clusters (``make(size=3, config=())``, not started); cleaned up."""
+    clusters: list[RabbitCluster] = []
+
+    def make(size: int = 3, config: tuple[str, ...] = ()) -> RabbitCluster:
+        cluster = RabbitCluster(size, config=config)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    errors: list[BaseException] = []
+    for cluster in reversed(clusters):
+        try:
+            cluster.cleanup()
+        except Exception as exc:  # noqa: BLE001 - clean up every cluster, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def rabbit_cluster(make_rabbit_cluster: Callable[..., RabbitCluster]) -> RabbitCluster:
+    """A started three-node cluster of private nodes, cleaned up after the test."""
+    cluster = make_rabbit_cluster(3)
+    cluster.start()
+    return cluster

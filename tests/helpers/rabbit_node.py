@@ -3,7 +3,8 @@
 The shared broker on 127.0.0.1:5672 (and its epmd on 4369) is never touched: every node made here
 runs as its own OS process group, from its own base directory, with its own HOME (and so its own
 ``.erlang.cookie``), its own epmd on its own port, and its own node name, AMQP port and
-distribution port (see docs/rabbitmq-behaviour.md, "Running private nodes").
+distribution port (see docs/rabbitmq-behaviour.md, "Running private nodes"). Nodes meant to
+form a cluster (``rabbit_cluster.py``) are given one cookie and one epmd instead.
 
 ```text
 <base>/                     tempfile.gettempdir()/aqueue-rabbit-XXXXXXXX
@@ -342,6 +343,12 @@ class RabbitNode:
         name: the short node name (``<name>@localhost``); unique by default.
         plugins: plugins to enable (none by default: the node starts faster).
         config: extra ``rabbitmq.conf`` lines.
+        cookie: the Erlang cookie; a random one by default. Nodes of one cluster (and the
+            ``rabbitmqctl`` that joins them) must share it.
+        epmd: an epmd that the caller owns (started before `start`, stopped after `cleanup`);
+            by default the node has one of its own. Nodes of one cluster must register with
+            the same epmd, or they cannot find each other by name: ``<name>@localhost`` is
+            resolved by asking the epmd on ``ERL_EPMD_PORT`` of localhost.
     """
 
     def __init__(
@@ -351,14 +358,22 @@ class RabbitNode:
         name: str | None = None,
         plugins: Sequence[str] = (),
         config: Sequence[str] = (),
+        cookie: str | None = None,
+        epmd: Epmd | None = None,
     ) -> None:
         self._owns_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix=BASE_PREFIX)) if base_dir is None else base_dir
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.name = name or f"aqt{secrets.token_hex(4)}"
         self.nodename = f"{self.name}@localhost"
-        self.port, self.dist_port, epmd_port = free_ports(3)
-        self.epmd = Epmd(self.base_dir, epmd_port)
+        self._owns_epmd = epmd is None
+        if epmd is None:
+            self.port, self.dist_port, epmd_port = free_ports(3)
+            epmd = Epmd(self.base_dir, epmd_port)
+        else:
+            self.port, self.dist_port = free_ports(2)
+        self.epmd = epmd
+        self._cookie = cookie
         self.pid_file = self.base_dir / "pid"
         self.log_dir = self.base_dir / "log"
         self.start_seconds: list[float] = []
@@ -413,7 +428,10 @@ class RabbitNode:
         for port in (self.port, self.dist_port):
             if not _port_is_free(port):
                 raise RabbitNodeError(f"port {port} of {self.nodename} is taken")
-        self.epmd.start()
+        if self._owns_epmd:
+            self.epmd.start()
+        elif not _port_answers(self.epmd.port):
+            raise RabbitNodeError(f"the shared epmd on port {self.epmd.port} is not running")
         self.pid_file.unlink(missing_ok=True)  # a stale one (after kill -9) would fool `wait`
         began = time.monotonic()
         self._server = _Group(
@@ -493,7 +511,7 @@ class RabbitNode:
         self.ctl("set_vm_memory_high_watermark", str(watermark))
 
     def cleanup(self) -> None:
-        """Stop the node, stop its epmd, remove its directory; idempotent.
+        """Stop the node, stop its own epmd (not a shared one), remove its directory; idempotent.
 
         A node whose directory this object made is killed (its data is about to go, and a
         graceful stop costs seconds); one in a caller's directory is stopped gracefully. Either
@@ -508,7 +526,8 @@ class RabbitNode:
                 self.stop(timeout=20.0)
         finally:
             self._reap_server()
-            self.epmd.stop()
+            if self._owns_epmd:
+                self.epmd.stop()
             self._cleaned = True
             _LIVE.discard(self)
             if self._owns_dir:
@@ -579,8 +598,10 @@ class RabbitNode:
         home = base / "home"
         home.mkdir(exist_ok=True)
         cookie = home / ".erlang.cookie"
-        if not cookie.exists():
-            cookie.write_text(secrets.token_hex(16).upper())
+        if self._cookie is not None or not cookie.exists():
+            if cookie.exists():  # read-only, as Erlang insists
+                cookie.chmod(0o600)
+            cookie.write_text(self._cookie or secrets.token_hex(16).upper())
             cookie.chmod(0o400)
         for sub in ("mnesia", "log"):
             (base / sub).mkdir(exist_ok=True)

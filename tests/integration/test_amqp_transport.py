@@ -34,6 +34,7 @@ from aqueue.exceptions import (
     PublishTimeout,
     Unroutable,
 )
+from tests.helpers.polling import wait_for
 from tests.helpers.rabbit_node import RabbitNode
 from tests.helpers.rabbitmqctl import close_connections, connection_pids
 
@@ -252,9 +253,63 @@ async def test_full_reject_publish_queue_raises_publish_nacked(
     )
     with pytest.raises(PublishNacked):
         await transport.publish(message(queue), timeout=10)
-    # The channel survives a nack: the next publish is confirmed normally.
+    # The next publish is confirmed normally (on a fresh channel: a nack retires the old one).
     other = await classic_queue(transport, f"{prefix}.other", amqp_cleanup)
     await transport.publish(message(other), timeout=10)
+
+
+async def test_a_nack_replaces_the_publishing_channel_once(
+    connect: Connect, prefix: str, amqp_cleanup: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nacks retire the publishing channel; concurrent publishes then share one fresh channel.
+
+    Publishes confirmed on the retired channel are not failed by its closing: it closes once
+    their confirms are in.
+    """
+    transport = await connect("retire")
+    full = await classic_queue(
+        transport,
+        f"{prefix}.full",
+        amqp_cleanup,
+        **{"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    ok = await classic_queue(transport, f"{prefix}.ok", amqp_cleanup)
+    first = transport._channel
+    assert first is not None
+    opened = 0
+    open_channel = transport._open_channel
+
+    async def counting_open(what: str, **options: Any) -> Any:
+        nonlocal opened
+        opened += bool(options.get("publisher_confirms"))
+        return await open_channel(what, **options)
+
+    monkeypatch.setattr(transport, "_open_channel", counting_open)
+    outcomes: dict[tuple[str, int], BaseException | None] = {}
+
+    async def publish(queue: str, index: int) -> None:
+        try:
+            await transport.publish(message(queue), timeout=10)
+        except (PublishNacked, ConnectionLost) as exc:
+            outcomes[queue, index] = exc
+        else:
+            outcomes[queue, index] = None
+
+    async with anyio.create_task_group() as tg:
+        for index in range(20):  # all on `first`: each takes the channel before any answer
+            tg.start_soon(publish, full, index)
+            tg.start_soon(publish, ok, index)
+    assert all(isinstance(outcomes[full, index], PublishNacked) for index in range(20))
+    assert [outcomes[ok, index] for index in range(20)] == [None] * 20
+    assert opened == 0
+    await wait_for(lambda: first.is_closed, timeout=10, what="the retired channel to close")
+
+    async with anyio.create_task_group() as tg:
+        for index in range(20, 40):
+            tg.start_soon(publish, ok, index)
+    assert [outcomes[ok, index] for index in range(20, 40)] == [None] * 20
+    assert opened == 1
+    assert await transport.message_count(ok) == 40
 
 
 async def test_redeclare_with_other_arguments_raises_configuration_error(

@@ -4,19 +4,23 @@ with their reasons, and enqueue errors raised before or by the broker.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 
 from aqueue import Task, TaskQueue, WorkerSettings, current_job
+from aqueue._client.producer import REFUSED_PAUSE_MAX
 from aqueue._core import wire as t
 from aqueue._core.topology import BindingSpec, QueueSpec, Topology, TopologyNames
 from aqueue._core.wire import Envelope
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import EncodeError, PublishNacked
 from aqueue.testing import running_worker
+from tests.helpers.polling import wait_for
 from tests.helpers.workers import delete_topology, drain, wait_until
 
 pytestmark = pytest.mark.integration
@@ -151,29 +155,34 @@ async def test_non_json_argument_raises_before_anything_is_published(queue: Task
         assert await session.transport.message_count(session.names.work_queue("default")) == 0
 
 
-async def test_nacked_publish_raises_publish_nacked(
-    queue: TaskQueue, prefix: str, cleanup: list[str]
+def full_queue(prefix: str, max_length: int) -> Topology:
+    """A reject-publish queue of `max_length` bound beside the work queue of ``default``."""
+    full = f"{prefix}.full"
+    return Topology(
+        queues=(QueueSpec(full, {"x-max-length": max_length, "x-overflow": "reject-publish"}),),
+        bindings=(BindingSpec(full, TopologyNames(prefix).exchange, "default"),),
+    )
+
+
+async def test_nacked_publish_raises_publish_nacked_at_its_deadline(
+    amqp_url: str, prefix: str, cleanup: list[str]
 ) -> None:
-    """A publish the broker nacks (a full reject-publish queue on the route): PublishNacked."""
+    """A publish the broker keeps nacking (a full reject-publish queue on the route) is retried
+    until publish_deadline, then raises PublishNacked."""
+    deadline = 1.5
+    queue = TaskQueue(amqp_url, prefix=prefix, name=prefix, publish_deadline=deadline)
 
     @queue.task(name="echo")
     async def echo(value: object) -> None:
         pass
 
-    names = TopologyNames(prefix)
-    full = f"{prefix}.full"
-    cleanup.append(full)
+    cleanup.append(f"{prefix}.full")
     async with queue.session() as session:
-        await session.transport.declare(
-            Topology(
-                queues=(QueueSpec(full, {"x-max-length": 0, "x-overflow": "reject-publish"}),),
-                bindings=(BindingSpec(full, names.exchange, "default"),),
-            )
-        )
+        await session.transport.declare(full_queue(prefix, 0))
         began = time.monotonic()
         with pytest.raises(PublishNacked, match="refused by the broker"):
             await queue.enqueue(echo, 1)
-        assert time.monotonic() - began < 5  # answered by the broker: not retried to a deadline
+        assert deadline - REFUSED_PAUSE_MAX <= time.monotonic() - began <= deadline + 0.5
         batch = await queue.enqueue_many(echo, [(2,), (3,)])
     assert not batch.ok
     assert [(f.index, type(f.error)) for f in batch.failures] == [
@@ -181,3 +190,35 @@ async def test_nacked_publish_raises_publish_nacked(
         (1, PublishNacked),
     ]
     assert [f.job_id for f in batch.failures] == [job.job_id for job in batch.jobs]
+
+
+async def test_enqueue_to_a_full_queue_is_confirmed_once_there_is_room(
+    queue: TaskQueue, prefix: str, cleanup: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nacked enqueue is published again after a pause: a queue drained meanwhile takes it."""
+    caplog.set_level(logging.DEBUG, logger="aqueue.producer")
+
+    @queue.task(name="echo")
+    async def echo(value: object) -> None:
+        pass
+
+    full = f"{prefix}.full"
+    cleanup.append(full)
+    async with queue.session() as session, anyio.create_task_group() as tg:
+        await session.transport.declare(full_queue(prefix, 1))
+        await queue.enqueue(echo, 1)  # fills it
+        jobs: list[str] = []
+        confirmed = anyio.Event()
+
+        async def enqueue() -> None:
+            jobs.append((await queue.enqueue(echo, 2)).job_id)
+            confirmed.set()
+
+        tg.start_soon(enqueue)
+        await wait_for(lambda: "retrying publish" in caplog.text, timeout=10, what="a nack")
+        assert not confirmed.is_set()
+        assert len(await drain(session.transport, full)) == 1  # room for one
+        with anyio.fail_after(10):
+            await confirmed.wait()
+        [stored] = await drain(session.transport, full)
+        assert stored.message_id == jobs[0]
