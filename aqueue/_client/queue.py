@@ -37,7 +37,7 @@ from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
 from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
-from aqueue._transport import check_urls, connector
+from aqueue._transport import check_urls, connector, redact_url
 from aqueue._workflows import (
     Chain,
     Chord,
@@ -123,7 +123,9 @@ class TaskQueue:
         self._backend = results
         self._result_ttl = float(result_ttl)
         self.name = name
+        # the URLs, credentials and all, live only in the connector; `urls` shows them masked
         self._connect = connector(urls, name=name)
+        self._urls = tuple(map(redact_url, urls))
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._registry = TaskRegistry()
         self._instruments = Instruments()
@@ -140,6 +142,11 @@ class TaskQueue:
 
     def __repr__(self) -> str:
         return f"<TaskQueue prefix={self._names.prefix!r} tasks={len(self._registry)}>"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The broker URLs, passwords masked as ``***`` (fit for logs; not for connecting)."""
+        return self._urls
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
 from aqueue._transport.memory import MemoryTransport
 from aqueue._transport.memory_broker import MemoryBroker
+from aqueue._transport.urls import redact_url
 from aqueue.exceptions import ConfigurationError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Transport",
     "check_urls",
     "connector",
+    "redact_url",
 ]
 
 #: Makes a new, unconnected transport for a role (``"publisher"``, ``"consumer"``, ...); each

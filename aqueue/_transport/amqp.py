@@ -44,6 +44,7 @@ from yarl import URL
 from aqueue._core.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
+from aqueue._transport.urls import redact_url
 from aqueue.exceptions import (
     BrokerBlocked,
     ConfigurationError,
@@ -122,7 +123,7 @@ def _is_consumer_timeout(reason: BaseException | None) -> bool:
 
 
 def _safe_url(url: URL) -> str:
-    return str(url.with_password("******") if url.password else url)
+    return redact_url(str(url))
 
 
 async def _close_quietly(channel: _Channel | None) -> None:
