@@ -27,7 +27,9 @@ from tests.helpers.rabbit_node import RabbitNode
 from tests.helpers.tls import TestPki, client_context, make_pki, openssl_available
 from tests.helpers.workers import delete_topology
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+# `fault` as well: these tests start a private node, which `-m "integration and not fault"`
+# promises not to do (docs/testing.md)
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(120)]
 
 USER, PASSWORD = "aqtls", "s3cret-tls-pw"
 #: A TLS refusal must be reported at once; the connect timeout is far longer than this.
@@ -218,6 +220,46 @@ async def test_a_tls_url_on_the_plain_port_fails_at_once(
     with pytest.raises(ConnectionFailed, match="is this a TLS port"):
         await queue.open()
     assert anyio.current_time() - began < FAST
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
+async def test_a_client_certificate_the_broker_does_not_trust_is_reported(
+    tls_node: RabbitNode, pki: TestPki, name: str, version: ssl.TLSVersion, tmp_path: Path
+) -> None:
+    """A client certificate from a CA the broker does not trust. TLS 1.2 refuses it in the
+    handshake: reported at once. TLS 1.3 refuses it just after, and the client reads either
+    the broker's alert (reported at once) or only the connection reset it races with (retried,
+    then reported at ``connect_timeout``)."""
+    foreign = make_pki(tmp_path / "foreign")
+    context = client_context(pki.ca, foreign.client_cert, foreign.client_key)
+    context.minimum_version = context.maximum_version = version
+    queue = make_queue(amqps(tls_node), name, ssl=context, connect_timeout=5)
+    began = anyio.current_time()
+    with pytest.raises(ConnectionFailed) as caught:
+        await queue.open()
+    message = str(caught.value)
+    if version is ssl.TLSVersion.TLSv1_2:
+        assert anyio.current_time() - began < FAST - 1
+        assert "alert unknown ca" in message
+    else:
+        assert "alert unknown ca" in message or "Connection reset by peer" in message, message
+
+
+async def test_plain_amqp_to_the_tls_port_is_retried_until_the_deadline(
+    tls_node: RabbitNode, name: str
+) -> None:
+    """``amqp://`` to the TLS listener: the broker resets the connection, which looks like any
+    network failure, so it is retried until ``connect_timeout`` and then reported."""
+    queue = make_queue(
+        f"amqp://{USER}:{PASSWORD}@localhost:{tls_node.tls_port}/", name, connect_timeout=2
+    )
+    began = anyio.current_time()
+    with pytest.raises(ConnectionFailed, match="no RabbitMQ answered") as caught:
+        await queue.open()
+    assert anyio.current_time() - began >= 2
+    assert "Connection reset by peer" in str(caught.value)
 
 
 async def test_one_refusing_url_does_not_stop_failover_to_a_good_one(
