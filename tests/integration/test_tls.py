@@ -157,9 +157,10 @@ async def test_a_client_certificate_from_the_url_is_presented(
 async def test_a_client_certificate_from_a_context_is_presented(
     tls_node: RabbitNode, pki: TestPki, name: str
 ) -> None:
-    """The same certificate through ``ssl=client_context(ca, cert, key)``."""
+    """The same certificate through ``ssl=client_context(ca, cert, key)`` (as guest, over the
+    node's own `tls_url`)."""
     context = client_context(pki.ca, pki.client_cert, pki.client_key)
-    queue = make_queue(amqps(tls_node), name, ssl=context)
+    queue = make_queue(tls_node.tls_url, name, ssl=context)
     async with queue:
         seen = await anyio.to_thread.run_sync(connections, tls_node, name)
     assert seen
