@@ -93,7 +93,11 @@ class TransportError(AqueueError):
 
 
 class ConnectionFailed(TransportError):
-    """No broker answered before the connect deadline."""
+    """No broker answered before the connect deadline, or every one refused the TLS handshake.
+
+    A TLS refusal (a certificate that does not verify, a host name it is not for) is raised at
+    once, not at the deadline: retrying would fail the same way. The message names the cause.
+    """
 
 
 class ConnectionLost(TransportError):

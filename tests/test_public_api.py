@@ -32,6 +32,7 @@ TASK_QUEUE_API = {
     "session",
     "task",
     "tasks",
+    "urls",
 }
 
 

@@ -34,6 +34,7 @@ from aqueue._client.queue import TaskQueue
 from aqueue._core.config import DEFAULT_PREFIX, DEFAULT_URL
 from aqueue._core.topology import TopologyNames, validate_name
 from aqueue._serialization import decode_arguments
+from aqueue._transport import redact_url
 from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError, QueueNotFound
 
 # -- aqueue dlq ------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def broker_queue(app_path: str | None, url: str | None, prefix: str | None) -> T
     for one in urls or [url]:
         if urlsplit(one).scheme not in ("amqp", "amqps") or not urlsplit(one).hostname:
             raise typer.BadParameter(
-                f"{one!r} is not an AMQP URL (amqp://user:password@host:port/vhost)",
+                f"{redact_url(one)!r} is not an AMQP URL (amqp://user:password@host:port/vhost)",
                 param_hint=url_hint,
             )
     prefix_hint = "--prefix" if prefix is not None else "AQUEUE_PREFIX"

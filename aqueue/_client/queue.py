@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
@@ -37,7 +38,7 @@ from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
 from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
-from aqueue._transport import check_urls, connector
+from aqueue._transport import check_urls, connector, redact_url
 from aqueue._workflows import (
     Chain,
     Chord,
@@ -66,7 +67,11 @@ class TaskQueue:
 
     Args:
         url: an AMQP URL, or a list of them for a cluster (tried in turn, on connect and on
-            every reconnect); ``"memory://"`` for an in-process broker (tests).
+            every reconnect); ``"memory://"`` for an in-process broker (tests). ``amqps://``
+            is AMQP over TLS, configured by URL parameters (``?cafile=...&certfile=...``) or
+            by `ssl`; the certificate and the host name are verified.
+        ssl: the TLS context of every connection, for ``amqps://`` URLs only; it wins over
+            the URLs' TLS parameters. None: aio-pika builds one from them.
         prefix: the prefix of every exchange and queue name.
         queue_type: ``"quorum"`` (default: replicated, delivery limit) or ``"classic"``.
         delivery_limit: quorum queues dead-letter a message after this many unacked deliveries.
@@ -85,12 +90,17 @@ class TaskQueue:
         results: where job states and results are kept (`RedisResultBackend`); None:
             fire-and-forget, and asking for a result raises `ConfigurationError`.
         result_ttl: seconds job states and results are kept.
+
+    Raises:
+        ConfigurationError: a bad setting; `ssl` that is not an `ssl.SSLContext`, or comes
+            with a URL that is not ``amqps://``.
     """
 
     def __init__(
         self,
         url: str | Sequence[str] = DEFAULT_URL,
         *,
+        ssl: SSLContext | None = None,
         prefix: str = DEFAULT_PREFIX,
         queue_type: QueueType = _QUEUE.queue_type,
         delivery_limit: int = _QUEUE.delivery_limit,
@@ -123,7 +133,9 @@ class TaskQueue:
         self._backend = results
         self._result_ttl = float(result_ttl)
         self.name = name
-        self._connect = connector(urls, name=name)
+        # the URLs, credentials and all, live only in the connector; `urls` shows them masked
+        self._connect = connector(urls, name=name, ssl_context=ssl)
+        self._urls = tuple(map(redact_url, urls))
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._registry = TaskRegistry()
         self._instruments = Instruments()
@@ -140,6 +152,11 @@ class TaskQueue:
 
     def __repr__(self) -> str:
         return f"<TaskQueue prefix={self._names.prefix!r} tasks={len(self._registry)}>"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The broker URLs, passwords masked as ``***`` (fit for logs; not for connecting)."""
+        return self._urls
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
@@ -205,7 +222,9 @@ class TaskQueue:
         share one queue object.
 
         Raises:
-            ConnectionFailed: no broker answered within ``connect_timeout``.
+            ConnectionFailed: no broker answered within ``connect_timeout``; or, at once,
+                the TLS handshake failed on every URL (a certificate that does not verify,
+                a host name it is not for), the message naming the cause.
         """
         if self._stack is not None:
             self._users += 1

@@ -7,12 +7,14 @@ so a ``memory://`` queue never loads it.
 
 from __future__ import annotations
 
+import ssl
 import weakref
 from collections.abc import Callable, Sequence
 
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
 from aqueue._transport.memory import MemoryTransport
 from aqueue._transport.memory_broker import MemoryBroker
+from aqueue._transport.urls import check_tls, redact_url, warn_unverified
 from aqueue.exceptions import ConfigurationError
 
 __all__ = [
@@ -22,8 +24,10 @@ __all__ = [
     "DeliveryCallback",
     "OutgoingMessage",
     "Transport",
+    "check_tls",
     "check_urls",
     "connector",
+    "redact_url",
 ]
 
 #: Makes a new, unconnected transport for a role (``"publisher"``, ``"consumer"``, ...); each
@@ -48,12 +52,20 @@ def check_urls(url: object) -> tuple[str, ...]:
     return tuple(str(u) for u in urls)
 
 
-def connector(urls: Sequence[str], *, name: str) -> Connector:
+def connector(
+    urls: Sequence[str], *, name: str, ssl_context: ssl.SSLContext | None = None
+) -> Connector:
     """A factory of transports to `urls`, each connection named ``{name}-{role}``.
 
     ``memory://`` (private) or ``memory://NAME`` (shared in the process) is the in-memory
-    broker; anything else is RabbitMQ, through the AMQP transport.
+    broker; anything else is RabbitMQ, through the AMQP transport. `ssl_context`, for
+    ``amqps://`` URLs only, replaces the one aio-pika would build from the URLs' parameters.
+
+    Raises:
+        ConfigurationError: `ssl_context` is not a context, or comes with a URL that is not
+            ``amqps://`` (``memory://`` included).
     """
+    warn_unverified(urls, check_tls(urls, ssl_context))
     broker = _memory_broker(urls[0])
     if broker is not None:
         shared = broker
@@ -66,7 +78,7 @@ def connector(urls: Sequence[str], *, name: str) -> Connector:
     from aqueue._transport.amqp import AmqpTransport  # aio-pika on first use only
 
     def amqp(role: str) -> Transport:
-        return AmqpTransport(urls, connection_name=f"{name}-{role}")
+        return AmqpTransport(urls, connection_name=f"{name}-{role}", ssl_context=ssl_context)
 
     return amqp
 

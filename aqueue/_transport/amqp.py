@@ -25,6 +25,7 @@ import asyncio
 import calendar
 import contextlib
 import logging
+import ssl
 import struct
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from yarl import URL
 from aqueue._core.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
+from aqueue._transport.urls import check_tls, redact_url
 from aqueue.exceptions import (
     BrokerBlocked,
     ConfigurationError,
@@ -127,7 +129,47 @@ def _is_consumer_timeout(reason: BaseException | None) -> bool:
 
 
 def _safe_url(url: URL) -> str:
-    return str(url.with_password("******") if url.password else url)
+    return redact_url(str(url))
+
+
+#: TLS failures that are the peer closing or the network, not a verdict: retried like any drop.
+_TRANSIENT_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_refusal(error: BaseException | None) -> ssl.SSLError | None:
+    """The TLS verdict behind a failed connection attempt, if that is what failed it.
+
+    aiormq wraps the handshake's `ssl.SSLError` in an ``AMQPConnectionError``. A certificate
+    that does not verify, a name it is not for, or a plain port answering a TLS hello fail
+    every attempt the same way: retrying until the deadline would only hide the cause.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # exception chains can loop
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError) and not isinstance(error, _TRANSIENT_TLS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _describe_tls(error: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in OpenSSL's words plus what to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = error.verify_message or error.reason or str(error)
+        if "mismatch" in why:
+            hint = "connect by a host name (or IP address) that the server's certificate lists"
+        else:
+            hint = (
+                "does the client trust the CA that signed the server's certificate? "
+                "?cafile= in the URL or ssl=SSLContext"
+            )
+        return f"certificate verify failed: {why} ({hint})"
+    if error.reason == "WRONG_VERSION_NUMBER":
+        return (
+            f"TLS handshake failed: {error} (is this a TLS port? RabbitMQ listens for "
+            "amqps:// on 5671 by default)"
+        )
+    return f"TLS handshake failed: {error}"
 
 
 async def _close_quietly(channel: _Channel | None) -> None:
@@ -274,10 +316,45 @@ class _RotatingConnection(RobustConnection):
         self._index = self._failures = 0
         self._interval = reconnect_interval
         self.last_error: BaseException | None = None
+        self.tls_refusals: dict[URL, ssl.SSLError] = {}
+        """The URLs whose latest attempt the TLS handshake failed (see `_tls_refusal`)."""
+        self.latest_refusal: ssl.SSLError | None = None
+        self._all_refused = asyncio.Event()
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Connect as aio-pika does, but raise the `ssl.SSLError` once every URL refused TLS.
+
+        aio-pika (with ``fail_fast=False``) would retry a certificate that cannot verify until
+        the caller's deadline. With one URL down and another refusing, this keeps retrying too:
+        the one that is down may come back.
+
+        Raises:
+            ssl.SSLError: the latest TLS refusal, once every URL's latest attempt was one.
+        """
+        connected = False
+        async with anyio.create_task_group() as group:
+
+            async def stop_when_all_refused() -> None:
+                await self._all_refused.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(stop_when_all_refused)
+            await super().connect(timeout)
+            connected = True
+            group.cancel_scope.cancel()
+        if not connected:  # only `stop_when_all_refused` cancels the group itself
+            raise self.latest_refusal or ssl.SSLError("every URL refused the TLS handshake")
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         if not closing.cancelled():
             self.last_error = closing.exception() or self.last_error
+            refusal = _tls_refusal(closing.exception())
+            if refusal is not None:
+                self.tls_refusals[self.url] = self.latest_refusal = refusal
+            else:
+                self.tls_refusals.pop(self.url, None)
+            if len(self.tls_refusals) == len(self._urls):
+                self._all_refused.set()
         self._failures += 1
         self._index = (self._index + 1) % len(self._urls)
         self.url = self._urls[self._index]
@@ -289,6 +366,8 @@ class _RotatingConnection(RobustConnection):
 
     async def _on_connected(self) -> None:
         self._failures = 0
+        self.tls_refusals.clear()
+        self._all_refused.clear()
         self.reconnect_interval = self._interval
         await super()._on_connected()
 
@@ -408,6 +487,9 @@ class AmqpTransport(Transport):
         reconnect_interval: the pause, in seconds, once every URL failed.
         heartbeat: AMQP heartbeat in seconds, unless a URL sets ``?heartbeat=``; a dead link
             is noticed after about three of them.
+        ssl_context: the TLS context of every connection (``amqps://`` URLs only); it wins
+            over the URLs' ``cafile``, ``certfile``, ... parameters. Without it, aio-pika
+            builds one from them, which verifies the certificate and the host name.
     """
 
     def __init__(
@@ -417,10 +499,12 @@ class AmqpTransport(Transport):
         connection_name: str,
         reconnect_interval: float = 1.0,
         heartbeat: int = 30,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         urls = [urls] if isinstance(urls, str) else urls  # a str is a Sequence[str] too
         if not urls:
             raise ConfigurationError("AmqpTransport needs at least one broker URL")
+        self._ssl_context = check_tls(urls, ssl_context)
         self._urls = tuple(
             url if "heartbeat" in url.query else url.update_query(heartbeat=heartbeat)
             for url in map(URL, urls)
@@ -452,6 +536,7 @@ class AmqpTransport(Transport):
         connection = self._connection = _RotatingConnection(
             self._urls,
             reconnect_interval=self._reconnect_interval,
+            ssl_context=self._ssl_context,
             client_properties={"connection_name": self._name},
         )
         connection.close_callbacks.add(self._on_connection_closed)
@@ -462,12 +547,30 @@ class AmqpTransport(Transport):
             with anyio.fail_after(timeout):
                 await connection.connect(timeout=attempt_timeout)
                 await self._publishing_channel("connect")
+        except ssl.SSLError as exc:  # every URL refused the TLS handshake: fail now
+            await self._close_connection()
+            refusals = (
+                "; ".join(
+                    f"{_safe_url(url)}: {_describe_tls(error)}"
+                    for url, error in connection.tls_refusals.items()
+                )
+                or f"{', '.join(map(_safe_url, self._urls))}: {_describe_tls(exc)}"
+            )
+            raise ConnectionFailed(f"could not connect to {refusals}") from exc
         except (TimeoutError, ConnectionLost, *_LOST) as exc:
             await self._close_connection()
             urls = ", ".join(map(_safe_url, self._urls))
+            last = connection.last_error or exc
+            last_refusal = _tls_refusal(last)
+            # a URL that refused TLS while others were down: its cause is the news
+            causes = [repr(last) if last_refusal is None else _describe_tls(last_refusal)] + [
+                f"{_safe_url(url)}: {_describe_tls(error)}"
+                for url, error in connection.tls_refusals.items()
+                if error is not last_refusal
+            ]
             raise ConnectionFailed(
                 f"no RabbitMQ answered at {urls} within {timeout:g} s "
-                f"(last error: {connection.last_error or exc!r})"
+                f"(last error: {'; '.join(causes)})"
             ) from exc
         except BaseException:
             await self._close_connection()

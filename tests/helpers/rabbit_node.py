@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from tests.helpers.tls import TestPki, make_pki
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 """The Debian package's scripts; the ``/usr/sbin`` wrappers would switch to the rabbitmq user."""
 EPMD = "epmd"
@@ -349,6 +351,11 @@ class RabbitNode:
             by default the node has one of its own. Nodes of one cluster must register with
             the same epmd, or they cannot find each other by name: ``<name>@localhost`` is
             resolved by asking the epmd on ``ERL_EPMD_PORT`` of localhost.
+        tls: also listen for AMQP over TLS on `tls_port` (loopback only): ``True`` makes a
+            test PKI in ``<base>/tls`` (`tests.helpers.tls.make_pki`), or pass one made
+            elsewhere (for other server names). The plain listener stays: the readiness check
+            and `url` use it. Client certificates are asked for and verified against the
+            PKI's CA, but not required.
     """
 
     def __init__(
@@ -360,6 +367,7 @@ class RabbitNode:
         config: Sequence[str] = (),
         cookie: str | None = None,
         epmd: Epmd | None = None,
+        tls: bool | TestPki = False,
     ) -> None:
         self._owns_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix=BASE_PREFIX)) if base_dir is None else base_dir
@@ -367,13 +375,23 @@ class RabbitNode:
         self.name = name or f"aqt{secrets.token_hex(4)}"
         self.nodename = f"{self.name}@localhost"
         self._owns_epmd = epmd is None
+        ports = free_ports((3 if epmd is None else 2) + (1 if tls else 0))
+        self.port, self.dist_port = ports[0], ports[1]
         if epmd is None:
-            self.port, self.dist_port, epmd_port = free_ports(3)
-            epmd = Epmd(self.base_dir, epmd_port)
-        else:
-            self.port, self.dist_port = free_ports(2)
+            epmd = Epmd(self.base_dir, ports[2])
         self.epmd = epmd
         self._cookie = cookie
+        self.tls_port: int | None = ports[-1] if tls else None
+        """The AMQPS port (None without ``tls``)."""
+        self.pki: TestPki | None = tls if isinstance(tls, TestPki) else None
+        """The CA, server and client certificates of the TLS listener (None without ``tls``)."""
+        if tls is True:
+            try:
+                self.pki = make_pki(self.base_dir / "tls")
+            except BaseException:
+                if self._owns_dir:  # nothing else would remove it: owner.json is not written
+                    shutil.rmtree(self.base_dir, ignore_errors=True)
+                raise
         self.pid_file = self.base_dir / "pid"
         self.log_dir = self.base_dir / "log"
         self.start_seconds: list[float] = []
@@ -382,7 +400,7 @@ class RabbitNode:
         self._tree: dict[int, int] = {}
         """The server's process tree as last seen, so helpers that outlive it are found."""
         self._cleaned = False
-        self._write_files(plugins, config)
+        self._write_files(plugins, [*self._tls_config(), *config])
         _LIVE.add(self)
 
     # -- public surface ---------------------------------------------------------------------
@@ -391,6 +409,20 @@ class RabbitNode:
     def url(self) -> str:
         """The AMQP URL of this node (guest may log in: the connection comes from loopback)."""
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """The AMQPS URL of this node, by the name its server certificate is for.
+
+        No ``cafile`` in it: the client must be told to trust the PKI's CA (``?cafile=`` or
+        an ``ssl.SSLContext``), as a real client would.
+
+        Raises:
+            RabbitNodeError: the node was made without ``tls``.
+        """
+        if self.tls_port is None or self.pki is None:
+            raise RabbitNodeError(f"{self.nodename} has no TLS listener (RabbitNode(tls=True))")
+        return f"amqps://guest:guest@{self.pki.server_names[0]}:{self.tls_port}/"
 
     @property
     def running(self) -> bool:
@@ -425,8 +457,8 @@ class RabbitNode:
         if self.running:
             raise RabbitNodeError(f"{self.nodename} is already running")
         self._reap_server()
-        for port in (self.port, self.dist_port):
-            if not _port_is_free(port):
+        for port in (self.port, self.dist_port, self.tls_port):
+            if port is not None and not _port_is_free(port):
                 raise RabbitNodeError(f"port {port} of {self.nodename} is taken")
         if self._owns_epmd:
             self.epmd.start()
@@ -592,6 +624,20 @@ class RabbitNode:
         return f"<RabbitNode {self.nodename} {self.url} {state} at {self.base_dir}>"
 
     # -- internals --------------------------------------------------------------------------
+
+    def _tls_config(self) -> list[str]:
+        if self.pki is None or self.tls_port is None:
+            return []
+        pki = self.pki
+        return [
+            # on loopback, as the plain listener is (RABBITMQ_NODE_IP_ADDRESS)
+            f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}",
+            f"ssl_options.cacertfile = {pki.ca}",
+            f"ssl_options.certfile = {pki.server_cert}",
+            f"ssl_options.keyfile = {pki.server_key}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = false",
+        ]
 
     def _write_files(self, plugins: Sequence[str], config: Sequence[str]) -> None:
         base = self.base_dir
