@@ -18,12 +18,15 @@ without the bad entries) plus the marker header `MARKER`, whose value says what 
 worker dead-letters such a delivery (reason ``undecodable-properties``).
 
 **Cost**: aiormq decodes the frame anyway, so asking pamqp first would decode every header twice
-(about 30 µs for aqueue's headers on the development machine). Instead `properties_ok` walks
-the bytes once, without building anything, and vouches only for what it fully understands.
-Only when it cannot vouch (bad bytes, or something unusual but valid) does the slow path run:
-`sanitize_content_header` salvages field by field, and asks pamqp itself before leaving a
-frame alone. So the guard can only be stricter than pamqp, never more lenient, and a frame
-it leaves alone is one pamqp decodes.
+(pamqp takes about 10 µs for aqueue's headers on the development machine). Instead
+`properties_ok` (and `method_ok` for deliveries) walks the bytes once, building nothing, and
+vouches only for what it fully understands: 2.4 µs for the same headers, about 5 µs per
+delivery for the whole guard. Only when it cannot vouch (bad bytes, or something unusual but
+valid) does the slow path run: `sanitize_content_header` salvages field by field, and asks
+pamqp itself before leaving a frame alone. So a content header or delivery the guard leaves
+alone is one pamqp decodes (bar a frame too broken to rebuild, which aiormq reports as before).
+Always on, rather than switched on after a first failure: that failure would already have
+closed a connection and sent back every job on it.
 """
 
 from __future__ import annotations
