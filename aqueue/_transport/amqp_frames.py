@@ -658,6 +658,14 @@ class GuardedStreamReader(asyncio.StreamReader):
             raw, self._unparsed, self._off = self._unparsed + raw, b"", True
         super().feed_data(raw)
 
+    def feed_eof(self) -> None:
+        # the start of a frame cut off by the end of the stream goes on too: aiormq then
+        # reports a connection closed mid-frame, as without the guard, not a clean end
+        if self._unparsed:
+            super().feed_data(self._unparsed)
+            self._unparsed = b""
+        super().feed_eof()
+
     def _guard(self, data: bytes) -> bytes:
         """`data` as aiormq should see it (a frame not complete yet is kept for the next)."""
         pos = 0

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiormq.connection import FrameReceiver
+from aiormq.exceptions import AMQPConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands as spec
@@ -393,6 +394,12 @@ async def test_a_frame_without_its_end_octet_is_passed_on_for_aiormq_to_refuse()
     broken = _frame(2, 1, content_header(_BAD))
     with pytest.raises(Exception, match="Last byte error"):
         await _frames(broken[:-1] + b"\x00")
+
+
+async def test_a_stream_cut_mid_frame_ends_as_it_would_without_the_guard() -> None:
+    cut = STREAM[: len(_frame(1, 1, deliver_payload(b"aqueue.default"))) + 20]
+    with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+        await _frames(cut)
 
 
 def test_the_guard_steps_aside_if_its_framing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
