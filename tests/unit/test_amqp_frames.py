@@ -8,6 +8,7 @@ and carry the marker.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from datetime import UTC, datetime
 
@@ -22,12 +23,14 @@ from pamqp import header as pamqp_header
 from pamqp.body import ContentBody
 from pamqp.common import FieldTable
 from pamqp.exceptions import UnmarshalingException
+from yarl import URL
 
 from aqueue._transport.amqp_frames import (
     MARKER,
     MAX_HEADER_DEPTH,
     GuardedStreamReader,
     Properties,
+    SanitizingTransportFactory,
     method_ok,
     properties_ok,
     sanitize_content_header,
@@ -570,3 +573,65 @@ def test_the_method_check_passes_only_what_pamqp_decodes(payload: bytes) -> None
     if result is not None:
         assert _method_decodes(result[0])
         assert sanitize_method(result[0]) is None  # nothing left to clean
+
+
+# -- the transport factory aiormq opens connections with ---------------------------------------
+
+
+async def test_the_factory_connects_over_tcp_through_the_guard() -> None:
+    async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_frame(2, 1, content_header(_BAD)))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reader, writer = await SanitizingTransportFactory().create(
+            URL(f"amqp://127.0.0.1:{port}/"), ssl_context_provider=object()
+        )
+        assert isinstance(reader, GuardedStreamReader)
+        _, _, value = await FrameReceiver(reader).get_frame()
+        writer.close()
+        await writer.wait_closed()
+    assert isinstance(value, pamqp_header.ContentHeader)
+    assert MARKER in (value.properties.headers or {})
+
+
+async def test_the_factory_reports_a_refused_connection_as_aiormq_does() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(AMQPConnectionError):
+        await SanitizingTransportFactory().create(URL(f"amqp://127.0.0.1:{port}/"))
+
+
+async def test_the_factory_takes_tls_from_aiormqs_context_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For amqps:// the context comes from the provider aiormq passes, as in its TLS factory."""
+    context = ssl.create_default_context()
+    seen: dict[str, object] = {}
+
+    class Provider:
+        async def get_context(self) -> ssl.SSLContext:
+            return context
+
+    async def create_connection(*args: object, **kwargs: object) -> object:
+        seen.update(kwargs, host=args[1], port=args[2])
+        raise OSError("stop here")
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "create_connection", create_connection)
+    with pytest.raises(AMQPConnectionError, match="stop here"):
+        await SanitizingTransportFactory().create(
+            URL("amqps://broker.example:5671/"), ssl_context_provider=Provider()
+        )
+    assert (seen["ssl"], seen["host"], seen["port"]) == (context, "broker.example", 5671)
+    with pytest.raises(AMQPConnectionError):
+        await SanitizingTransportFactory().create(
+            URL("amqp://broker.example:5672/"), ssl_context_provider=Provider()
+        )
+    assert seen["ssl"] is None
