@@ -205,7 +205,8 @@ class Cause:
     """Why a job is dead-lettered, as text (see `aqueue._core.errors` for making it safely).
 
     Attributes:
-        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task``, ...
+        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task``,
+            ``undecodable-properties``, ...
         type: the qualified name of the exception.
         message: its message.
         traceback: the tail of its traceback.

@@ -1,6 +1,7 @@
 """The AMQP transport: aio-pika's robust connection, publisher confirms, manual acks.
 
-The only module that imports aio-pika, aiormq and pamqp (docs/rabbitmq-behaviour.md has the
+With ``amqp_frames`` (frame encoding and the guard against undecodable properties), the only
+module that imports aio-pika, aiormq and pamqp (docs/rabbitmq-behaviour.md has the
 measurements).
 
 - **Connection**: one aio-pika `RobustConnection` (its reconnect loop), named in
@@ -22,14 +23,11 @@ measurements).
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import logging
 import ssl
-import struct
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -40,12 +38,18 @@ import anyio.lowlevel
 from aio_pika import RobustConnection
 from aiormq import exceptions as amqp
 from pamqp import commands as spec
-from pamqp import encode as pamqp_encode
 from pamqp.common import FieldTable
 from yarl import URL
 
 from aqueue._core.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
+from aqueue._transport.amqp_frames import (
+    MARKER,
+    Properties,
+    SanitizingTransportFactory,
+    header_value,
+    is_plain,
+)
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
 from aqueue._transport.urls import check_tls, redact_url
 from aqueue.exceptions import (
@@ -180,63 +184,6 @@ async def _close_quietly(channel: _Channel | None) -> None:
         await channel.close()
 
 
-_PLAIN = frozenset({str, int, bool, float, type(None)})
-
-
-def _header_value(value: object) -> HeaderValue:
-    """A header value as a `HeaderValue`: pamqp decodes more types than aqueue writes."""
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):  # byte arrays, non-UTF-8 strings
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime):  # a naive one is UTC in AMQP
-        return calendar.timegm(value.utctimetuple())
-    if isinstance(value, Mapping):
-        return {str(key): _header_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_header_value(item) for item in value]
-    return str(value)
-
-
-def _table(value: Mapping[str, Any]) -> bytes:
-    parts = []
-    for key, item in sorted(value.items()):
-        parts.append(pamqp_encode.short_string(key))
-        try:
-            parts.append(_table_value(item))
-        except (TypeError, OverflowError, struct.error) as exc:
-            raise TypeError(f"header {key!r}: {exc}") from exc
-    data = b"".join(parts)
-    return struct.pack(">I", len(data)) + data
-
-
-def _table_value(value: object) -> bytes:
-    if isinstance(value, float):
-        return b"d" + struct.pack(">d", value)  # pamqp would send a 32-bit float ('f')
-    if isinstance(value, Mapping):
-        return b"F" + _table(value)
-    if isinstance(value, list | tuple):
-        data = b"".join(_table_value(item) for item in value)
-        return b"A" + struct.pack(">I", len(data)) + data
-    return pamqp_encode.encode_table_value(value)  # type: ignore[arg-type]
-
-
-class _Properties(spec.Basic.Properties):
-    """Basic properties whose header floats travel as 64-bit doubles.
-
-    pamqp encodes every float in a field table as a 32-bit ``f``: ``timeout=0.1`` arrived as
-    0.10000000149 and a value over 3.4e38 could not be sent at all. No ``__slots__`` here:
-    pamqp's ``marshal`` walks the parent's.
-    """
-
-    def encode_property(self, name: str, value: Any) -> bytes:
-        if name == "headers" and value:
-            return _table(value)
-        return super().encode_property(name, value)
-
-
 class AmqpDelivery(Delivery):
     """A message received from RabbitMQ, bound to the aiormq channel that delivered it."""
 
@@ -261,11 +208,16 @@ class AmqpDelivery(Delivery):
             unsettled[self] = None
         self.body = message.body
         # most values are plain already: convert only the others (this runs once per job);
-        # mypy cannot narrow on `type(v) in _PLAIN`, which is exactly the HeaderValue scalars
-        self.headers: Mapping[str, HeaderValue] = {
-            k if type(k) is str else str(k): v if type(v) in _PLAIN else _header_value(v)  # type: ignore[misc]
+        # mypy cannot narrow on `is_plain(v)`, which is exactly the HeaderValue scalars
+        headers: dict[str, HeaderValue] = {
+            k if type(k) is str else str(k): v if is_plain(v) else header_value(v)  # type: ignore[misc]
             for k, v in (properties.headers or {}).items()
         }
+        # set by the frame guard (amqp_frames) on properties it had to replace
+        undecodable = headers.pop(MARKER, None)
+        if undecodable is not None:
+            self.undecodable = str(undecodable)
+        self.headers: Mapping[str, HeaderValue] = headers
         self.message_id = properties.message_id
         self.content_type = properties.content_type or ""
         self.routing_key = delivery.routing_key or ""
@@ -312,6 +264,9 @@ class _RotatingConnection(RobustConnection):
     def __init__(self, urls: Sequence[URL], *, reconnect_interval: float, **kwargs: Any) -> None:
         # fail_fast=False: the first connect retries like a reconnect; `connect` bounds it.
         super().__init__(urls[0], reconnect_interval=reconnect_interval, fail_fast=False, **kwargs)
+        # aio-pika passes only the parameters it knows from its kwargs, but all of `self.kwargs`
+        # to aiormq on every (re)connect: the frame guard goes in there (see amqp_frames).
+        self.kwargs["transport_factory"] = SanitizingTransportFactory()
         self._urls = tuple(urls)
         self._index = self._failures = 0
         self._interval = reconnect_interval
@@ -707,7 +662,7 @@ class AmqpTransport(Transport):
         if channel is None or channel.is_closed:  # aiormq would write to a closed channel
             channel = await self._publishing_channel("reopen the publishing channel", timeout)
         headers: FieldTable = message.headers  # type: ignore[assignment]
-        properties = _Properties(
+        properties = Properties(
             content_type=message.content_type or None,  # "": none, as received
             headers=headers,
             delivery_mode=2,

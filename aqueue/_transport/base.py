@@ -38,6 +38,10 @@ class Delivery(abc.ABC):
     queue: str
     #: True when the broker delivered this message before (to any consumer).
     redelivered: bool
+    #: Why the transport could not decode this message's properties (AMQP clients fail on
+    #: some bytes brokers pass on: a header key that is not UTF-8, a timestamp past the year
+    #: 9999); `headers` and `message_id` are then what could be salvaged. None normally.
+    undecodable: str | None = None
     #: Called once if the delivering channel dies first (see `on_lost`).
     _lost_callback: Callable[[], None] | None = None
     _lost: bool = False

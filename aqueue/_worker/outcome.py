@@ -18,7 +18,8 @@ class Outcome:
     """How an attempt failed.
 
     Attributes:
-        reason: ``failed``, ``timeout``, ``decode-error`` or ``unknown-task``.
+        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task`` or
+            ``undecodable-properties``.
         error: the exception.
     """
 

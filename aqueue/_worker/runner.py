@@ -125,6 +125,20 @@ class JobRunner:
         ):
             return "lease-checked"
         with observe_job(self._session.instruments.all, delivery, queue) as observer:
+            if delivery.undecodable is not None:
+                # first: its redeliveries (each one killed a connection before aqueue had the
+                # frame guard) must not be quarantined, nor run on salvaged headers
+                return await self._undecodable(
+                    delivery,
+                    queue,
+                    DecodeError(
+                        "its AMQP properties could not be decoded "
+                        f"({delivery.undecodable}); the dead letter carries what could be "
+                        "salvaged of them"
+                    ),
+                    observer,
+                    reason="undecodable-properties",
+                )
             if delivery.redelivered or delivery.delivery_count or LeaseCopies.is_copy(delivery):
                 return await self._came_back(delivery, queue, observer)
             if leases:
@@ -234,9 +248,16 @@ class JobRunner:
         return _settled(observer, "quarantined" if moved else "requeued", None)
 
     async def _undecodable(
-        self, delivery: Delivery, queue: str, exc: Exception, observer: JobObserver
+        self,
+        delivery: Delivery,
+        queue: str,
+        exc: Exception,
+        observer: JobObserver,
+        *,
+        reason: str | None = None,
     ) -> Settlement:
-        reason = "unknown-task" if isinstance(exc, UnknownTaskError) else "decode-error"
+        if reason is None:
+            reason = "unknown-task" if isinstance(exc, UnknownTaskError) else "decode-error"
         dead = Outcome(reason, exc)
         states = self._session.states
         if states.active:

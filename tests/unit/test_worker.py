@@ -10,7 +10,9 @@ import pytest
 from aqueue import JobContext, TaskQueue, Worker, WorkerSettings, current_job
 from aqueue._core import wire as t
 from aqueue._tasks.middleware import CallNext
-from aqueue._transport import OutgoingMessage
+from aqueue._transport import Delivery, OutgoingMessage
+from aqueue._worker.runner import JobRunner
+from aqueue._worker.threads import SyncThreads
 from aqueue.exceptions import ConfigurationError, EncodeError
 from aqueue.testing import running_worker
 from tests.helpers.workers import WAIT, drain, wait_until
@@ -154,6 +156,56 @@ async def test_garbage_and_unknown_tasks_are_dead_lettered_and_worker_goes_on(
     assert dead["u"][t.HEADER_DEAD_REASON] == "unknown-task"
     assert dead["u"][t.HEADER_DEAD_EXC_TYPE] == "aqueue.exceptions.UnknownTaskError"
     assert "nobody.knows" in str(dead["u"][t.HEADER_DEAD_EXC_MESSAGE])
+
+
+class _Undecodable(Delivery):
+    """A delivery whose properties the AMQP transport had to salvage, delivered again."""
+
+    def __init__(self, task: str) -> None:
+        self.body = b'{"args": [], "kwargs": {}}'
+        self.headers = {t.HEADER_TASK: task, "x-delivery-count": 2}
+        self.message_id = "id-\\xff"
+        self.content_type = "application/json"
+        self.routing_key = "default"
+        self.queue = "t.default"
+        self.redelivered = True
+        self.undecodable = "message_id b'id-\\xff' is not UTF-8"
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def reject(self, *, requeue: bool) -> None:
+        self.settled.append(f"reject(requeue={requeue})")
+
+
+async def test_undecodable_properties_are_dead_lettered_not_run_nor_quarantined(
+    memory_queue: TaskQueue,
+) -> None:
+    """Even redelivered (it killed connections before the guard), it goes to the DLQ once."""
+    ran: list[str] = []
+
+    @memory_queue.task
+    async def job() -> None:
+        ran.append("ran")
+
+    delivery = _Undecodable(job.name)
+    async with memory_queue.session() as session:
+        await session.producer.declare_queue("default")
+        runner = JobRunner(session, memory_queue.tasks, (), threads=SyncThreads(1))
+        settlement = await runner.process(delivery, "default")
+        quarantined = await session.transport.message_count(
+            session.names.quarantine_queue("default")
+        )
+    assert settlement == "dead-lettered"
+    assert delivery.settled == ["ack"]
+    assert ran == []
+    assert quarantined == 0
+    [dead] = await _dead_letters(memory_queue)
+    assert dead[t.HEADER_DEAD_REASON] == "undecodable-properties"
+    assert dead["id"] == "id-\\xff"
+    assert "is not UTF-8" in str(dead[t.HEADER_DEAD_EXC_MESSAGE])
+    assert dead[t.HEADER_TASK] == job.name
 
 
 async def test_concurrency_limit_is_respected(memory_queue: TaskQueue) -> None:
