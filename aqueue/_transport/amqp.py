@@ -50,7 +50,15 @@ from aqueue._transport.amqp_frames import (
     header_value,
     is_plain,
 )
-from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
+from aqueue._transport.base import (
+    Consumer,
+    Delivery,
+    DeliveryCallback,
+    NoticeCallback,
+    OutgoingMessage,
+    QueueInfo,
+    Transport,
+)
 from aqueue._transport.urls import check_tls, redact_url
 from aqueue.exceptions import (
     BrokerBlocked,
@@ -432,6 +440,53 @@ class _AmqpConsumer(Consumer):
             await channel.basic_cancel(tag, timeout=OPERATION_TIMEOUT)
 
 
+class _AmqpListener(_AmqpConsumer):
+    """`Transport.listen`: a server-named exclusive queue bound to an exchange, no acks.
+
+    Each subscription (the first, and one after every reconnect or channel loss) declares a
+    new queue: an exclusive queue dies with the connection (or channel use) that made it.
+    """
+
+    def __init__(
+        self, transport: AmqpTransport, exchange: str, routing_key: str, on_notice: NoticeCallback
+    ) -> None:
+        super().__init__(transport, "", 0, lambda _delivery: None)
+        self._exchange, self._routing_key, self._on_notice = exchange, routing_key, on_notice
+
+    async def _subscribe(self) -> None:
+        async with self._lock:
+            if self._cancelled or (self._channel is not None and not self._channel.is_closed):
+                return
+            what = f"listen to {self._exchange!r}"
+            with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
+                channel = await self._transport._open_channel(what)
+                try:
+                    declared = await channel.queue_declare(
+                        "", exclusive=True, auto_delete=True, durable=False
+                    )
+                    queue = declared.queue or ""
+                    await channel.queue_bind(queue, self._exchange, routing_key=self._routing_key)
+                    ok = await channel.basic_consume(queue, self._on_notice_message, no_ack=True)
+                except BaseException as exc:
+                    await _close_quietly(channel)
+                    if isinstance(exc, amqp.ChannelNotFoundEntity):
+                        raise ConfigurationError(f"{what}: {_reason(exc)}") from exc
+                    raise
+            self._queue = queue
+            self._channel, self._tag = channel, ok.consumer_tag
+            unsettled = self._unsettled = {}
+            channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
+
+    async def _on_notice_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        delivery = message.delivery
+        routing_key = getattr(delivery, "routing_key", None) or ""
+        try:
+            self._on_notice(routing_key, message.body)
+        except Exception:  # like a consumer's callback: logged, the subscription lives on
+            log.exception("a notice callback failed for %r", self._exchange)
+
+
 class AmqpTransport(Transport):
     """A `Transport` on RabbitMQ through aio-pika: one robust connection, named.
 
@@ -469,7 +524,9 @@ class AmqpTransport(Transport):
         self._connection: _RotatingConnection | None = None
         self._channel: _Channel | None = None  # publishing, with confirms
         self._get_channel: _Channel | None = None
+        self._notice_channel: _Channel | None = None  # notices: no confirms
         self._channel_lock, self._get_lock = asyncio.Lock(), asyncio.Lock()
+        self._notice_lock = asyncio.Lock()
         # What was declared, re-declared after each reconnect; by name, the latest wins.
         self._exchanges: dict[str, ExchangeSpec] = {}
         self._queues: dict[str, QueueSpec] = {}
@@ -820,6 +877,45 @@ class AmqpTransport(Transport):
         async with self._throwaway(f"count messages in {queue!r}", queue) as channel:
             ok = await channel.queue_declare(queue, passive=True)
         return ok.message_count or 0
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        async with self._throwaway(f"look up {queue!r}", queue) as channel:
+            ok = await channel.queue_declare(queue, passive=True)
+        return QueueInfo(ready=ok.message_count or 0, consumers=ok.consumer_count or 0)
+
+    # -- notices ----------------------------------------------------------------------------
+
+    async def notify(self, exchange: str, routing_key: str, body: bytes, *, timeout: float) -> None:
+        what = f"notice to {exchange!r}/{routing_key!r}"
+        if not self._ready.is_set():
+            raise ConnectionLost(f"{what}: not connected to the broker")
+        try:
+            with _translated(what), anyio.fail_after(timeout):
+                async with self._notice_lock:
+                    channel = self._notice_channel
+                    if channel is None or channel.is_closed:
+                        channel = self._notice_channel = await self._open_channel(what)
+                # without confirms aiormq returns once the frames are written
+                await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=Properties(content_type="application/json", delivery_mode=1),
+                )
+        except ConnectionLost as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise PublishTimeout(f"{what}: not written within {timeout:g} s") from exc
+            raise
+
+    async def listen(self, exchange: str, routing_key: str, on_notice: NoticeCallback) -> Consumer:
+        listener = _AmqpListener(self, exchange, routing_key, on_notice)
+        self._consumers[listener] = None  # a reconnect re-declares its queue and resubscribes
+        try:
+            await listener._subscribe()
+        except BaseException:
+            await listener.cancel()
+            raise
+        return listener
 
     async def purge(self, queue: str) -> int:
         async with self._throwaway(f"purge {queue!r}", queue) as channel:

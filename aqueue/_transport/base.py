@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from aqueue._core.topology import Topology
 from aqueue._core.types import HeaderValue
 from aqueue._core.wire import OutgoingMessage
 
-__all__ = ["Consumer", "Delivery", "DeliveryCallback", "OutgoingMessage", "Transport"]
+__all__ = [
+    "Consumer",
+    "Delivery",
+    "DeliveryCallback",
+    "NoticeCallback",
+    "OutgoingMessage",
+    "QueueInfo",
+    "Transport",
+]
 
 
 class Delivery(abc.ABC):
@@ -98,6 +107,21 @@ class Delivery(abc.ABC):
 
 #: Called by the transport for every delivery, on the event loop; it must not block.
 DeliveryCallback = Callable[[Delivery], None]
+
+
+#: Called by the transport for every notice `Transport.listen` receives: its routing key and
+#: body, on the event loop; it must not block. Notices are never settled (no-ack).
+NoticeCallback = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """What a passive declare of a queue tells (``queue.declare-ok``)."""
+
+    #: messages ready for delivery (not counting unacked ones)
+    ready: int
+    #: consumers subscribed to the queue, on every connection
+    consumers: int
 
 
 class Consumer(abc.ABC):
@@ -188,6 +212,43 @@ class Transport(abc.ABC):
 
         Raises:
             QueueNotFound: the queue does not exist.
+        """
+
+    @abc.abstractmethod
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """Ready messages and consumers of a queue (a passive declare: nothing is created).
+
+        Raises:
+            QueueNotFound: the queue does not exist.
+        """
+
+    @abc.abstractmethod
+    async def notify(self, exchange: str, routing_key: str, body: bytes, *, timeout: float) -> None:
+        """Publish a transient notice: not confirmed, not mandatory, never stored on disk.
+
+        For heartbeats and similar best-effort messages: a notice that no queue takes is
+        dropped without a word, and one under way when the connection drops is lost. Returns
+        once the frames are written; `timeout` bounds the wait for a connection blocked by a
+        resource alarm.
+
+        Raises:
+            ConnectionLost: not connected, or the connection dropped.
+            PublishTimeout: the notice could not be written within `timeout` seconds.
+        """
+
+    @abc.abstractmethod
+    async def listen(self, exchange: str, routing_key: str, on_notice: NoticeCallback) -> Consumer:
+        """Receive what is published to `exchange` for `routing_key`, in a queue of our own.
+
+        The queue is exclusive, auto-delete and server-named: it lives as long as this
+        connection, no other connection may use it, and RabbitMQ 4.3 allows it where it
+        denies non-durable shared queues. Consumed without acks. After a reconnect a new
+        queue is declared and bound: notices published meanwhile are lost. The exchange must
+        exist (declare it first).
+
+        Raises:
+            ConfigurationError: the exchange does not exist.
+            ConnectionLost: the connection dropped while subscribing.
         """
 
     @abc.abstractmethod

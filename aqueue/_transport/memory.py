@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Literal
 
 import anyio
@@ -25,7 +26,9 @@ from aqueue._transport.base import (
     Consumer,
     Delivery,
     DeliveryCallback,
+    NoticeCallback,
     OutgoingMessage,
+    QueueInfo,
     Transport,
 )
 from aqueue._transport.memory_broker import MemoryBroker
@@ -150,6 +153,53 @@ class _MemoryConsumer(Consumer):
         await anyio.lowlevel.checkpoint()
 
 
+class _MemoryListener(Consumer):
+    """`Transport.listen`: an exclusive queue of its own, re-made after every reconnect."""
+
+    def __init__(
+        self, transport: MemoryTransport, exchange: str, routing_key: str, on_notice: NoticeCallback
+    ) -> None:
+        self.transport = transport
+        self.exchange, self.routing_key, self.on_notice = exchange, routing_key, on_notice
+        self.queue_name: str | None = None
+
+    def has_capacity(self) -> bool:
+        return True  # no acks: nothing is ever unsettled
+
+    def receive(self, queue: MemoryQueue, message: StoredMessage) -> None:
+        try:
+            self.on_notice(message.routing_key, message.body)
+        except Exception:  # as for a consumer's callback: logged, the subscription lives on
+            logger.exception("a notice callback failed for %s", self.exchange)
+
+    def attach(self) -> None:
+        vhost = self.transport._vhost
+        if self.exchange not in vhost._exchanges:  # checked first: no queue is left behind
+            raise ConfigurationError(f"no exchange {self.exchange!r} to bind to (404)")
+        # server-named, like RabbitMQ's amq.gen-... names
+        name = f"amq.gen-{uuid.uuid4().hex}"
+        vhost.declare(
+            Topology(
+                queues=(QueueSpec(name, durable=False),),
+                bindings=(BindingSpec(name, self.exchange, self.routing_key),),
+            )
+        )
+        self.queue_name = name
+        vhost.queue(name).consumers.append(self)
+
+    def detach(self) -> None:
+        # exclusive: the queue dies with the connection that declared it
+        if self.queue_name is not None:
+            self.transport._vhost.delete_queue(self.queue_name)
+            self.queue_name = None
+
+    async def cancel(self) -> None:
+        self.detach()
+        if self in self.transport._listeners:
+            self.transport._listeners.remove(self)
+        await anyio.lowlevel.checkpoint()
+
+
 class MemoryTransport(Transport):
     """One connection to a `MemoryBroker`, with the semantics of the AMQP transport.
 
@@ -176,6 +226,7 @@ class MemoryTransport(Transport):
         self._queues: dict[str, QueueSpec] = {}
         self._bindings: dict[BindingSpec, None] = {}
         self._consumers: list[_MemoryConsumer] = []
+        self._listeners: list[_MemoryListener] = []
         # A dict keeps delivery order and removes in O(1).
         self._unsettled: dict[_MemoryDelivery, None] = {}
         self._connected: anyio.Event | None = None
@@ -207,6 +258,7 @@ class MemoryTransport(Transport):
             self._connected.set()
             self._connected = None
         self._consumers.clear()
+        self._listeners.clear()
         self._vhost.connections.pop(self, None)
 
     async def wait_connected(self) -> None:
@@ -260,6 +312,38 @@ class MemoryTransport(Transport):
         source.expire()
         return len(source)
 
+    async def queue_info(self, queue: str) -> QueueInfo:
+        source = await self._queue(queue)
+        source.expire()
+        return QueueInfo(ready=len(source), consumers=len(source.consumers))
+
+    async def notify(self, exchange: str, routing_key: str, body: bytes, *, timeout: float) -> None:
+        self._check_connected()
+        await anyio.lowlevel.checkpoint()
+        self._check_connected()
+        # not mandatory: a notice no queue takes is dropped, as RabbitMQ does
+        for queue in self._vhost.route(exchange, routing_key) or []:
+            queue.offer(
+                StoredMessage(
+                    body=body,
+                    headers={},
+                    message_id="",
+                    content_type="application/json",
+                    timestamp=None,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                )
+            )
+
+    async def listen(self, exchange: str, routing_key: str, on_notice: NoticeCallback) -> Consumer:
+        self._check_connected()
+        await anyio.lowlevel.checkpoint()
+        self._check_connected()
+        listener = _MemoryListener(self, exchange, routing_key, on_notice)
+        listener.attach()
+        self._listeners.append(listener)
+        return listener
+
     async def purge(self, queue: str) -> int:
         return (await self._queue(queue)).purge()
 
@@ -311,6 +395,11 @@ class MemoryTransport(Transport):
                 consumer.attach()
             except ConfigurationError as exc:
                 logger.warning("%r could not resume a consumer: %s", self, exc)
+        for listener in self._listeners:
+            try:
+                listener.attach()
+            except ConfigurationError as exc:
+                logger.warning("%r could not resume a listener: %s", self, exc)
         if self._connected is not None:
             self._connected.set()
             self._connected = None
@@ -324,6 +413,8 @@ class MemoryTransport(Transport):
         for consumer in self._consumers:
             consumer.detach()
             consumer.unsettled = 0
+        for listener in self._listeners:
+            listener.detach()
         # In delivery order: that is the order they come back to the head of the queue.
         unsettled, self._unsettled = self._unsettled, {}
         for delivery in unsettled:
