@@ -69,6 +69,16 @@ def worker(
     lease_ttl: Annotated[
         float, typer.Option(help="Seconds a lease lasts unless renewed.", min=1)
     ] = _WORKER.lease_ttl,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between heartbeats on the control exchange (aqueue stats reads "
+            "them); readers drop a worker silent for 3 of them.",
+            min=0.05,
+            max=3600,
+            envvar="AQUEUE_HEARTBEAT_INTERVAL",
+        ),
+    ] = _WORKER.heartbeat_interval,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     log_format: Annotated[
         str,
@@ -118,6 +128,7 @@ def worker(
             crash_limit=crash_limit,
             lease_after=lease_after or None,
             lease_ttl=lease_ttl,
+            heartbeat_interval=heartbeat_interval,
         )
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc

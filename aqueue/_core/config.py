@@ -14,6 +14,7 @@ from typing import TypedDict
 
 from aqueue._core.checks import is_number, is_whole
 from aqueue._core.delays import MAX_DELAY_SECONDS
+from aqueue._core.heartbeats import HEARTBEAT_INTERVAL
 from aqueue._core.retry import RetryPolicy
 from aqueue._core.topology import QueueType, validate_name
 from aqueue._core.types import JSONScalar
@@ -240,6 +241,8 @@ class WorkerSettings:
             ``consumer_timeout``; keep it well below that timeout. ``None``: never.
         lease_ttl: seconds a lease lasts unless renewed (every third of it); a job whose
             worker died runs again after about twice this.
+        heartbeat_interval: seconds between the worker's heartbeats on the control exchange
+            (see the observability page); readers drop a worker silent for 3 of them.
     """
 
     queues: tuple[str, ...] = ()
@@ -250,6 +253,7 @@ class WorkerSettings:
     crash_limit: int = 3
     lease_after: float | None = 600.0
     lease_ttl: float = 60.0
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
 
     def __post_init__(self) -> None:
         for queue in self.queues:
@@ -270,6 +274,10 @@ class WorkerSettings:
         if not is_number(self.lease_ttl, at_least=1, at_most=MAX_DELAY_SECONDS):
             raise ConfigurationError(
                 f"lease_ttl must be 1 to {MAX_DELAY_SECONDS:g} seconds, not {self.lease_ttl!r}"
+            )
+        if not is_number(self.heartbeat_interval, at_least=0.05, at_most=3600):
+            raise ConfigurationError(
+                f"heartbeat_interval must be 0.05 to 3600 seconds, not {self.heartbeat_interval!r}"
             )
 
     @property

@@ -7,6 +7,7 @@ delivers them again).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -17,9 +18,11 @@ import anyio
 from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
+from aqueue._core.heartbeats import QueueFigures
 from aqueue._core.queues import queue_topology
 from aqueue._observability.hooks import Settlement
 from aqueue._transport import Consumer, Delivery, Transport
+from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
@@ -70,6 +73,15 @@ class _Counters:
         )
 
 
+class _QueueCounts:
+    """Per logical queue: deliveries received, settled, and running now (for heartbeats)."""
+
+    __slots__ = ("in_flight", "received", "settled")
+
+    def __init__(self) -> None:
+        self.received = self.settled = self.in_flight = 0
+
+
 class Worker:
     """Runs the jobs of a `TaskQueue`'s tasks.
 
@@ -90,6 +102,8 @@ class Worker:
         self._jobs_scope: anyio.CancelScope | None = None
         self._stop_requested = False
         self._counters = _Counters()
+        self._queue_counts: dict[str, _QueueCounts] = {}
+        self.heartbeats: HeartbeatSender | None = None  # set by `run`
         self._changed = anyio.Event()
         self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
         # set by `run`
@@ -108,6 +122,21 @@ class Worker:
     def statistics(self) -> WorkerStatistics:
         """A snapshot of the counters."""
         return self._counters.snapshot()
+
+    def queue_figures(self) -> dict[str, QueueFigures]:
+        """Per logical queue: concurrency, running and prefetched jobs, counters (heartbeats)."""
+        figures = {}
+        for queue in self.queues():
+            counts = self._queue_counts.get(queue) or _QueueCounts()
+            intake = self._intakes.get(queue)
+            figures[queue] = QueueFigures(
+                concurrency=self.settings.concurrency,
+                in_flight=counts.in_flight,
+                held=intake.waiting() if intake is not None else 0,
+                received=counts.received,
+                settled=counts.settled,
+            )
+        return figures
 
     def abandoned(self) -> tuple[AbandonedJob, ...]:
         """The sync jobs whose functions still run in threads this worker stopped waiting for.
@@ -193,7 +222,19 @@ class Worker:
             )
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
-            await self._serve(runner, intakes)
+            heartbeats = self.heartbeats = HeartbeatSender(
+                session.transport,
+                session.names,
+                concurrency=self.settings.concurrency,
+                interval=self.settings.heartbeat_interval,
+                figures=self.queue_figures,
+                counters=lambda: dataclasses.asdict(self.statistics()),
+            )
+            async with anyio.create_task_group() as beating:
+                beating.start_soon(heartbeats.run)
+                await self._serve(runner, intakes)
+                beating.cancel_scope.cancel()
+            await heartbeats.send_stopping()
         # after the connections closed: the unsettled deliveries are back with the broker
         self._report_abandoned()
 
@@ -254,15 +295,22 @@ class Worker:
         if runner is None:  # pragma: no cover - only called while serving
             raise RuntimeError("the worker is not running")
         counters = self._counters
+        counts = self._queue_counts.get(queue)
+        if counts is None:
+            counts = self._queue_counts[queue] = _QueueCounts()
         counters.received += 1
         counters.in_flight += 1
+        counts.received += 1
+        counts.in_flight += 1
         try:
             settlement = await runner.process(delivery, queue)
             counters.settled(settlement)
+            counts.settled += 1
             if settlement == "quarantined" and self._quarantine is not None:
                 self._quarantine.nudge()
         finally:
             counters.in_flight -= 1
+            counts.in_flight -= 1
             self._notify()
 
     async def _serve(self, runner: JobRunner, intakes: Mapping[str, Intake]) -> None:

@@ -1,0 +1,262 @@
+"""``aqueue stats``: the live workers and their queues, from heartbeats and passive declares.
+
+It listens to the control exchange in a queue of its own (exclusive, auto-delete,
+server-named) for a little more than one heartbeat interval, reads each work queue's ready
+messages and consumers twice (at the start and the end of that window: the change in ready
+gives the arrival rate), and prints what `aqueue._core.heartbeats.aggregate` makes of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from aqueue._cli.common import AppArgument, app, console, load_queue, queue_names, run
+from aqueue._client.queue import TaskQueue
+from aqueue._core.heartbeats import (
+    DROP_OUT_INTERVALS,
+    HEARTBEAT_BINDING,
+    HEARTBEAT_INTERVAL,
+    Heartbeat,
+    QueueFacts,
+    Seen,
+    StatsView,
+    aggregate,
+    control_exchange,
+)
+from aqueue._core.topology import TopologyNames
+from aqueue._serialization import loads
+from aqueue._transport import Transport
+from aqueue._worker.heartbeats import control_topology
+from aqueue.exceptions import AqueueError, QueueNotFound
+
+#: ``--json`` output's ``version``: fields are only ever added within one version.
+STATS_VERSION = 1
+#: The collection window is this many heartbeat intervals (plus `WINDOW_SLACK` seconds), so
+#: that every live worker has sent at least one heartbeat in it.
+WINDOW_INTERVALS = 1.2
+WINDOW_SLACK = 0.3
+
+
+@app.command()
+def stats(
+    app_path: AppArgument,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON (one object per refresh with --watch).")
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            help="The workers' heartbeat interval in seconds: stats listens for a little more "
+            "than one, and --watch refreshes at this pace.",
+            min=0.05,
+            max=3600,
+            envvar="AQUEUE_HEARTBEAT_INTERVAL",
+        ),
+    ] = HEARTBEAT_INTERVAL,
+) -> None:
+    """Show every live worker and its queues: ready, unacked, consumers, rates, waits."""
+    queue = load_queue(app_path)
+    try:
+        run(_stats, queue, interval, json_output, watch)
+    except typer.Exit as exc:
+        if watch and exc.exit_code == 130:  # Ctrl-C is how --watch ends
+            raise typer.Exit(0) from None
+        raise
+
+
+class _Collector:
+    """Heartbeats of one app as they arrive (a `NoticeCallback`)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen: list[Seen] = []
+
+    def __call__(self, _routing_key: str, body: bytes) -> None:
+        try:
+            beat = Heartbeat.from_payload(loads(body))
+        except (ValueError, AqueueError):
+            return  # another version, or not a heartbeat: not ours to show
+        if beat.prefix == self.prefix:
+            self.seen.append(Seen(beat, time.time()))
+
+
+async def _facts(
+    transport: Transport, names: TopologyNames, queues: Iterable[str]
+) -> dict[str, QueueFacts]:
+    facts = {}
+    for name in queues:
+        try:
+            info = await transport.queue_info(names.work_queue(name))
+        except QueueNotFound:
+            facts[name] = QueueFacts(ready=None, consumers=None)
+        else:
+            facts[name] = QueueFacts(ready=info.ready, consumers=info.consumers)
+    return facts
+
+
+def _with_rates(
+    before: dict[str, QueueFacts], after: dict[str, QueueFacts], seconds: float
+) -> dict[str, QueueFacts]:
+    merged = {}
+    for name, fact in after.items():
+        earlier = before.get(name)
+        per_s = None
+        if earlier is not None and earlier.ready is not None and fact.ready is not None:
+            per_s = (fact.ready - earlier.ready) / seconds if seconds > 0 else None
+        merged[name] = QueueFacts(fact.ready, fact.consumers, per_s)
+    return merged
+
+
+async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bool) -> None:
+    window = interval * WINDOW_INTERVALS + WINDOW_SLACK
+    async with queue.session() as session:
+        transport, names = session.transport, session.names
+        # declared here too: a reader may start before any worker ever has
+        await transport.declare(control_topology(names))
+        collector = _Collector(names.prefix)
+        listener = await transport.listen(
+            control_exchange(names.prefix), HEARTBEAT_BINDING, collector
+        )
+        live: Live | None = None
+        try:
+            known = queue_names(queue)
+            began = time.monotonic()
+            before = await _facts(transport, names, known)
+            while True:
+                await anyio.sleep(max(0.0, window - (time.monotonic() - began)))
+                now = time.time()
+                heard = {q for seen in collector.seen for q in seen.heartbeat.queues}
+                after = await _facts(transport, names, sorted(set(known) | heard))
+                facts = _with_rates(before, after, time.monotonic() - began)
+                view = aggregate(collector.seen, facts, now=now, queues=known)
+                # keep what can still be shown: a worker silent this long is gone anyway
+                horizon = 2 * DROP_OUT_INTERVALS
+                collector.seen = [
+                    s
+                    for s in collector.seen
+                    if now - s.received_at <= horizon * s.heartbeat.interval
+                ]
+                if json_output:
+                    print(json.dumps(stats_json(view, now=now, window=window)), flush=True)
+                elif watch:
+                    if live is None:
+                        live = Live(_tables(view), console=Console(), auto_refresh=False)
+                        live.start()
+                    live.update(_tables(view), refresh=True)
+                else:
+                    Console().print(_tables(view))
+                if not watch:
+                    return
+                began, before, window = time.monotonic(), after, interval
+        finally:
+            if live is not None:
+                live.stop()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await listener.cancel()
+                except AqueueError as exc:
+                    console.print(f"could not cancel the heartbeat listener: {escape(str(exc))}")
+
+
+def stats_json(view: StatsView, *, now: float, window: float) -> dict[str, Any]:
+    """The ``--json`` document (documented on the CLI page; `STATS_VERSION`)."""
+    return {
+        "version": STATS_VERSION,
+        "generated_at": round(now, 3),
+        "window": round(window, 3),
+        "queues": [
+            {
+                "queue": row.queue,
+                "ready": row.ready,
+                "unacked": row.unacked,
+                "consumers": row.consumers,
+                "workers": row.workers,
+                "in_per_s": _round(row.in_per_s),
+                "out_per_s": _round(row.out_per_s),
+                "wait_p50": _round(row.wait_p50),
+                "wait_p95": _round(row.wait_p95),
+                "oldest_wait": _round(row.oldest_wait),
+            }
+            for row in view.queues
+        ],
+        "workers": [
+            {
+                "worker_id": row.worker_id,
+                "host": row.host,
+                "pid": row.pid,
+                "queues": list(row.queues),
+                "concurrency": row.concurrency,
+                "in_flight": row.in_flight,
+                "busy_ratio": round(row.busy_ratio, 4),
+                "last_seen": round(row.last_seen, 3),
+                "started_at": round(row.started_at, 3),
+            }
+            for row in view.workers
+        ],
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _cell(value: float | int | None, unit: str = "") -> str:
+    if value is None:
+        return ""  # unknown: blank, not a misleading 0
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.1f}{unit}" if unit else f"{value:.1f}"
+
+
+def _tables(view: StatsView) -> Group:
+    queues = Table(
+        "queue",
+        "ready",
+        "unacked",
+        "consumers",
+        "in/s",
+        "out/s",
+        "wait p50",
+        "wait p95",
+        "oldest wait",
+        title="queues",
+    )
+    for row in view.queues:
+        queues.add_row(
+            escape(row.queue),
+            _cell(row.ready),
+            str(row.unacked),
+            _cell(row.consumers),
+            _cell(row.in_per_s),
+            _cell(row.out_per_s),
+            _cell(row.wait_p50, "s"),
+            _cell(row.wait_p95, "s"),
+            _cell(row.oldest_wait, "s"),
+        )
+    workers = Table(
+        "worker", "host", "pid", "queues", "concurrency", "busy", "last seen", title="workers"
+    )
+    for worker in view.workers:
+        workers.add_row(
+            escape(worker.worker_id),
+            escape(worker.host),
+            str(worker.pid),
+            escape(", ".join(worker.queues)),
+            str(worker.concurrency),
+            f"{worker.in_flight} ({worker.busy_ratio:.0%})",
+            f"{worker.last_seen:.1f}s ago",
+        )
+    if not view.workers:
+        workers.caption = "no live worker sent a heartbeat"
+    return Group(queues, workers)
