@@ -160,3 +160,41 @@ def test_bad_input_fails_before_connecting(args: list[str], message: str) -> Non
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stdout + done.stderr
+
+
+async def test_watch_prints_one_json_object_per_refresh_and_ends_on_ctrl_c(
+    env: dict[str, str], workers: list[WorkerProcess]
+) -> None:
+    """``stats --json --watch`` prints a fresh object each interval; SIGINT ends it with 0."""
+    for worker in workers:
+        await worker.wait_started()
+    watcher = _start_watcher(env)
+    try:
+        assert watcher.stdout is not None
+        views: list[dict[str, Any]] = []
+        with anyio.fail_after(30):
+            while len(views) < 2:
+                line = await anyio.to_thread.run_sync(watcher.stdout.readline)
+                assert line, "stats --watch ended early"
+                views.append(json.loads(line))
+        assert all(len(view["workers"]) == 2 for view in views)
+        watcher.send_signal(signal.SIGINT)
+        assert await anyio.to_thread.run_sync(lambda: watcher.wait(timeout=20)) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        watcher.wait()
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+
+
+def _start_watcher(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        aqueue_command("stats", APP, "--json", "--watch"),
+        cwd=ROOT,
+        env=subprocess_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
