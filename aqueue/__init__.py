@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aqueue._client.deadletters import DeadLetter, DeadLetterQueue, ReplayResult
 from aqueue._client.producer import BatchResult, PublishFailure
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import TaskOptions, WorkerSettings
+from aqueue._core.config import QueueLimits, TaskOptions, WorkerSettings
 from aqueue._core.wire import Failure
 from aqueue._observability.hooks import Instrumentation, JobObserver
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
@@ -53,6 +53,7 @@ __all__ = [
     "MetricSink",
     "Middleware",
     "PublishFailure",
+    "QueueLimits",
     "RedisResultBackend",
     "RemoteError",
     "ReplayResult",

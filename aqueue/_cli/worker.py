@@ -25,7 +25,7 @@ from aqueue._cli.telemetry import (
     worker_observability,
 )
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import WorkerSettings
+from aqueue._core.config import WorkerSettings, parse_queues
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
 
@@ -36,7 +36,15 @@ _WORKER = WorkerSettings()  # the defaults, stated once there
 def worker(
     app_path: AppArgument,
     queues: Annotated[
-        str | None, typer.Option("--queues", "-Q", help="Comma-separated logical queues.")
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated logical queues, each NAME[:CONCURRENCY][:threads=N]"
+            "[:prefetch=N] (e.g. emails:50,reports:4:threads=4); a bare name takes "
+            "--concurrency, and each queue has min(its concurrency, --threads) threads of its "
+            "own unless it says.",
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option(help="Jobs run at once, per queue.", min=1)
@@ -48,7 +56,12 @@ def worker(
         float, typer.Option(help="Seconds to let running jobs finish on SIGTERM.", min=0)
     ] = _WORKER.grace,
     threads: Annotated[
-        int, typer.Option(help="Threads for plain (sync) tasks.", min=1)
+        int,
+        typer.Option(
+            help="Threads for plain (sync) tasks, per queue: each queue has min(its "
+            "concurrency, this) of its own.",
+            min=1,
+        ),
     ] = _WORKER.threads,
     crash_limit: Annotated[
         int,
@@ -116,11 +129,14 @@ def worker(
         raise typer.BadParameter(
             f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
         )
+    try:
+        chosen = parse_queues(queues) if queues else ()
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--queues' / '-Q'") from exc
     queue = load_queue(app_path)
-    names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
     try:
         settings = WorkerSettings(
-            queues=names,
+            queues=chosen,
             concurrency=concurrency,
             prefetch=prefetch,
             grace=grace,

@@ -224,16 +224,61 @@ def _check_positive(settings: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """One queue's own limits in a worker (``-Q reports:4:threads=4`` on the command line).
+
+    Unset fields take the worker's: see `WorkerSettings.limits` for how each is resolved.
+
+    Attributes:
+        name: the logical queue.
+        concurrency: jobs of this queue run at once by the worker (its runners); ``None``:
+            the worker's `WorkerSettings.concurrency`.
+        threads: threads of this queue's own for its plain (sync) task functions; ``None``:
+            ``min(concurrency, WorkerSettings.threads)``.
+        prefetch: unacked deliveries of this queue's consumer; ``None``: the worker's
+            `WorkerSettings.prefetch` if set, else this queue's concurrency.
+    """
+
+    name: str
+    concurrency: int | None = None
+    threads: int | None = None
+    prefetch: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        for field in ("concurrency", "threads", "prefetch"):
+            value = getattr(self, field)
+            if value is not None and not is_whole(value, at_least=1):
+                raise ConfigurationError(
+                    f"{field} of queue {self.name!r} must be an integer >= 1 or None, not {value!r}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueBudget:
+    """A queue's limits as a worker applies them: every field resolved (see `limits`)."""
+
+    name: str
+    concurrency: int
+    threads: int
+    prefetch: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """How a worker consumes.
 
     Attributes:
-        queues: logical queues to consume; empty means every queue a registered task uses.
-        concurrency: jobs run at once per queue by this process: each queue has its own
-            runners, so a slow queue never holds back another.
-        prefetch: unacked deliveries per queue consumer; ``None`` means `concurrency`.
+        queues: logical queues to consume, each a name or a `QueueLimits` with its own
+            concurrency, threads or prefetch; empty means every queue a registered task uses.
+        concurrency: jobs run at once per queue by this process, for a queue without its own:
+            each queue has its own runners, so a slow queue never holds back another.
+        prefetch: unacked deliveries per queue consumer; ``None`` means the queue's concurrency.
         grace: seconds a graceful stop waits for running jobs before cancelling them.
-        threads: threads for plain (sync) task functions.
+        threads: the most threads a queue gets for its plain (sync) task functions, unless it
+            sets its own: each queue has ``min(its concurrency, threads)`` threads of its own,
+            so a queue of slow sync jobs never makes another queue's sync jobs wait for a
+            thread. The worker's total is the sum over its queues.
         crash_limit: a job whose deliveries came back unacked this many times (its worker
             died or lost its connection each time) is dead-lettered with reason ``crashed``.
         lease_after: with a result backend, a job still running after this many seconds is
@@ -245,7 +290,7 @@ class WorkerSettings:
             (see the observability page); readers drop a worker silent for 3 of them.
     """
 
-    queues: tuple[str, ...] = ()
+    queues: tuple[str | QueueLimits, ...] = ()
     concurrency: int = 100
     prefetch: int | None = None
     grace: float = 30.0
@@ -256,8 +301,12 @@ class WorkerSettings:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
 
     def __post_init__(self) -> None:
+        seen: set[str] = set()
         for queue in self.queues:
-            validate_name(queue)
+            name = queue.name if isinstance(queue, QueueLimits) else validate_name(queue)
+            if name in seen:
+                raise ConfigurationError(f"queue {name!r} is given twice")
+            seen.add(name)
         for name in ("concurrency", "threads", "crash_limit"):
             value = getattr(self, name)
             if not is_whole(value, at_least=1):
@@ -282,5 +331,83 @@ class WorkerSettings:
 
     @property
     def effective_prefetch(self) -> int:
-        """The prefetch each queue consumer uses."""
+        """The prefetch of a queue consumer whose queue sets no limits of its own."""
         return self.prefetch if self.prefetch is not None else self.concurrency
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """The names in `queues`, in order."""
+        return tuple(q.name if isinstance(q, QueueLimits) else q for q in self.queues)
+
+    def limits(self, queue: str) -> QueueBudget:
+        """The concurrency, threads and prefetch the worker gives `queue`.
+
+        Each is the queue's own (`QueueLimits`) when set, else:
+
+        - concurrency: `concurrency`;
+        - threads: ``min(concurrency of the queue, threads)``: a queue never runs more sync
+          functions at once than it has runners (a function abandoned at its timeout keeps
+          its thread until it returns, and then holds up only its own queue), and `threads`
+          caps each queue so that a worker of many queues does not start hundreds;
+        - prefetch: `prefetch` if set, else the queue's concurrency: one delivery waiting
+          per idle runner and none beyond, so what this worker cannot start yet stays in the
+          broker for the other workers of the queue.
+        """
+        own = next(
+            (q for q in self.queues if isinstance(q, QueueLimits) and q.name == queue),
+            QueueLimits(queue),
+        )
+        concurrency = own.concurrency or self.concurrency
+        return QueueBudget(
+            name=queue,
+            concurrency=concurrency,
+            threads=own.threads or min(concurrency, self.threads),
+            prefetch=own.prefetch or self.prefetch or concurrency,
+        )
+
+
+#: The per-queue options ``-Q name:concurrency:option=value`` accepts.
+QUEUE_OPTION_NAMES = frozenset({"threads", "prefetch"})
+
+
+def parse_queues(text: str) -> tuple[str | QueueLimits, ...]:
+    """Read ``-Q``: comma-separated ``name[:concurrency][:threads=N][:prefetch=N]`` items.
+
+    A bare name takes the worker's limits. Queue names may contain ``:``, so the limits are
+    read from the right: a trailing part with ``=`` is an option, then a trailing part that
+    starts with a digit (or a sign) is the concurrency; the rest is the name. (A queue whose
+    name itself ends in such a part is given in code, with `QueueLimits`.)
+
+    Raises:
+        ConfigurationError: an item is malformed, names an unknown option, gives an option
+            twice or a value that is not an integer >= 1, or a queue is named twice.
+    """
+    items = tuple(_parse_queue_item(item) for item in map(str.strip, text.split(",")) if item)
+    WorkerSettings(queues=items)  # every name valid, none twice
+    return items
+
+
+def _parse_queue_item(item: str) -> str | QueueLimits:
+    parts = [part.strip() for part in item.split(":")]
+    options: dict[str, int] = {}
+    while len(parts) > 1 and "=" in parts[-1]:
+        key, _, value = parts.pop().partition("=")
+        key = key.strip()
+        check_option_names({key: value}, QUEUE_OPTION_NAMES, where=f"queue {item!r}")
+        if key in options:
+            raise ConfigurationError(f"{key} is given twice in {item!r}")
+        options[key] = _positive_int(value, f"{key} in {item!r}")
+    concurrency = None
+    if len(parts) > 1 and parts[-1][:1] in "0123456789+-":
+        concurrency = _positive_int(parts.pop(), f"the concurrency in {item!r}")
+    name = ":".join(parts)
+    if concurrency is None and not options:
+        return validate_name(name)
+    return QueueLimits(name, concurrency=concurrency, **options)
+
+
+def _positive_int(text: str, what: str) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ConfigurationError(f"{what} must be an integer >= 1, not {text!r}")
+    return int(text)

@@ -46,7 +46,7 @@ from aqueue._tasks.task import Task
 from aqueue._transport import Delivery
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
-from aqueue._worker.threads import SyncThreads
+from aqueue._worker.threads import ThreadBudgets
 from aqueue._workflows import WorkflowLinks
 from aqueue.exceptions import (
     ConfigurationError,
@@ -85,7 +85,7 @@ class JobRunner:
         session: the open queue's session (producer, states, flows, instrumentation).
         tasks: the registered tasks, by name.
         middleware: run around every job, outermost first.
-        threads: the thread pool for plain (sync) task functions.
+        threads: the thread budgets of the queues, for plain (sync) task functions.
         crash_limit: a job whose deliveries came back unacked this many times is
             dead-lettered with reason ``crashed`` instead of running again.
     """
@@ -96,7 +96,7 @@ class JobRunner:
         tasks: Mapping[str, Task[Any, Any]],
         middleware: Sequence[Middleware],
         *,
-        threads: SyncThreads,
+        threads: ThreadBudgets,
         crash_limit: int = 3,
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
@@ -426,23 +426,24 @@ class JobRunner:
         if task.is_async:
             return await task.fn(*context.args, **context.kwargs)
         # plain functions never run on the event loop; contextvars (current_job) follow them
-        return await self._threads.run(
+        return await self._threads.for_queue(context.queue).run(
             context, functools.partial(task.fn, *context.args, **context.kwargs)
         )
 
     def _abandoned_at_timeout(self, job: _Job) -> None:
-        threads = self._threads
+        threads = self._threads.for_queue(job.context.queue)
         entry = threads.timed_out(job.context)
         if entry is None:  # it returned at the last moment, or never got a thread
             return
         logger.warning(
             "job %s timed out (timeout %gs), but its sync function cannot be stopped: it runs "
             "on in its thread (for %.1fs so far), its result to be discarded, and keeps one of "
-            "the threads until it returns (%d abandoned thread(s) running, %d of %d threads "
-            "busy)",
+            "queue %s's threads until it returns (%d abandoned thread(s) running, %d of %d "
+            "threads busy)",
             job.context.job_id,
             job.options.timeout,
             entry.running_for,
+            threads.queue,
             threads.abandoned_count(),
             threads.busy(),
             threads.limit,

@@ -1,4 +1,11 @@
-"""Plain (sync) task functions in threads: bounded by `threads`, tracked until they return.
+"""Plain (sync) task functions in threads: bounded per queue, tracked until they return.
+
+Each queue has a thread budget of its own (`ThreadBudgets`): with one pool for every queue, a
+queue of slow sync jobs took all the threads and the sync jobs of a fast queue waited seconds
+for one, whatever their own concurrency. anyio's default thread limiter (40 tokens for the
+whole event loop) is not used: each `SyncThreads` passes anyio an unbounded limiter of its own
+and counts its slots itself, and anyio starts a new thread whenever none is idle, so one
+queue's busy threads never make another queue's job wait for a thread.
 
 A Python thread cannot be stopped from outside. When the worker stops waiting for one (the
 task's timeout ran out, the stop's grace ran out, or the delivery was lost), anyio's
@@ -98,10 +105,12 @@ class SyncThreads:
 
     Args:
         limit: the most functions running at once, abandoned ones included.
+        queue: the queue whose budget this is (for log lines).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, queue: str = "") -> None:
         self.limit = limit
+        self.queue = queue
         self._limiter = anyio.CapacityLimiter(limit)
         # the slots are taken from `_limiter` by hand (see `run`): anyio's own per-call
         # limiter only has to let every call through
@@ -201,3 +210,27 @@ class SyncThreads:
         )
         with contextlib.suppress(RuntimeError):  # the loop is closed: its limiter went too
             call.loop.call_soon_threadsafe(self._limiter.release_on_behalf_of, call)
+
+
+class ThreadBudgets:
+    """One `SyncThreads` per queue, made on first use with the limit `limit_for(queue)` gives.
+
+    Args:
+        limit_for: a queue's thread budget (`WorkerSettings.limits`).
+    """
+
+    def __init__(self, limit_for: Callable[[str], int]) -> None:
+        self._limit_for = limit_for
+        self._budgets: dict[str, SyncThreads] = {}
+
+    def for_queue(self, queue: str) -> SyncThreads:
+        """The threads of `queue`'s sync jobs."""
+        budget = self._budgets.get(queue)
+        if budget is None:
+            budget = self._budgets[queue] = SyncThreads(self._limit_for(queue), queue)
+        return budget
+
+    def abandoned(self) -> tuple[AbandonedJob, ...]:
+        """The functions still running that nobody waits for, in every queue, oldest first."""
+        jobs = [job for budget in self._budgets.values() for job in budget.abandoned()]
+        return tuple(sorted(jobs, key=lambda job: -job.running_for))

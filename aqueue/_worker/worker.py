@@ -27,7 +27,7 @@ from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
-from aqueue._worker.threads import AbandonedJob, SyncThreads
+from aqueue._worker.threads import AbandonedJob, ThreadBudgets
 from aqueue.exceptions import TransportError
 
 logger = logging.getLogger("aqueue.worker")
@@ -87,7 +87,7 @@ class Worker:
 
     Args:
         queue: the task queue (its tasks, middleware and broker URL).
-        settings: queues, concurrency, prefetch, grace and thread count.
+        settings: queues (with their own limits), concurrency, prefetch, grace and threads.
 
     At-least-once: a job may run more than once (a worker killed mid-run, a lost connection),
     never zero times; make tasks idempotent with ``current_job().job_id``.
@@ -96,7 +96,8 @@ class Worker:
     def __init__(self, queue: TaskQueue, settings: WorkerSettings | None = None) -> None:
         self.queue = queue
         self.settings = settings or WorkerSettings()
-        self._threads = SyncThreads(self.settings.threads)
+        # each queue's sync jobs have threads of their own (see `WorkerSettings.limits`)
+        self._threads = ThreadBudgets(lambda queue: self.settings.limits(queue).threads)
         self._started = anyio.Event()
         self._intake: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
@@ -117,7 +118,7 @@ class Worker:
     def queues(self) -> tuple[str, ...]:
         """The logical queues this worker consumes."""
         used = {task.options.queue for task in self.queue.tasks.values()}
-        return self.settings.queues or tuple(sorted(used)) or (DEFAULT_QUEUE,)
+        return self.settings.queue_names or tuple(sorted(used)) or (DEFAULT_QUEUE,)
 
     def statistics(self) -> WorkerStatistics:
         """A snapshot of the counters."""
@@ -271,7 +272,7 @@ class Worker:
             if queue not in self._consumers:
                 self._consumers[queue] = await transport.consume(
                     session.names.work_queue(queue),
-                    prefetch=self.settings.effective_prefetch,
+                    prefetch=self.settings.limits(queue).prefetch,
                     on_delivery=intake.put,
                 )
 
@@ -316,10 +317,10 @@ class Worker:
     async def _serve(self, runner: JobRunner, intakes: Mapping[str, Intake]) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
-            # `concurrency` runners per queue, each taking the next delivery when its job is
-            # settled: the concurrency limit without a task and a semaphore round per job.
+            # the queue's concurrency in runners, each taking the next delivery when its job
+            # is settled: the concurrency limit without a task and a semaphore round per job.
             for queue, intake in intakes.items():
-                for _ in range(self.settings.concurrency):
+                for _ in range(self.settings.limits(queue).concurrency):
                     jobs.start_soon(self._take_jobs, intake, queue)
             with anyio.CancelScope() as consuming:
                 self._intake = consuming

@@ -79,6 +79,16 @@ def run_worker(*args: str, connect_timeout: float) -> tuple[int, str, float]:
         pytest.param([APP, "--prefetch", "0"], "'--prefetch'", id="prefetch-0"),
         pytest.param([APP, "--grace", "-1"], "'--grace'", id="negative-grace"),
         pytest.param([APP, "-Q", "bad queue"], "queue name 'bad queue'", id="bad-queue-name"),
+        pytest.param(
+            [APP, "-Q", "emails:50,reports:0"],
+            "the concurrency in 'reports:0' must be an integer >= 1",
+            id="queue-concurrency-0",
+        ),
+        pytest.param(
+            [APP, "-Q", "reports:4:thread=4"],
+            "unknown option 'thread' for queue 'reports:4:thread=4'; did you mean 'threads'?",
+            id="queue-unknown-option",
+        ),
         pytest.param([APP, "--log-level", "LOUD"], "unknown log level 'LOUD'", id="log-level"),
     ],
 )

@@ -102,7 +102,11 @@ async def test_a_timed_out_sync_function_keeps_its_thread_until_it_returns(
 
         await memory_queue.enqueue(quick)
         # the worker's one thread is still taken: `quick` waits for it instead of a new thread
-        await wait_for(lambda: worker._threads.waiting() == 1, timeout=WAIT, what="quick to wait")
+        await wait_for(
+            lambda: worker._threads.for_queue("default").waiting() == 1,
+            timeout=WAIT,
+            what="quick to wait",
+        )
         assert worker.statistics().succeeded == 0
         release.set()
         await wait_until(worker, lambda s: s.succeeded == 1)

@@ -12,7 +12,7 @@ from aqueue._core import wire as t
 from aqueue._tasks.middleware import CallNext
 from aqueue._transport import Delivery, OutgoingMessage
 from aqueue._worker.runner import JobRunner
-from aqueue._worker.threads import SyncThreads
+from aqueue._worker.threads import ThreadBudgets
 from aqueue.exceptions import ConfigurationError, EncodeError
 from aqueue.testing import running_worker
 from tests.helpers.workers import WAIT, drain, wait_until
@@ -192,7 +192,7 @@ async def test_undecodable_properties_are_dead_lettered_not_run_nor_quarantined(
     delivery = _Undecodable(job.name)
     async with memory_queue.session() as session:
         await session.producer.declare_queue("default")
-        runner = JobRunner(session, memory_queue.tasks, (), threads=SyncThreads(1))
+        runner = JobRunner(session, memory_queue.tasks, (), threads=ThreadBudgets(lambda queue: 1))
         settlement = await runner.process(delivery, "default")
         quarantined = await session.transport.message_count(
             session.names.quarantine_queue("default")
