@@ -25,7 +25,7 @@ from aqueue._cli.telemetry import (
     worker_observability,
 )
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import WorkerSettings
+from aqueue._core.config import Autoscale, WorkerSettings
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
 
@@ -69,6 +69,21 @@ def worker(
     lease_ttl: Annotated[
         float, typer.Option(help="Seconds a lease lasts unless renewed.", min=1)
     ] = _WORKER.lease_ttl,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            help="MIN:MAX: grow and shrink each queue's concurrency (and prefetch, unless "
+            "--prefetch is given) between MIN and MAX to hold the p95 wait under --target-wait; "
+            "replaces --concurrency.",
+            metavar="MIN:MAX",
+        ),
+    ] = None,
+    target_wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of p95 wait (due to start) --autoscale holds each queue under.", min=0
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     log_format: Annotated[
         str,
@@ -106,6 +121,7 @@ def worker(
         raise typer.BadParameter(
             f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
         )
+    scaling = _autoscale(autoscale, target_wait)
     queue = load_queue(app_path)
     names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else ()
     try:
@@ -118,6 +134,7 @@ def worker(
             crash_limit=crash_limit,
             lease_after=lease_after or None,
             lease_ttl=lease_ttl,
+            autoscale=scaling,
         )
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -138,6 +155,25 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+def _autoscale(bounds: str | None, target_wait: float | None) -> Autoscale | None:
+    """``--autoscale MIN:MAX`` and ``--target-wait``, checked before anything is loaded."""
+    if bounds is None:
+        if target_wait is not None:
+            raise typer.BadParameter("needs --autoscale MIN:MAX", param_hint="--target-wait")
+        return None
+    if target_wait is None:
+        raise typer.BadParameter("needs --target-wait SECONDS", param_hint="--autoscale")
+    low, sep, high = bounds.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise typer.BadParameter(
+            f"{bounds!r} is not MIN:MAX (two whole numbers)", param_hint="--autoscale"
+        )
+    try:
+        return Autoscale(int(low), int(high), target_wait)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--autoscale") from exc
 
 
 def _observed_run(

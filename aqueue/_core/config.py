@@ -223,6 +223,43 @@ def _check_positive(settings: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Autoscale:
+    """In-process autoscaling of each queue's concurrency on the wait signal.
+
+    Attributes:
+        minimum: the fewest runners a queue keeps (and its concurrency at start).
+        maximum: the most runners a queue may grow to.
+        target_wait: seconds; the p95 wait from due to start to hold each queue under.
+        interval: seconds between two decisions (each one reads the figures of the last).
+        lag_limit: seconds of mean event-loop lag from which the loop counts as CPU-bound:
+            more coroutines would not run sooner, so the queue does not grow.
+    """
+
+    minimum: int
+    maximum: int
+    target_wait: float
+    interval: float = 1.0
+    lag_limit: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not is_whole(self.minimum, at_least=1):
+            raise ConfigurationError(
+                f"autoscale minimum must be an integer >= 1, not {self.minimum!r}"
+            )
+        if not is_whole(self.maximum, at_least=self.minimum):
+            raise ConfigurationError(
+                f"autoscale maximum must be an integer >= the minimum ({self.minimum}), "
+                f"not {self.maximum!r}"
+            )
+        for name in ("target_wait", "interval", "lag_limit"):
+            value = getattr(self, name)
+            if not is_number(value, above=0):
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """How a worker consumes.
 
@@ -240,6 +277,11 @@ class WorkerSettings:
             ``consumer_timeout``; keep it well below that timeout. ``None``: never.
         lease_ttl: seconds a lease lasts unless renewed (every third of it); a job whose
             worker died runs again after about twice this.
+        autoscale: grow and shrink each queue's concurrency (and its prefetch, unless
+            `prefetch` is set) between the bounds to hold the wait under a target; ``None``:
+            a fixed `concurrency`.
+        ready_interval: seconds between two reads of each queue's ready count (a passive
+            declare on the worker's own connection).
     """
 
     queues: tuple[str, ...] = ()
@@ -250,8 +292,14 @@ class WorkerSettings:
     crash_limit: int = 3
     lease_after: float | None = 600.0
     lease_ttl: float = 60.0
+    autoscale: Autoscale | None = None
+    ready_interval: float = 5.0
 
     def __post_init__(self) -> None:
+        if not is_number(self.ready_interval, above=0):
+            raise ConfigurationError(
+                f"ready_interval must be a positive number of seconds, not {self.ready_interval!r}"
+            )
         for queue in self.queues:
             validate_name(queue)
         for name in ("concurrency", "threads", "crash_limit"):
@@ -274,5 +322,10 @@ class WorkerSettings:
 
     @property
     def effective_prefetch(self) -> int:
-        """The prefetch each queue consumer uses."""
-        return self.prefetch if self.prefetch is not None else self.concurrency
+        """The prefetch each queue consumer starts with."""
+        return self.prefetch if self.prefetch is not None else self.initial_concurrency
+
+    @property
+    def initial_concurrency(self) -> int:
+        """Each queue's runners at start: the autoscale minimum, else `concurrency`."""
+        return self.autoscale.minimum if self.autoscale is not None else self.concurrency

@@ -142,6 +142,14 @@ class _MemoryConsumer(Consumer):
             self._queue.consumers.remove(self)
         self._queue = None
 
+    async def set_prefetch(self, prefetch: int) -> None:
+        if not 0 <= prefetch <= 65535:
+            raise ConfigurationError(f"prefetch must be 0 (no limit) to 65535, not {prefetch}")
+        self.prefetch = prefetch
+        if self._queue is not None:  # a higher limit may let waiting messages through now
+            self._queue.vhost.wake(self._queue)
+        await anyio.lowlevel.checkpoint()
+
     async def cancel(self) -> None:
         self.cancelled = True
         self.detach()
