@@ -8,12 +8,12 @@ margins for a loaded 2-core machine, and every wait is on a condition with a tim
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
-from aqueue import Retry, TaskQueue, Worker, WorkerSettings, current_job
+from aqueue import Retry, Task, TaskQueue, Worker, WorkerSettings, current_job
 from aqueue._core.config import Autoscale
 from aqueue._observability.metrics import Counter, Gauge, Histogram, JobMetrics
 from aqueue.testing import running_worker
@@ -60,10 +60,10 @@ async def peak_concurrency(worker: Worker, peak: list[int]) -> None:
 
 
 async def drain_seconds(
-    queue: TaskQueue, settings: WorkerSettings, count: int, task: Callable[[], object]
+    queue: TaskQueue, settings: WorkerSettings, count: int, task: Task[[], None]
 ) -> tuple[float, Worker, int]:
     """Enqueue `count` jobs, then time a worker with `settings` draining them."""
-    await queue.enqueue_many(task, [() for _ in range(count)])  # type: ignore[arg-type]
+    await queue.enqueue_many(task, [() for _ in range(count)])
     peak = [0]
     async with running_worker(queue, settings) as worker, anyio.create_task_group() as tg:
         tg.start_soon(peak_concurrency, worker, peak)
