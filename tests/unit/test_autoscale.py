@@ -335,3 +335,27 @@ async def test_worker_without_autoscale_keeps_its_concurrency_and_samples_stats(
     assert (idle.concurrency, idle.oldest_wait, idle.started) == (3, 0.0, 5)
     assert idle.wait_p95 is not None
     assert idle.wait_p95 < 5
+
+
+@pytest.mark.parametrize(
+    ("bounds", "target"),
+    [("2:100", None), (None, 1.0), ("2-100", 1.0), ("x:4", 1.0), ("5:4", 1.0)],
+)
+def test_cli_autoscale_options_are_checked_before_anything_runs(
+    bounds: str | None, target: float | None
+) -> None:
+    """--autoscale and --target-wait come together, as MIN:MAX whole numbers in order."""
+    import typer
+
+    from aqueue._cli.worker import _autoscale
+
+    with pytest.raises(typer.BadParameter):
+        _autoscale(bounds, target)
+
+
+def test_cli_autoscale_options_make_the_settings() -> None:
+    """--autoscale 2:100 --target-wait 1 is Autoscale(2, 100, 1.0); neither is no autoscaling."""
+    from aqueue._cli.worker import _autoscale
+
+    assert _autoscale("2:100", 1.0) == Autoscale(2, 100, 1.0)
+    assert _autoscale(None, None) is None
