@@ -25,7 +25,7 @@ from aqueue._cli.telemetry import (
     worker_observability,
 )
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import WorkerSettings, parse_queues
+from aqueue._core.config import Autoscale, WorkerSettings, parse_queues
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
 
@@ -92,6 +92,21 @@ def worker(
             envvar="AQUEUE_HEARTBEAT_INTERVAL",
         ),
     ] = _WORKER.heartbeat_interval,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            help="MIN:MAX: grow and shrink each queue's concurrency (and prefetch, unless "
+            "--prefetch is given) between MIN and MAX to hold the p95 wait under --target-wait; "
+            "replaces --concurrency.",
+            metavar="MIN:MAX",
+        ),
+    ] = None,
+    target_wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of p95 wait (due to start) --autoscale holds each queue under.", min=0
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     log_format: Annotated[
         str,
@@ -133,6 +148,7 @@ def worker(
         chosen = parse_queues(queues) if queues else ()
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--queues' / '-Q'") from exc
+    scaling = _autoscale(autoscale, target_wait)
     queue = load_queue(app_path)
     try:
         settings = WorkerSettings(
@@ -145,6 +161,7 @@ def worker(
             lease_after=lease_after or None,
             lease_ttl=lease_ttl,
             heartbeat_interval=heartbeat_interval,
+            autoscale=scaling,
         )
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -165,6 +182,25 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+def _autoscale(bounds: str | None, target_wait: float | None) -> Autoscale | None:
+    """``--autoscale MIN:MAX`` and ``--target-wait``, checked before anything is loaded."""
+    if bounds is None:
+        if target_wait is not None:
+            raise typer.BadParameter("needs --autoscale MIN:MAX", param_hint="--target-wait")
+        return None
+    if target_wait is None:
+        raise typer.BadParameter("needs --target-wait SECONDS", param_hint="--autoscale")
+    low, sep, high = bounds.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise typer.BadParameter(
+            f"{bounds!r} is not MIN:MAX (two whole numbers)", param_hint="--autoscale"
+        )
+    try:
+        return Autoscale(int(low), int(high), target_wait)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--autoscale") from exc
 
 
 def _observed_run(

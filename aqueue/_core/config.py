@@ -255,6 +255,43 @@ class QueueLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class Autoscale:
+    """In-process autoscaling of each queue's concurrency on the wait signal.
+
+    Attributes:
+        minimum: the fewest runners a queue keeps (and its concurrency at start).
+        maximum: the most runners a queue may grow to.
+        target_wait: seconds; the p95 wait from due to start to hold each queue under.
+        interval: seconds between two decisions (each one reads the figures of the last).
+        lag_limit: seconds of mean event-loop lag from which the loop counts as CPU-bound:
+            more coroutines would not run sooner, so the queue does not grow.
+    """
+
+    minimum: int
+    maximum: int
+    target_wait: float
+    interval: float = 1.0
+    lag_limit: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not is_whole(self.minimum, at_least=1):
+            raise ConfigurationError(
+                f"autoscale minimum must be an integer >= 1, not {self.minimum!r}"
+            )
+        if not is_whole(self.maximum, at_least=self.minimum):
+            raise ConfigurationError(
+                f"autoscale maximum must be an integer >= the minimum ({self.minimum}), "
+                f"not {self.maximum!r}"
+            )
+        for name in ("target_wait", "interval", "lag_limit"):
+            value = getattr(self, name)
+            if not is_number(value, above=0):
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
 class QueueBudget:
     """A queue's limits as a worker applies them: every field resolved (see `limits`)."""
 
@@ -288,6 +325,11 @@ class WorkerSettings:
             worker died runs again after about twice this.
         heartbeat_interval: seconds between the worker's heartbeats on the control exchange
             (see the observability page); readers drop a worker silent for 3 of them.
+        autoscale: grow and shrink each queue's concurrency (and its prefetch, unless
+            `prefetch` is set) between the bounds to hold the wait under a target; ``None``:
+            a fixed `concurrency`.
+        ready_interval: seconds between two reads of each queue's ready count (a passive
+            declare on the worker's own connection).
     """
 
     queues: tuple[str | QueueLimits, ...] = ()
@@ -299,14 +341,15 @@ class WorkerSettings:
     lease_after: float | None = 600.0
     lease_ttl: float = 60.0
     heartbeat_interval: float = HEARTBEAT_INTERVAL
+    autoscale: Autoscale | None = None
+    ready_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for queue in self.queues:
-            name = queue.name if isinstance(queue, QueueLimits) else validate_name(queue)
-            if name in seen:
-                raise ConfigurationError(f"queue {name!r} is given twice")
-            seen.add(name)
+        if not is_number(self.ready_interval, above=0):
+            raise ConfigurationError(
+                f"ready_interval must be a positive number of seconds, not {self.ready_interval!r}"
+            )
+        self._check_queues()
         for name in ("concurrency", "threads", "crash_limit"):
             value = getattr(self, name)
             if not is_whole(value, at_least=1):
@@ -329,10 +372,23 @@ class WorkerSettings:
                 f"heartbeat_interval must be 0.05 to 3600 seconds, not {self.heartbeat_interval!r}"
             )
 
+    def _check_queues(self) -> None:
+        seen: set[str] = set()
+        for queue in self.queues:
+            name = queue.name if isinstance(queue, QueueLimits) else validate_name(queue)
+            if name in seen:
+                raise ConfigurationError(f"queue {name!r} is given twice")
+            seen.add(name)
+
     @property
     def effective_prefetch(self) -> int:
-        """The prefetch of a queue consumer whose queue sets no limits of its own."""
-        return self.prefetch if self.prefetch is not None else self.concurrency
+        """The prefetch of a queue consumer whose queue sets no limits of its own, at start."""
+        return self.prefetch if self.prefetch is not None else self.initial_concurrency
+
+    @property
+    def initial_concurrency(self) -> int:
+        """Each queue's runners at start: the autoscale minimum, else `concurrency`."""
+        return self.autoscale.minimum if self.autoscale is not None else self.concurrency
 
     @property
     def queue_names(self) -> tuple[str, ...]:
@@ -344,7 +400,7 @@ class WorkerSettings:
 
         Each is the queue's own (`QueueLimits`) when set, else:
 
-        - concurrency: `concurrency`;
+        - concurrency: `concurrency` (with `autoscale`, its minimum: where each queue starts);
         - threads: ``min(concurrency of the queue, threads)``: a queue never runs more sync
           functions at once than it has runners (a function abandoned at its timeout keeps
           its thread until it returns, and then holds up only its own queue), and `threads`
@@ -357,7 +413,7 @@ class WorkerSettings:
             (q for q in self.queues if isinstance(q, QueueLimits) and q.name == queue),
             QueueLimits(queue),
         )
-        concurrency = own.concurrency or self.concurrency
+        concurrency = own.concurrency or self.initial_concurrency
         return QueueBudget(
             name=queue,
             concurrency=concurrency,

@@ -560,6 +560,19 @@ def _history_header(headers: Headers) -> tuple[Failure, ...]:
     return tuple(Failure.from_header(item) for item in value)
 
 
+def due_at_ms(headers: Headers) -> int | None:
+    """When a delivery's job became due (its ETA, else its enqueue time), without decoding it.
+
+    For the wait signal, read from deliveries not yet started: None when neither header is an
+    integer (a foreign or broken message, which `read_headers` rejects in its turn).
+    """
+    for name in (HEADER_ETA, HEADER_ENQUEUED_AT):
+        value = headers.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def _int_header(headers: Headers, name: str, *, default: int) -> int:
     value = headers.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):

@@ -6,7 +6,7 @@ The producer and the job runner call these hooks and know nothing else about obs
 imported by the core. A `TaskQueue` holds its instrumentations in order (OpenTelemetry first,
 unless ``telemetry=False``); with none, publishing and running a job cost one tuple test more.
 
-Two hooks:
+Three hooks:
 
 - ``publish(message)`` wraps every confirmed publish: enqueue, `enqueue_many`, a worker's
   retry copies, dead letters and workflow continuations, dead-letter replays. It returns a
@@ -18,6 +18,8 @@ Two hooks:
   letter or its workflow continuation, so each of those is a child of the job's span. The
   observer is told when the job starts, when its run returns or raises, and how the delivery
   was settled: what a middleware cannot see, since the settling happens after it returns.
+- ``sample(stats)`` is called by a running worker about once a second with a `QueueStats`
+  per queue: the wait signal and the gauges built on it (see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeAlias
 
@@ -39,6 +42,48 @@ from aqueue.exceptions import ConfigurationError
 Settlement: TypeAlias = Literal[
     "succeeded", "retried", "dead-lettered", "quarantined", "requeued", "lease-checked"
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One worker's figures for one of its queues, at one instant (see docs/scaling.md).
+
+    Attributes:
+        queue: the logical queue.
+        ready: ready messages in the work queue at its last read (a passive declare every
+            ``ready_interval``); None until the first read answers.
+        oldest_wait: seconds the oldest job this worker knows to be waiting has waited: exact
+            while it holds prefetched jobs not yet started; else, while the queue has ready
+            messages and every runner is busy, the time since the last started job became due
+            (an estimate that rises while no job starts); else 0.
+        oldest_wait_exact: True when `oldest_wait` came from prefetched jobs held here.
+        wait_p50: median wait (due to start) of the jobs started in the last minute; None
+            when none started.
+        wait_p95: 95th percentile of the same waits; None when none started.
+        started: jobs started on this queue since the worker started.
+        concurrency: the queue's runners now (its concurrency limit).
+        running: jobs of this queue running now.
+        busy_ratio: `running` ÷ `concurrency`.
+        prefetch: the queue consumer's prefetch now.
+        loop_lag: mean lag of the worker's event loop over the last sampling period, seconds
+            (the same figure for every queue of the worker).
+        cpu_saturated: the autoscaler found the event loop lagging (CPU-bound work) at its
+            last decision and held the queue's concurrency; always False without autoscaling.
+    """
+
+    queue: str
+    ready: int | None
+    oldest_wait: float
+    oldest_wait_exact: bool
+    wait_p50: float | None
+    wait_p95: float | None
+    started: int
+    concurrency: int
+    running: int
+    busy_ratio: float
+    prefetch: int
+    loop_lag: float
+    cpu_saturated: bool
 
 
 class JobObserver:
@@ -106,6 +151,9 @@ class Instrumentation:
     def job(self, delivery: Delivery, queue: str) -> JobObserver:
         """An observer of one delivery, from the logical `queue`, not yet decoded."""
         return NO_OBSERVER
+
+    def sample(self, stats: Sequence[QueueStats]) -> None:
+        """A running worker's figures, one `QueueStats` per queue, about once a second."""
 
 
 class Instruments:

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Protocol, TypeAlias
 
 from aqueue._core import wire as t
-from aqueue._observability.hooks import Instrumentation, JobObserver, Settlement
+from aqueue._observability.hooks import Instrumentation, JobObserver, QueueStats, Settlement
 from aqueue._tasks.context import JobContext
 from aqueue._transport import Delivery
 
@@ -33,6 +33,37 @@ HISTOGRAMS: Mapping[Histogram, str] = {
     "queue_wait": "How long a job waited between becoming due and starting.",
 }
 IN_FLIGHT = "Jobs running now."
+#: The per-queue gauges a running worker samples about once a second (`QueueStats`).
+Gauge: TypeAlias = Literal[
+    "oldest_wait", "ready", "concurrency", "busy_ratio", "loop_lag", "cpu_saturated"
+]
+#: What each gauge shows (both metrics backends describe them with these words).
+GAUGES: Mapping[Gauge, str] = {
+    "oldest_wait": "Seconds the oldest job known to be waiting has waited since it became due "
+    "(exact for prefetched jobs, else an estimate that rises while no job starts).",
+    "ready": "Ready messages in the work queue (a passive declare every few seconds).",
+    "concurrency": "The queue's runners in this worker (its concurrency limit now).",
+    "busy_ratio": "Jobs running divided by concurrency.",
+    "loop_lag": "Mean lag of the worker's event loop over the last second, in seconds.",
+    "cpu_saturated": "1 while the autoscaler holds the queue because the event loop lags "
+    "(CPU-bound work), else 0.",
+}
+
+
+def gauge_values(stats: QueueStats) -> dict[Gauge, float]:
+    """The gauges of one queue's figures; `ready` is left out until it was read once."""
+    values: dict[Gauge, float] = {
+        "oldest_wait": stats.oldest_wait,
+        "concurrency": stats.concurrency,
+        "busy_ratio": stats.busy_ratio,
+        "loop_lag": stats.loop_lag,
+        "cpu_saturated": 1.0 if stats.cpu_saturated else 0.0,
+    }
+    if stats.ready is not None:
+        values["ready"] = stats.ready
+    return values
+
+
 #: Bucket bounds of both histograms, in seconds: from a 5 ms job to a ten-minute wait.
 SECONDS_BUCKETS = (
     0.005,
@@ -66,15 +97,18 @@ class MetricSink(Protocol):
     def in_flight(self, delta: int, task: str, queue: str) -> None:
         """Jobs running now, up or down by `delta`."""
 
+    def gauge(self, gauge: Gauge, value: float, queue: str) -> None:
+        """Set the per-queue `gauge` to `value`."""
+
 
 class JobMetrics(Instrumentation):
     """Job metrics per task and queue, recorded into a `MetricSink`.
 
     Counts jobs started, succeeded, failed, retried and dead-lettered; times their runs and
-    their queue waits; tracks jobs in flight. ``failed`` counts attempts that ended in an
-    exception and were settled as such: each is also counted in ``retried`` or
-    ``dead_lettered``. A delivery that could not be decoded counts as failed and dead-lettered
-    under the task its header names (``""`` if none).
+    their queue waits; tracks jobs in flight; sets the per-queue gauges a worker samples.
+    ``failed`` counts attempts that ended in an exception and were settled as such: each is
+    also counted in ``retried`` or ``dead_lettered``. A delivery that could not be decoded
+    counts as failed and dead-lettered under the task its header names (``""`` if none).
     """
 
     def __init__(self, sink: MetricSink) -> None:
@@ -82,6 +116,16 @@ class JobMetrics(Instrumentation):
 
     def job(self, delivery: Delivery, queue: str) -> JobObserver:
         return JobMetricsObserver(self.sink, delivery, queue)
+
+    def sample(self, stats: Sequence[QueueStats]) -> None:
+        record_gauges(self.sink, stats)
+
+
+def record_gauges(sink: MetricSink, stats: Sequence[QueueStats]) -> None:
+    """Set every gauge of every queue's figures in `sink`."""
+    for queue_stats in stats:
+        for gauge, value in gauge_values(queue_stats).items():
+            sink.gauge(gauge, value, queue_stats.queue)
 
 
 class JobMetricsObserver(JobObserver):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from dataclasses import replace
@@ -27,18 +27,27 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from aqueue._core import wire as t
 from aqueue._core.errors import qualified_name
 from aqueue._core.types import HeaderValue
-from aqueue._observability.hooks import NO_OBSERVER, Instrumentation, JobObserver, Settlement
+from aqueue._observability.hooks import (
+    NO_OBSERVER,
+    Instrumentation,
+    JobObserver,
+    QueueStats,
+    Settlement,
+)
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._observability.metrics import (
     COUNTERS,
+    GAUGES,
     HISTOGRAMS,
     IN_FLIGHT,
     SECONDS_BUCKETS,
     Counter,
+    Gauge,
     Histogram,
     JobMetrics,
     JobMetricsObserver,
     MetricSink,
+    record_gauges,
 )
 from aqueue._serialization import loads
 from aqueue._tasks.context import JobContext
@@ -220,6 +229,17 @@ def _fail(span: trace.Span, error: BaseException) -> None:
 # -- metrics ----------------------------------------------------------------------------------
 
 
+#: The OpenTelemetry name and unit of each per-queue gauge.
+OTEL_GAUGES: dict[Gauge, tuple[str, str]] = {
+    "oldest_wait": ("aqueue.queue.oldest_wait", "s"),
+    "ready": ("aqueue.queue.ready", "{message}"),
+    "concurrency": ("aqueue.worker.concurrency", "{runner}"),
+    "busy_ratio": ("aqueue.worker.busy_ratio", "1"),
+    "loop_lag": ("aqueue.worker.loop_lag", "s"),
+    "cpu_saturated": ("aqueue.worker.cpu_saturated", "1"),
+}
+
+
 class _OtelMetrics:
     """aqueue's OpenTelemetry instruments on one meter provider (None: the global one)."""
 
@@ -246,6 +266,10 @@ class _OtelMetrics:
         self.in_flight_counter = meter.create_up_down_counter(
             "aqueue.jobs.in_flight", "{job}", IN_FLIGHT
         )
+        self.gauges = {
+            name: meter.create_gauge(OTEL_GAUGES[name][0], OTEL_GAUGES[name][1], description)
+            for name, description in GAUGES.items()
+        }
 
 
 class _OtelSink(MetricSink):
@@ -262,6 +286,9 @@ class _OtelSink(MetricSink):
 
     def in_flight(self, delta: int, task: str, queue: str) -> None:
         self._instruments.in_flight_counter.add(delta, {"aqueue.task": task, "aqueue.queue": queue})
+
+    def gauge(self, gauge: Gauge, value: float, queue: str) -> None:
+        self._instruments.gauges[gauge].set(value, {"aqueue.queue": queue})
 
 
 # Instruments are made once per meter provider: the SDK warns about every duplicate, and an
@@ -284,6 +311,9 @@ class _NoSink(MetricSink):
         pass
 
     def in_flight(self, delta: int, task: str, queue: str) -> None:
+        pass
+
+    def gauge(self, gauge: Gauge, value: float, queue: str) -> None:
         pass
 
 
@@ -357,6 +387,11 @@ class Telemetry(Instrumentation):
         if sink is not None:
             return JobMetricsObserver(sink, delivery, queue)
         return NO_OBSERVER
+
+    def sample(self, stats: Sequence[QueueStats]) -> None:
+        sink = self._metrics_sink()
+        if sink is not None:
+            record_gauges(sink, stats)
 
 
 def _from_api(provider: object) -> bool:

@@ -10,7 +10,10 @@ Prometheus names, each labelled ``task`` and ``queue``:
 - ``aqueue_job_duration_seconds`` and ``aqueue_job_queue_wait_seconds`` (histograms).
 
 ``aqueue_job_queue_wait_seconds`` is the figure to scale workers on: how long jobs waited
-between becoming due and starting.
+between becoming due and starting. Per queue (labelled ``queue``), sampled by a running worker
+about once a second: ``aqueue_queue_oldest_wait_seconds``, ``aqueue_queue_ready``,
+``aqueue_worker_concurrency``, ``aqueue_worker_busy_ratio``, ``aqueue_worker_loop_lag_seconds``
+and ``aqueue_worker_cpu_saturated`` (gauges; docs/scaling.md says how each is computed).
 """
 
 from __future__ import annotations
@@ -26,16 +29,27 @@ from prometheus_client import Histogram as PromHistogram
 
 from aqueue._observability.metrics import (
     COUNTERS,
+    GAUGES,
     HISTOGRAMS,
     IN_FLIGHT,
     SECONDS_BUCKETS,
     Counter,
+    Gauge,
     Histogram,
     JobMetrics,
     MetricSink,
 )
 
 _LABELS = ("task", "queue")
+#: The Prometheus name of each per-queue gauge.
+GAUGE_NAMES: dict[Gauge, str] = {
+    "oldest_wait": "aqueue_queue_oldest_wait_seconds",
+    "ready": "aqueue_queue_ready",
+    "concurrency": "aqueue_worker_concurrency",
+    "busy_ratio": "aqueue_worker_busy_ratio",
+    "loop_lag": "aqueue_worker_loop_lag_seconds",
+    "cpu_saturated": "aqueue_worker_cpu_saturated",
+}
 
 
 class PrometheusMetrics(JobMetrics):
@@ -77,6 +91,10 @@ class _PrometheusSink(MetricSink):
         self.in_flight_gauge = PromGauge(
             "aqueue_jobs_in_flight", IN_FLIGHT, _LABELS, registry=registry
         )
+        self.gauges = {
+            name: PromGauge(GAUGE_NAMES[name], description, ("queue",), registry=registry)
+            for name, description in GAUGES.items()
+        }
 
     def count(self, counter: Counter, task: str, queue: str) -> None:
         self.counters[counter].labels(task, queue).inc()
@@ -86,6 +104,9 @@ class _PrometheusSink(MetricSink):
 
     def in_flight(self, delta: int, task: str, queue: str) -> None:
         self.in_flight_gauge.labels(task, queue).inc(delta)
+
+    def gauge(self, gauge: Gauge, value: float, queue: str) -> None:
+        self.gauges[gauge].labels(queue).set(value)
 
 
 @dataclass(slots=True)

@@ -425,6 +425,23 @@ class _AmqpConsumer(Consumer):
         finally:
             self._restarting = False
 
+    async def set_prefetch(self, prefetch: int) -> None:
+        # A per-consumer basic.qos applies to the consumers started after it on the channel,
+        # not to the running one: so cancel, set the qos and consume again, on the same
+        # channel, where the deliveries already handed over stay settleable (their tags name
+        # the same messages) and count against nothing new.
+        async with self._lock:
+            self._prefetch = prefetch
+            channel, tag = self._channel, self._tag
+            if self._cancelled or channel is None or tag is None or channel.is_closed:
+                return  # the next subscription takes the new prefetch
+            what = f"set the prefetch of the consumer of {self._queue!r}"
+            with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
+                await channel.basic_cancel(tag)
+                await channel.basic_qos(prefetch_count=prefetch, global_=False)
+                ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+            self._tag = ok.consumer_tag
+
     async def cancel(self) -> None:
         if self._cancelled:
             return

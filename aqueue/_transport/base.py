@@ -128,6 +128,15 @@ class Consumer(abc.ABC):
     """A subscription to one queue, created by `Transport.consume`."""
 
     @abc.abstractmethod
+    async def set_prefetch(self, prefetch: int) -> None:
+        """Change how many deliveries may be unsettled at a time, for new deliveries.
+
+        Deliveries already handed over stay settleable; with a lower prefetch, no new one
+        arrives until enough of them are settled. The subscription keeps the new prefetch
+        when it resumes after a reconnect.
+        """
+
+    @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop new deliveries (``basic.cancel``).
 

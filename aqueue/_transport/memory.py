@@ -145,6 +145,14 @@ class _MemoryConsumer(Consumer):
             self._queue.consumers.remove(self)
         self._queue = None
 
+    async def set_prefetch(self, prefetch: int) -> None:
+        if not 0 <= prefetch <= 65535:
+            raise ConfigurationError(f"prefetch must be 0 (no limit) to 65535, not {prefetch}")
+        self.prefetch = prefetch
+        if self._queue is not None:  # a higher limit may let waiting messages through now
+            self._queue.vhost.wake(self._queue)
+        await anyio.lowlevel.checkpoint()
+
     async def cancel(self) -> None:
         self.cancelled = True
         self.detach()
@@ -192,6 +200,9 @@ class _MemoryListener(Consumer):
         if self.queue_name is not None:
             self.transport._vhost.delete_queue(self.queue_name)
             self.queue_name = None
+
+    async def set_prefetch(self, prefetch: int) -> None:
+        """Nothing to change: a listener takes notices without acks, so without a prefetch."""
 
     async def cancel(self) -> None:
         self.detach()

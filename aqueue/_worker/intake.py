@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 import anyio
 
@@ -59,12 +60,33 @@ class Intake:
             elif idle in self._idle:
                 self._idle.remove(idle)
             raise
-        # closed while this runner was being woken: the delivery is left unstarted too
+        # closed while this runner was being woken: the delivery is left unstarted too; a
+        # shed runner was woken without one
         return None if self.closed() else idle.delivery
 
     def waiting(self) -> int:
         """Deliveries handed over and not yet taken by a runner."""
         return len(self._ready)
+
+    def held(self) -> Iterable[Delivery]:
+        """The deliveries handed over and not yet taken by a runner, oldest first."""
+        return tuple(self._ready)
+
+    def idle(self) -> int:
+        """Runners waiting in `get`."""
+        return len(self._idle)
+
+    def shed(self, count: int) -> int:
+        """Wake up to `count` idle runners with None, so they leave; returns how many.
+
+        The longest-idle ones go first. A runner told None checks `closed` to tell a shed
+        from a stop.
+        """
+        woken = 0
+        while woken < count and self._idle:
+            self._idle.popleft().event.set()
+            woken += 1
+        return woken
 
     def closed(self) -> bool:
         """True once `close` was called."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -20,17 +21,24 @@ from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.heartbeats import QueueFigures
 from aqueue._core.queues import queue_topology
-from aqueue._observability.hooks import Settlement
+from aqueue._core.wire import due_at_ms
+from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
+from aqueue._worker.autoscale import Measurements, ScaleState, decide
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
 from aqueue._worker.threads import AbandonedJob, ThreadBudgets
-from aqueue.exceptions import TransportError
+from aqueue._worker.waits import LoopLag, QueueRunners, percentile
+from aqueue.exceptions import AqueueError, TransportError
 
 logger = logging.getLogger("aqueue.worker")
+scaling_logger = logging.getLogger("aqueue.autoscale")
+#: Seconds between two wake-ups of the loop-lag timer, and between two samples of the gauges.
+LAG_TICK = 0.1
+SAMPLE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,9 @@ class Worker:
         self._session: Session | None = None
         self._transport: Transport | None = None
         self._intakes: dict[str, Intake] = {}
+        self._runners: dict[str, QueueRunners] = {}
+        self._jobs: anyio.abc.TaskGroup | None = None
+        self._loop_lag = 0.0  # mean over the last sample
         self._consumers: dict[str, Consumer] = {}
         self._runner: JobRunner | None = None
         self._quarantine: Quarantine | None = None
@@ -127,17 +138,52 @@ class Worker:
     def queue_figures(self) -> dict[str, QueueFigures]:
         """Per logical queue: concurrency, running and prefetched jobs, counters (heartbeats)."""
         figures = {}
+        waits = self.queue_stats()
         for queue in self.queues():
             counts = self._queue_counts.get(queue) or _QueueCounts()
             intake = self._intakes.get(queue)
+            stats = waits.get(queue)
             figures[queue] = QueueFigures(
-                concurrency=self.settings.concurrency,
+                concurrency=stats.concurrency
+                if stats is not None
+                else self.settings.limits(queue).concurrency,
                 in_flight=counts.in_flight,
                 held=intake.waiting() if intake is not None else 0,
                 received=counts.received,
                 settled=counts.settled,
+                wait_p50=stats.wait_p50 if stats is not None else None,
+                wait_p95=stats.wait_p95 if stats is not None else None,
+                oldest_wait=stats.oldest_wait if stats is not None else None,
             )
         return figures
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """The wait signal and the gauges of each queue now (empty before `run`).
+
+        What ``--metrics-port`` and OpenTelemetry export about once a second; how each
+        figure is computed, and its error, is on the docs/scaling.md page.
+        """
+        wall, now = time.time(), anyio.current_time() if self._runners else 0.0
+        stats = {}
+        for queue, runners in self._runners.items():
+            oldest, exact = runners.oldest_wait(wall, serving=queue in self._consumers)
+            p50, p95 = runners.waits.last_span(now)
+            stats[queue] = QueueStats(
+                queue=queue,
+                ready=runners.ready,
+                oldest_wait=oldest,
+                oldest_wait_exact=exact,
+                wait_p50=p50,
+                wait_p95=p95,
+                started=runners.started,
+                concurrency=runners.target,
+                running=runners.running,
+                busy_ratio=runners.running / runners.target,
+                prefetch=runners.prefetch,
+                loop_lag=self._loop_lag,
+                cpu_saturated=runners.cpu_saturated,
+            )
+        return stats
 
     def abandoned(self) -> tuple[AbandonedJob, ...]:
         """The sync jobs whose functions still run in threads this worker stopped waiting for.
@@ -183,6 +229,10 @@ class Worker:
         self._stop_requested = True
         if self._intake is not None:
             self._intake.cancel()
+            # at once, not when the serving task next runs: a runner whose job ends meanwhile
+            # must not start another delivery
+            for intake in self._intakes.values():
+                intake.close()
 
     async def run(self) -> None:
         """Consume until `stop` is called; return once every job is settled or cancelled.
@@ -200,6 +250,13 @@ class Worker:
             for intake in intakes.values():
                 stack.callback(intake.close)
             self._session, self._transport, self._intakes = session, transport, intakes
+            limits = {queue: self.settings.limits(queue) for queue in intakes}
+            self._runners = {
+                queue: QueueRunners(
+                    queue, intake, limits[queue].concurrency, limits[queue].prefetch
+                )
+                for queue, intake in intakes.items()
+            }
             for queue in intakes:
                 # declared on both connections: each re-declares its topology after a
                 # reconnect, and the consumer's must exist before it resumes
@@ -272,7 +329,7 @@ class Worker:
             if queue not in self._consumers:
                 self._consumers[queue] = await transport.consume(
                     session.names.work_queue(queue),
-                    prefetch=self.settings.limits(queue).prefetch,
+                    prefetch=self._runners[queue].prefetch,
                     on_delivery=intake.put,
                 )
 
@@ -316,20 +373,22 @@ class Worker:
 
     async def _serve(self, runner: JobRunner, intakes: Mapping[str, Intake]) -> None:
         async with anyio.create_task_group() as jobs:
-            self._jobs_scope = jobs.cancel_scope
-            # the queue's concurrency in runners, each taking the next delivery when its job
-            # is settled: the concurrency limit without a task and a semaphore round per job.
-            for queue, intake in intakes.items():
-                for _ in range(self.settings.limits(queue).concurrency):
-                    jobs.start_soon(self._take_jobs, intake, queue)
+            self._jobs_scope, self._jobs = jobs.cancel_scope, jobs
+            # `concurrency` runners per queue, each taking the next delivery when its job is
+            # settled: the concurrency limit without a task and a semaphore round per job.
+            for runners in self._runners.values():
+                self._add_runners(runners, runners.target)
             with anyio.CancelScope() as consuming:
                 self._intake = consuming
                 if self._stop_requested:
                     consuming.cancel()
                 self._started.set()
                 logger.info("worker consuming from %s", ", ".join(self.queues()))
-                if self._quarantine is not None:
-                    await self._quarantine.run()
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._sample)
+                    loops.start_soon(self._read_ready)
+                    if self._quarantine is not None:
+                        await self._quarantine.run()
             self._intake = None
             # idle runners return at once, busy ones after their job; deliveries not started
             # stay unacked and go back to the broker when the consuming connection closes
@@ -342,7 +401,7 @@ class Worker:
                 self._counters.in_flight,
             )
             jobs.cancel_scope.deadline = anyio.current_time() + self.settings.grace
-        self._jobs_scope = None
+        self._jobs_scope = self._jobs = None
 
     async def _cancel_consumers(self, consumers: Sequence[Consumer]) -> None:
         with anyio.CancelScope(shield=True):
@@ -354,6 +413,131 @@ class Worker:
 
     # -- one delivery ----------------------------------------------------------------------
 
-    async def _take_jobs(self, intake: Intake, queue: str) -> None:
-        while (delivery := await intake.get()) is not None:
-            await self.handle(delivery, queue)
+    def _add_runners(self, runners: QueueRunners, count: int) -> None:
+        if self._jobs is None:  # pragma: no cover - only called while serving
+            raise RuntimeError("the worker is not running")
+        for _ in range(count):
+            runners.alive += 1  # counted now: a resize before it first runs sees it
+            self._jobs.start_soon(self._take_jobs, runners)
+
+    async def _take_jobs(self, runners: QueueRunners) -> None:
+        intake, queue = runners.intake, runners.queue
+        try:
+            while not runners.too_many():
+                delivery = await intake.get()
+                if delivery is None:
+                    if not intake.closed():  # shed by `_resize`: it counted this one leaving
+                        runners.leaving -= 1
+                    return
+                due = due_at_ms(delivery.headers)
+                runners.started_job(
+                    anyio.current_time(), time.time(), None if due is None else due / 1000
+                )
+                try:
+                    await self.handle(delivery, queue)
+                finally:
+                    runners.finished_job()
+        finally:
+            runners.alive -= 1
+
+    # -- the wait signal and the autoscaler ------------------------------------------------
+
+    async def _sample(self) -> None:
+        """Measure the loop's lag; sample the gauges each second; decide each interval."""
+        autoscale = self.settings.autoscale
+        sample_lag, decision_lag = LoopLag(), LoopLag()
+        states = {queue: ScaleState() for queue in self._runners}
+        last_sample = last_decision = anyio.current_time()
+        started = {queue: runners.started for queue, runners in self._runners.items()}
+        while True:
+            before = anyio.current_time()
+            await anyio.sleep(LAG_TICK)
+            now = anyio.current_time()
+            lag = now - before - LAG_TICK
+            sample_lag.add(lag)
+            decision_lag.add(lag)
+            if now - last_sample >= SAMPLE_INTERVAL:
+                self._loop_lag = sample_lag.take()
+                last_sample = now
+                stats = list(self.queue_stats().values())
+                for instrument in self.queue.instrumentation:
+                    instrument.sample(stats)
+            if autoscale is not None and now - last_decision >= autoscale.interval:
+                elapsed, last_decision = now - last_decision, now
+                mean_lag = decision_lag.take()
+                for queue, runners in self._runners.items():
+                    since = now - elapsed
+                    recent = runners.waits.since(since)
+                    measured = Measurements(
+                        concurrency=runners.target,
+                        wait_p95=percentile(recent, 0.95),
+                        oldest_wait=runners.oldest_wait(
+                            time.time(), serving=queue in self._consumers
+                        )[0],
+                        started=runners.started - started[queue],
+                        elapsed=elapsed,
+                        peak_running=runners.peak_running,
+                        backlog=bool(runners.ready) or runners.intake.waiting() > 0,
+                        loop_lag=mean_lag,
+                        threads_waiting=self._threads.for_queue(queue).waiting(),
+                    )
+                    started[queue] = runners.started
+                    runners.peak_running = runners.running
+                    decision = decide(measured, states[queue], autoscale)
+                    states[queue] = decision.state
+                    if decision.cpu_saturated and not runners.cpu_saturated:
+                        scaling_logger.warning(
+                            "queue %s: CPU-bound: %s; holding concurrency at %d",
+                            queue,
+                            decision.reason,
+                            runners.target,
+                        )
+                    runners.cpu_saturated = decision.cpu_saturated
+                    if decision.concurrency != runners.target:
+                        scaling_logger.info(
+                            "queue %s: %s concurrency %d -> %d: %s (p95 wait %s, oldest wait "
+                            "%.2fs, %.1f jobs/s, peak busy %d, ready %s, loop lag %.0f ms)",
+                            queue,
+                            decision.action,
+                            runners.target,
+                            decision.concurrency,
+                            decision.reason,
+                            "-" if measured.wait_p95 is None else f"{measured.wait_p95:.2f}s",
+                            measured.oldest_wait,
+                            measured.throughput,
+                            measured.peak_running,
+                            runners.ready,
+                            mean_lag * 1000,
+                        )
+                        await self._resize(runners, decision.concurrency)
+
+    async def _resize(self, runners: QueueRunners, concurrency: int) -> None:
+        """Set a queue's runners (and its prefetch, unless fixed) to `concurrency`."""
+        growing = concurrency > runners.target
+        runners.target = concurrency
+        if growing:  # runners first, so deliveries the new prefetch lets in find one
+            self._add_runners(runners, max(0, concurrency - (runners.alive - runners.leaving)))
+        else:  # idle runners leave now, busy ones after their current job
+            extra = runners.alive - runners.leaving - concurrency
+            runners.leaving += runners.intake.shed(max(0, extra))
+        if self.settings.prefetch is None and runners.prefetch != concurrency:
+            runners.prefetch = concurrency
+            consumer = self._consumers.get(runners.queue)
+            if consumer is not None:
+                try:
+                    await consumer.set_prefetch(concurrency)
+                except TransportError as exc:  # re-subscribed with it after a reconnect
+                    logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
+
+    async def _read_ready(self) -> None:
+        """Read each queue's ready count every ``ready_interval`` (a passive declare)."""
+        transport, session = self._transport, self._session
+        if transport is None or session is None:  # pragma: no cover - only while serving
+            return
+        while True:
+            for queue, runners in self._runners.items():
+                try:
+                    runners.ready = await transport.message_count(session.names.work_queue(queue))
+                except AqueueError as exc:  # a reconnect under way: the next read may answer
+                    logger.debug("could not read the ready count of %s: %s", queue, exc)
+            await anyio.sleep(self.settings.ready_interval)

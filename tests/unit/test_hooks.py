@@ -12,7 +12,7 @@ import pytest
 
 from aqueue import Instrumentation, JobContext, JobMetrics, JobObserver, TaskQueue
 from aqueue._observability.hooks import NO_OBSERVER, Settlement, observe_job
-from aqueue._observability.metrics import Counter, Histogram
+from aqueue._observability.metrics import Counter, Gauge, Histogram
 from aqueue._transport import Delivery, OutgoingMessage
 from aqueue.exceptions import ConfigurationError, PublishError
 from aqueue.testing import running_worker
@@ -175,6 +175,7 @@ class TallySink:
         self.observed: Tally[tuple[Histogram, str]] = Tally()
         self.running: Tally[str] = Tally()
         self.peak = 0
+        self.gauges: dict[tuple[Gauge, str], float] = {}
 
     def count(self, counter: Counter, task: str, queue: str) -> None:
         assert queue == "default"
@@ -187,6 +188,9 @@ class TallySink:
     def in_flight(self, delta: int, task: str, queue: str) -> None:
         self.running[task] += delta
         self.peak = max(self.peak, sum(self.running.values()))
+
+    def gauge(self, gauge: Gauge, value: float, queue: str) -> None:
+        self.gauges[gauge, queue] = value
 
 
 async def test_job_metrics_after_a_known_run() -> None:
