@@ -95,3 +95,13 @@ class TestErrorText:
         """``ValueError``, but ``module.Qualname`` for everything else."""
         assert qualified_name(ValueError) == "ValueError"
         assert qualified_name(_Unprintable) == "tests.unit.test_core._Unprintable"
+
+
+def test_an_int_beyond_any_float_is_not_a_number() -> None:
+    """``is_number(10**400)`` is False, not an OverflowError; big ints below the bound pass."""
+    from aqueue._core.checks import is_number
+
+    assert not is_number(10**400)
+    assert not is_number(-(10**400), at_most=0)
+    assert is_number(2**62)
+    assert not is_number(2**62, at_most=1e9)
