@@ -23,6 +23,7 @@ import asyncio
 import calendar
 import contextlib
 import logging
+import math
 import struct
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from aqueue.exceptions import (
     ConfigurationError,
     ConnectionFailed,
     ConnectionLost,
+    EncodeError,
     PublishNacked,
     PublishTimeout,
     QueueNotFound,
@@ -154,19 +156,23 @@ def _header_value(value: object) -> HeaderValue:
 
 
 def _table(value: Mapping[str, Any]) -> bytes:
+    """A field table, or `EncodeError` for what RabbitMQ cannot take (nothing is sent then)."""
     parts = []
     for key, item in sorted(value.items()):
-        parts.append(pamqp_encode.short_string(key))
         try:
+            parts.append(pamqp_encode.short_string(key))
             parts.append(_table_value(item))
-        except (TypeError, OverflowError, struct.error) as exc:
-            raise TypeError(f"header {key!r}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise EncodeError(f"header {key!r} cannot be sent: {exc}") from exc
     data = b"".join(parts)
     return struct.pack(">I", len(data)) + data
 
 
 def _table_value(value: object) -> bytes:
     if isinstance(value, float):
+        if not math.isfinite(value):
+            # RabbitMQ cannot hold one: it would close the whole connection (541)
+            raise ValueError(f"{value!r} is not a finite number")
         return b"d" + struct.pack(">d", value)  # pamqp would send a 32-bit float ('f')
     if isinstance(value, Mapping):
         return b"F" + _table(value)
