@@ -6,13 +6,15 @@ the header budget, dead letters never raise; the dead-letter parser never raises
 retry policy, given numbers it accepts, always answers None or a finite delay within its caps.
 
 CI runs ~200 examples per property (the ``ci`` profile, the default); for a long local hunt run
-``HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/unit/test_fuzz_wire.py`` (see
+``HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/unit/test_fuzz_wire.py --timeout=0`` (see
 docs/testing.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aqueue._cli.dlq import _print_dead_letter
 from aqueue._client.deadletters import parse_dead_letter
 from aqueue._core import wire as t
 from aqueue._core.config import PER_JOB_OPTIONS, TaskOptions
@@ -28,6 +31,7 @@ from aqueue._core.delays import MAX_DELAY_MS, MAX_DELAY_SECONDS
 from aqueue._core.retry import RetryPolicy
 from aqueue._core.topology import TopologyNames
 from aqueue._core.types import HeaderValue
+from aqueue._serialization import encode_arguments
 from aqueue._transport import Delivery
 from aqueue._transport.amqp import _table
 from aqueue.exceptions import ConfigurationError, DecodeError, EncodeError, Retry
@@ -76,10 +80,13 @@ big_text = st.one_of(
 
 
 def _values(scalars: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    # empty tables and arrays are leaves: a container drawn from `inner` holds at least one
+    # item (Hypothesis refuses an `extend` that can produce values without its argument)
+    leaves = st.one_of(scalars, st.just([]), st.just({}))
     return st.recursive(
-        scalars,
+        leaves,
         lambda inner: st.one_of(
-            st.lists(inner, max_size=4),
+            st.lists(inner, min_size=1, max_size=4),
             st.dictionaries(
                 st.one_of(
                     header_names,
@@ -97,6 +104,7 @@ def _values(scalars: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
                     ),
                 ),
                 inner,
+                min_size=1,
                 max_size=5,
             ),
         ),
@@ -428,3 +436,32 @@ def test_next_delay_is_none_or_finite_within_its_caps(
 def test_encoded_size_bounds_the_bytes_sent(value: HeaderValue) -> None:
     """`encoded_size` is an upper bound of the AMQP encoding, which the budget relies on."""
     assert len(_table({"k": value})) <= t.encoded_size({"k": value})
+
+
+json_bodies = st.one_of(
+    st.binary(max_size=32),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | INT64
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, min_size=1, max_size=3)
+            | st.dictionaries(st.text(max_size=5), inner, min_size=1)
+        ),
+        max_leaves=10,
+    ).map(lambda value: encode_arguments([value], {"k": value})),
+)
+
+
+@given(st.one_of(job_headers(any_value, header_names), dead_letter_headers()), json_bodies)
+def test_aqueue_dlq_show_prints_any_dead_letter(headers: dict[str, object], body: bytes) -> None:
+    """What ``aqueue dlq show`` prints of a dead letter never raises, whatever it holds."""
+    letter = parse_dead_letter(
+        FakeDelivery(headers, body, "job"), queue="q", work_queue="fuzz.q", delivery_limit=3
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_dead_letter(letter)
+    assert "job" in out.getvalue()
