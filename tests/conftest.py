@@ -15,11 +15,19 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import settings
 
 from aqueue import TaskQueue
 from aqueue._core.topology import TopologyNames
 
 pytest_plugins = ["tests.helpers.fixtures", "tests.helpers.otel"]
+
+# Property tests (tests/unit/test_fuzz_*.py): quick in CI, long on demand with
+# HYPOTHESIS_PROFILE=long (docs/testing.md). No deadline: a loaded 2-core CI machine would
+# turn slow examples into flaky failures.
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

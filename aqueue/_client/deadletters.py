@@ -197,6 +197,8 @@ class DeadLetterQueue:
             QueueNotFound: the dead-letter queue does not exist.
             PublishError: the broker did not take a copy (that dead letter stays in place; the
                 replay stops).
+            EncodeError: a dead letter whose job headers are too big to copy even shrunk (it
+                stays in place; the replay stops).
             ConnectionLost: the connection was lost (what is not replayed stays in place).
         """
         if limit is not None:
@@ -356,7 +358,7 @@ class _Cause:
 def _worker_cause(headers: Mapping[str, HeaderValue]) -> _Cause:
     """What the worker wrote on its dead-letter copy (the ``aqueue-dead-*`` headers)."""
     return _Cause(
-        reason=str(headers.get(t.HEADER_DEAD_REASON)),
+        reason=str(headers.get(t.HEADER_DEAD_REASON)) or "unknown",
         source="worker",
         attempts=_integer(headers.get(t.HEADER_DEAD_ATTEMPTS)),
         first_failed_at=_from_ms(_integer(headers.get(t.HEADER_DEAD_FIRST_FAILED_AT))),
@@ -427,15 +429,16 @@ def _integer(value: HeaderValue) -> int | None:
 
 
 def _from_ms(value: int | None) -> dt.datetime | None:
-    return None if value is None else _from_seconds(value / 1000)
+    return None if value is None else _from_seconds(value, per_second=1000)
 
 
-def _from_seconds(value: float | None) -> dt.datetime | None:
+def _from_seconds(value: int | None, *, per_second: int = 1) -> dt.datetime | None:
     """A UTC datetime, or None for a time no datetime can hold (past year 9999, ...)."""
     if value is None:
         return None
     try:
-        return dt.datetime.fromtimestamp(value, dt.UTC)
+        # the division inside: an int beyond the largest float overflows already there
+        return dt.datetime.fromtimestamp(value / per_second, dt.UTC)
     except (OverflowError, OSError, ValueError):
         return None
 

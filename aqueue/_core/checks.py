@@ -13,10 +13,18 @@ def is_number(
     above: float | None = None,
     at_most: float = math.inf,
 ) -> TypeGuard[float]:
-    """A finite int or float (never a bool) within the bounds."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    """A finite int or float (never a bool) within the bounds.
+
+    An int too big for a float is not a number here: nothing that takes seconds could use it
+    (and ``math.isfinite`` would raise OverflowError on it).
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return False
-    return at_least <= value <= at_most and (above is None or value > above)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the largest float
+        return False
+    return finite and at_least <= value <= at_most and (above is None or value > above)
 
 
 def is_whole(value: object, *, at_least: int, at_most: float = math.inf) -> TypeGuard[int]:

@@ -82,8 +82,8 @@ class RetryPolicy:
         exponent = max(attempt - 1, 0)
         try:
             full = self.backoff * self.factor**exponent
-        except OverflowError:
-            full = math.inf
+        except OverflowError:  # the growth is past any float: capped below, unless no backoff
+            full = math.inf if self.backoff > 0 else 0.0
         capped = min(self.max_backoff, full, LONGEST)
         return capped * (1 - self.jitter * random_value)
 

@@ -112,7 +112,27 @@ _DEAD_ESSENTIAL = frozenset(
         HEADER_DEAD_QUEUE,
     }
 )
+#: What a dead letter keeps when even that is too big: only what this worker writes, each
+#: part bounded, so it always fits.
+_DEAD_WRITTEN = frozenset(
+    {
+        HEADER_HISTORY,
+        HEADER_DEAD_REASON,
+        HEADER_DEAD_EXC_TYPE,
+        HEADER_DEAD_EXC_MESSAGE,
+        HEADER_DEAD_TRACEBACK,
+        HEADER_DEAD_ATTEMPTS,
+        HEADER_DEAD_FIRST_FAILED_AT,
+        HEADER_DEAD_LAST_FAILED_AT,
+        HEADER_DEAD_QUEUE,
+    }
+)
 _MAX_MESSAGE_CHARS = 500
+#: Characters of the texts a dead letter writes (exception type and message, traceback tail).
+_MAX_DEAD_CHARS = 1000
+#: Bytes of the `HEADER_TRUNCATED` value, and the room kept for it with its name.
+_MAX_MARK_BYTES = 1000
+_MARK_ROOM = 5 + 2 + len(HEADER_TRUNCATED) + _MAX_MARK_BYTES
 
 
 # -- messages -----------------------------------------------------------------------------
@@ -175,7 +195,7 @@ class Failure:
         """The header-table form."""
         return {
             "attempt": self.attempt,
-            "type": self.type,
+            "type": self.type[:_MAX_MESSAGE_CHARS],
             "message": self.message[:_MAX_MESSAGE_CHARS],
             "at": self.at_ms,
         }
@@ -283,13 +303,17 @@ def encoded_size(value: HeaderValue) -> int:
     return 9  # a number, a bool or None
 
 
-def _fit(headers: dict[str, HeaderValue], keep: frozenset[str]) -> dict[str, HeaderValue]:
+def _fit(
+    headers: dict[str, HeaderValue], keep: frozenset[str], *fallbacks: frozenset[str]
+) -> dict[str, HeaderValue]:
     """`headers` made to fit `HEADER_BUDGET`, marked with `HEADER_TRUNCATED` if it had to.
 
-    History and traceback are shortened first, then the largest headers not in `keep` go.
+    History and traceback are shortened first, then the largest headers not in `keep` go;
+    if what is kept is still too big, the largest not in the first of `fallbacks` go, and so
+    on.
 
     Raises:
-        EncodeError: what must be kept does not fit on its own.
+        EncodeError: what the last set keeps does not fit on its own.
     """
     if encoded_size(headers) <= HEADER_BUDGET:
         return headers
@@ -299,23 +323,28 @@ def _fit(headers: dict[str, HeaderValue], keep: frozenset[str]) -> dict[str, Hea
         headers[HEADER_HISTORY] = history[-3:]
         cut.append(f"{HEADER_HISTORY} (oldest {len(history) - 3})")
     trace = headers.get(HEADER_DEAD_TRACEBACK)
-    if isinstance(trace, str) and len(trace) > 1000:
-        headers[HEADER_DEAD_TRACEBACK] = trace[-1000:]
+    if isinstance(trace, str) and len(trace) > _MAX_DEAD_CHARS:
+        headers[HEADER_DEAD_TRACEBACK] = trace[-_MAX_DEAD_CHARS:]
         cut.append(f"{HEADER_DEAD_TRACEBACK} (shortened)")
-    droppable = sorted(
-        (key for key in headers if key not in keep), key=lambda k: -encoded_size(headers[k])
-    )
-    for key in droppable:
-        if encoded_size(headers) + 64 <= HEADER_BUDGET:
+    headers.pop(HEADER_TRUNCATED, None)  # an older copy's: this one names what it cut
+    for kept in (keep, *fallbacks):
+        droppable = sorted(
+            (key for key in headers if key not in kept), key=lambda k: -encoded_size(headers[k])
+        )
+        for key in droppable:
+            if encoded_size(headers) + _MARK_ROOM <= HEADER_BUDGET:
+                break
+            del headers[key]
+            cut.append(key)
+        if encoded_size(headers) + _MARK_ROOM <= HEADER_BUDGET:
             break
-        del headers[key]
-        cut.append(key)
-    headers[HEADER_TRUNCATED] = ", ".join(cut)[:1000]
-    if encoded_size(headers) > HEADER_BUDGET:
+    else:
         raise EncodeError(
-            f"the headers kept ({', '.join(sorted(keep & set(headers)))}) are "
+            f"the headers kept ({', '.join(sorted(kept & set(headers)))}) are "
             f"over {HEADER_BUDGET} bytes"
         )
+    mark = ", ".join(cut).encode()[:_MAX_MARK_BYTES]
+    headers[HEADER_TRUNCATED] = mark.decode(errors="ignore")
     return headers
 
 
@@ -384,17 +413,19 @@ def dead_letter_message(
 ) -> OutgoingMessage:
     """The dead-letter copy: the original body and job headers, plus why it died.
 
-    Never too big to publish: a copy over `HEADER_BUDGET` keeps why it died and what the job
-    is, and drops the rest (named in `HEADER_TRUNCATED`).
+    Never raises, and never too big to publish: a copy over `HEADER_BUDGET` keeps why it died
+    and what the job is, and drops the rest; if even that is too big (a job whose own headers
+    are huge), it keeps why it died, each part of which is bounded. What went is named in
+    `HEADER_TRUNCATED`.
     """
     history = with_failure(history, Failure(attempts, cause.type, cause.message, now_ms))
     headers = carried_headers(received.headers)
     headers.update(
         {
             HEADER_HISTORY: [failure.as_header() for failure in history],
-            HEADER_DEAD_REASON: cause.reason,
-            HEADER_DEAD_EXC_TYPE: cause.type,
-            HEADER_DEAD_EXC_MESSAGE: cause.message,
+            HEADER_DEAD_REASON: cause.reason[:_MAX_DEAD_CHARS],
+            HEADER_DEAD_EXC_TYPE: cause.type[:_MAX_DEAD_CHARS],
+            HEADER_DEAD_EXC_MESSAGE: cause.message[:_MAX_DEAD_CHARS],
             HEADER_DEAD_TRACEBACK: cause.traceback,
             HEADER_DEAD_ATTEMPTS: attempts,
             HEADER_DEAD_FIRST_FAILED_AT: history[0].at_ms,
@@ -402,7 +433,9 @@ def dead_letter_message(
             HEADER_DEAD_QUEUE: queue,
         }
     )
-    fitted = _fit(headers, _DEAD_ESSENTIAL)
+    # _DEAD_WRITTEN always fits: at most 3 history entries of bounded texts, and texts cut to
+    # _MAX_DEAD_CHARS (the traceback by `_fit`), so this never raises
+    fitted = _fit(headers, _DEAD_ESSENTIAL, _DEAD_WRITTEN)
     return _copy(received, names.dead_letter_exchange, queue, fitted, now_ms)
 
 

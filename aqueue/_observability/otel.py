@@ -25,7 +25,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from aqueue._core import wire as t
-from aqueue._core.errors import qualified_name
+from aqueue._core.errors import error_message, qualified_name, traceback_tail
 from aqueue._core.types import HeaderValue
 from aqueue._observability.hooks import (
     NO_OBSERVER,
@@ -221,9 +221,22 @@ def _error_type(error: BaseException) -> str:
 
 
 def _fail(span: trace.Span, error: BaseException) -> None:
-    span.record_exception(error)
+    """Mark the span failed; never depends on ``str(error)``, which is user code and may raise."""
+    message = error_message(error)
+    try:
+        span.record_exception(error)
+    except Exception:  # noqa: BLE001 - the SDK calls str(error): record the same event safely
+        span.add_event(
+            "exception",
+            {
+                "exception.type": _error_type(error),
+                "exception.message": message,
+                "exception.stacktrace": traceback_tail(error),
+                "exception.escaped": "False",
+            },
+        )
     span.set_attribute("error.type", _error_type(error))
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"))
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import math
 import secrets
 import struct
 from collections.abc import Iterable, Mapping
@@ -49,6 +50,7 @@ from pamqp import header as pamqp_header
 from yarl import URL
 
 from aqueue._core.types import HeaderValue
+from aqueue.exceptions import EncodeError
 
 __all__ = [
     "MARKER",
@@ -112,20 +114,26 @@ def is_plain(value: object) -> bool:
 
 
 def encode_table(value: Mapping[str, Any]) -> bytes:
-    """A field table, its floats as 64-bit doubles."""
+    """A field table, its floats as 64-bit doubles; `EncodeError` for what RabbitMQ cannot take.
+
+    Refused before anything is sent: nothing reaches the socket, the connection stays up.
+    """
     parts = []
     for key, item in sorted(value.items()):
-        parts.append(pamqp_encode.short_string(key))
         try:
+            parts.append(pamqp_encode.short_string(key))
             parts.append(_table_value(item))
-        except (TypeError, OverflowError, struct.error) as exc:
-            raise TypeError(f"header {key!r}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise EncodeError(f"header {key!r} cannot be sent: {exc}") from exc
     data = b"".join(parts)
     return struct.pack(">I", len(data)) + data
 
 
 def _table_value(value: object) -> bytes:
     if isinstance(value, float):
+        if not math.isfinite(value):
+            # RabbitMQ cannot hold one: it would close the whole connection (541)
+            raise ValueError(f"{value!r} is not a finite number")
         return b"d" + struct.pack(">d", value)  # pamqp would send a 32-bit float ('f')
     if isinstance(value, Mapping):
         return b"F" + encode_table(value)

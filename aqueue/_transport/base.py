@@ -186,6 +186,8 @@ class Transport(abc.ABC):
         Many calls may run at once: confirms are pipelined.
 
         Raises:
+            EncodeError: a header RabbitMQ cannot hold (a float that is not finite, an integer
+                beyond 64 bits, a key over 255 bytes); nothing was sent.
             Unroutable: no queue is bound for the routing key.
             PublishNacked: the broker refused the message (``basic.nack``).
             BrokerBlocked: the connection is blocked by a resource alarm past `timeout`.

@@ -32,7 +32,12 @@ from aqueue._transport.base import (
     Transport,
 )
 from aqueue._transport.memory_broker import MemoryBroker
-from aqueue._transport.memory_queue import MemoryQueue, StoredMessage, copy_headers
+from aqueue._transport.memory_queue import (
+    MemoryQueue,
+    StoredMessage,
+    check_sendable,
+    copy_headers,
+)
 from aqueue.exceptions import ConfigurationError, ConnectionLost
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
@@ -290,6 +295,7 @@ class MemoryTransport(Transport):
         self._bindings.update(dict.fromkeys(topology.bindings))
 
     async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
+        check_sendable(message.headers)  # as the AMQP transport refuses them
         self._check_connected()
         # Yield first: a cancelled publish stores nothing, a returned one is stored.
         await anyio.lowlevel.checkpoint()

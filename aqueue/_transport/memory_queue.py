@@ -9,6 +9,7 @@ scheduling deliveries and timers on the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aqueue._core.topology import ArgumentValue, QueueSpec
 from aqueue._core.types import HeaderValue
+from aqueue.exceptions import EncodeError
 
 if TYPE_CHECKING:
     from aqueue._transport.memory_broker import VirtualHost
@@ -24,6 +26,36 @@ if TYPE_CHECKING:
 def copy_headers(headers: Mapping[str, HeaderValue]) -> dict[str, HeaderValue]:
     """A deep copy, so that no caller can change a stored message through a shared table."""
     return {key: _copy(value) for key, value in headers.items()}
+
+
+def check_sendable(headers: Mapping[str, HeaderValue]) -> None:
+    """Refuse, as the AMQP transport does before sending, what RabbitMQ cannot hold.
+
+    Raises:
+        EncodeError: a key over 255 bytes, an integer beyond 64 bits, a float that is not
+            finite (RabbitMQ would close the connection).
+    """
+    for key, value in headers.items():
+        if len(key.encode(errors="replace")) > 255:
+            raise EncodeError(f"header {key[:40]!r}... cannot be sent: a key over 255 bytes")
+        problem = _unsendable(value)
+        if problem is not None:
+            raise EncodeError(f"header {key!r} cannot be sent: {problem}")
+
+
+def _unsendable(value: HeaderValue) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return f"{value} is beyond 64 bits"
+    if isinstance(value, dict):
+        check_sendable(value)
+    if isinstance(value, list):
+        for item in value:
+            problem = _unsendable(item)
+            if problem is not None:
+                return problem
+    return None
 
 
 def _copy(value: HeaderValue) -> HeaderValue:

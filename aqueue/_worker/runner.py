@@ -236,15 +236,31 @@ class JobRunner:
             delivery.message_id,
             crashes,
         )
-        message = quarantine_message(
-            self._session.names,
-            delivery,
-            queue=queue,
-            attempt=attempt,
-            crashes=crashes,
-            now_ms=time.time_ns() // 1_000_000,
-        )
-        moved = await self._publish_then_ack(delivery, lambda: message, delayed=False)
+
+        def build() -> OutgoingMessage:
+            return quarantine_message(
+                self._session.names,
+                delivery,
+                queue=queue,
+                attempt=attempt,
+                crashes=crashes,
+                now_ms=time.time_ns() // 1_000_000,
+            )
+
+        try:
+            moved = await self._publish_then_ack(delivery, build, delayed=False)
+        except EncodeError as exc:  # its own headers are too big to copy: it cannot run alone
+            crashed = JobCrashed(
+                f"it came back unacked ({crashes} time(s)) and cannot be quarantined: {exc}"
+            )
+            return await self._dead_letter(
+                delivery,
+                queue,
+                Outcome("crashed", crashed),
+                observer,
+                attempts=attempt,
+                history=headers.history,
+            )
         return _settled(observer, "quarantined" if moved else "requeued", None)
 
     async def _undecodable(
@@ -568,7 +584,16 @@ class JobRunner:
             history=history,
             now_ms=time.time_ns() // 1_000_000,
         )
-        moved = await self._publish_then_ack(delivery, lambda: message, delayed=False)
+        try:
+            moved = await self._publish_then_ack(delivery, lambda: message, delayed=False)
+        except EncodeError as exc:  # a header the transport cannot send: the broker moves it
+            logger.error(
+                "job %s: its dead-letter copy cannot be sent (%s); rejecting it to the "
+                "dead-letter queue as it is",
+                delivery.message_id,
+                exc,
+            )
+            moved = await _reject_to_dead_letters(delivery)
         return _settled(observer, "dead-lettered" if moved else "requeued", outcome.error)
 
     async def _publish_then_ack(
@@ -626,6 +651,16 @@ def _with_overrides(options: TaskOptions, headers: JobHeaders) -> TaskOptions:
     except ConfigurationError as exc:
         logger.warning("ignoring bad per-job options %r: %s", dict(headers.options), exc)
         return options
+
+
+async def _reject_to_dead_letters(delivery: Delivery) -> bool:
+    """Reject without requeue: the work queue's dead-letter exchange takes the message as is."""
+    try:
+        await delivery.reject(requeue=False)
+    except ConnectionLost as exc:
+        logger.warning("rejecting %s interrupted (%s)", delivery.message_id, exc)
+        return False
+    return True
 
 
 async def _reject_quietly(delivery: Delivery) -> None:

@@ -95,3 +95,22 @@ class TestErrorText:
         """``ValueError``, but ``module.Qualname`` for everything else."""
         assert qualified_name(ValueError) == "ValueError"
         assert qualified_name(_Unprintable) == "tests.unit.test_core._Unprintable"
+
+
+def test_an_int_beyond_any_float_is_not_a_number() -> None:
+    """``is_number(10**400)`` is False, not an OverflowError; big ints below the bound pass."""
+    from aqueue._core.checks import is_number
+
+    assert not is_number(10**400)
+    assert not is_number(-(10**400), at_most=0)
+    assert is_number(2**62)
+    assert not is_number(2**62, at_most=1e9)
+
+
+def test_no_backoff_stays_no_backoff_however_many_attempts() -> None:
+    """backoff=0: every delay is 0, even once ``factor ** attempts`` overflows a float."""
+    policy = RetryPolicy(max_attempts=10_001, backoff=0.0, factor=2.0, max_backoff=60.0)
+    assert policy.next_delay(ValueError(), 10, 0.5) == 0.0
+    assert policy.next_delay(ValueError(), 2000, 0.5) == 0.0  # 2.0 ** 1999 overflows
+    growing = RetryPolicy(max_attempts=10_001, backoff=1.0, factor=2.0, max_backoff=60.0)
+    assert growing.next_delay(ValueError(), 2000, 0.0) == 60.0

@@ -9,11 +9,12 @@ import anyio
 import pytest
 
 from aqueue import DeadLetter, DeadLetterQueue, ReplayResult, TaskQueue, current_job
+from aqueue._client.deadletters import parse_dead_letter
 from aqueue._client.session import Session
 from aqueue._core import wire as t
 from aqueue._core.topology import QueueType
 from aqueue._core.types import HeaderValue
-from aqueue._transport import OutgoingMessage
+from aqueue._transport import Delivery, OutgoingMessage
 from aqueue.exceptions import ConfigurationError, PublishNacked, QueueNotFound
 from aqueue.testing import running_worker
 from tests.helpers.workers import WAIT, wait_until
@@ -336,3 +337,61 @@ async def test_bad_input_and_missing_queues_are_refused_clearly(memory_queue: Ta
             await dlq.replay(limit=0)
         with pytest.raises(ConfigurationError, match="task must be"):
             await dlq.replay(task="")
+
+
+class _Held(Delivery):
+    """A delivery as a reader holds it: headers and body only, never settled here."""
+
+    def __init__(self, headers: dict[str, HeaderValue]) -> None:
+        self.headers = headers
+        self.body = b"{}"
+        self.message_id = "job-far"
+        self.content_type = ""
+        self.routing_key = "default"
+        self.queue = "t.default.dlq"
+        self.redelivered = False
+
+    async def ack(self) -> None:
+        raise AssertionError("a reader never settles here")
+
+    async def reject(self, *, requeue: bool) -> None:
+        raise AssertionError("a reader never settles here")
+
+
+@pytest.mark.parametrize("far", [2**62, -(2**62), 10**400])
+def test_times_no_datetime_or_float_holds_read_as_unknown(far: int) -> None:
+    """Times past year 9999, or beyond any float: None, never OverflowError; reason kept."""
+    worker = _Held(
+        {
+            t.HEADER_ENQUEUED_AT: far,
+            t.HEADER_DEAD_REASON: "failed",
+            t.HEADER_DEAD_FIRST_FAILED_AT: far,
+            t.HEADER_DEAD_LAST_FAILED_AT: far,
+            t.HEADER_HISTORY: [{"attempt": 1, "type": "E", "message": "m", "at": far}],
+        }
+    )
+    broker = _Held({"x-death": [{"queue": "t.default", "reason": "rejected", "time": far}]})
+    for delivery, reason in ((worker, "failed"), (broker, "rejected")):
+        letter = parse_dead_letter(
+            delivery, queue="default", work_queue="t.default", delivery_limit=3
+        )
+        assert letter.reason == reason
+        assert (letter.enqueued_at, letter.first_failed_at, letter.last_failed_at) == (
+            None,
+            None,
+            None,
+        )
+    assert [
+        f.failed_at
+        for f in parse_dead_letter(
+            worker, queue="default", work_queue="t.default", delivery_limit=3
+        ).history
+    ] == [None]
+
+
+def test_an_empty_worker_reason_reads_as_unknown() -> None:
+    """A dead-reason header that is empty says nothing: the reason is ``unknown``."""
+    letter = parse_dead_letter(
+        _Held({t.HEADER_DEAD_REASON: ""}), queue="default", work_queue="t.default", delivery_limit=3
+    )
+    assert (letter.reason, letter.source) == ("unknown", "worker")

@@ -51,6 +51,9 @@ def test_unknown_option_fails_at_decoration_with_suggestion() -> None:
         ({"timeout": 0}, "timeout"),
         ({"timeout": -1.5}, "timeout"),
         ({"timeout": True}, "timeout"),
+        ({"timeout": 10**400}, "timeout"),  # beyond any float: not an OverflowError
+        ({"backoff": 10**400}, "backoff"),
+        ({"backoff": 1e306}, "backoff"),
         ({"queue": "bad name"}, "queue name"),
         ({"queue": ""}, "queue name"),
         ({"name": 7}, "task name"),

@@ -482,3 +482,34 @@ async def test_a_retry_request_past_the_last_attempt_is_a_failure(
     assert process.status.status_code is StatusCode.ERROR
     assert [e.name for e in process.events] == ["aqueue.retry", "exception"]
     assert process.attributes["aqueue.settlement"] == "dead-lettered"  # type: ignore[index]
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+async def test_an_exception_whose_str_raises_is_recorded_on_the_span(
+    spans: InMemorySpanExporter, memory_queue: TaskQueue
+) -> None:
+    """The SDK's ``record_exception`` calls ``str()``: the span gets the exception event
+    anyway, with a placeholder message, and the job is dead-lettered by a living worker."""
+
+    @memory_queue.task(name="unprintable")
+    async def unprintable() -> None:
+        raise _Unprintable
+
+    async with memory_queue, running_worker(memory_queue) as worker:
+        await memory_queue.enqueue(unprintable)
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
+    process = Tree(spans.get_finished_spans()).one("process unprintable")
+    assert process.status.status_code is StatusCode.ERROR
+    assert "str() raised RuntimeError" in (process.status.description or "")
+    [event] = [e for e in process.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert str(event.attributes["exception.type"]).endswith("_Unprintable")
+    assert "str() raised RuntimeError" in str(event.attributes["exception.message"])
+    assert "raise _Unprintable" in str(event.attributes["exception.stacktrace"])

@@ -129,3 +129,52 @@ def test_a_replay_is_a_fresh_job_due_now() -> None:
     assert message.headers[t.HEADER_HISTORY] == history
     assert not any(key.startswith(t.DEAD_HEADER_PREFIX) for key in message.headers)
     assert not t.BROKER_HEADERS & set(message.headers)
+
+
+def test_a_dead_letter_of_a_job_whose_own_headers_are_huge_is_made_and_fits() -> None:
+    """A 125 KB task name and a 122 KB exception type in the history: the dead letter drops
+    them (named in the truncation marker), keeps why the job died, and fits the budget."""
+    headers = dict(_received_job().headers)
+    headers[t.HEADER_TASK] = "x" * 125_000
+    history = (Failure(1, "T" * 122_000, "boom", NOW - 10),)
+    message = dead_letter_message(
+        NAMES,
+        Received(headers=headers),
+        queue="q",
+        cause=Cause("unknown-task", "aqueue.exceptions.UnknownTaskError", "no task", "tb"),
+        attempts=1,
+        history=history,
+        now_ms=NOW,
+    )
+    assert t.encoded_size(dict(message.headers)) <= t.HEADER_BUDGET
+    assert t.HEADER_TASK not in message.headers
+    marker = message.headers[t.HEADER_TRUNCATED]
+    assert isinstance(marker, str)
+    assert t.HEADER_TASK in marker
+    assert message.headers[t.HEADER_DEAD_REASON] == "unknown-task"
+    assert message.headers[t.HEADER_DEAD_ATTEMPTS] == 1
+    kept = message.headers[t.HEADER_HISTORY]
+    assert isinstance(kept, list)
+    types = [entry["type"] for entry in kept if isinstance(entry, dict)]
+    assert types == ["T" * 500, "aqueue.exceptions.UnknownTaskError"]
+
+
+def test_a_copy_with_many_small_headers_leaves_room_for_the_truncation_marker() -> None:
+    """2,400 small headers over the budget: the retry copy drops enough of them for the
+    marker that names them, instead of giving up with EncodeError."""
+    headers = dict(_received_job().headers)
+    headers.update({f"h{i:04d}": "x" * 40 for i in range(2400)})
+    assert t.encoded_size(headers) > t.HEADER_BUDGET
+    message = retry_message(
+        NAMES,
+        Received(headers=headers),
+        read_headers(headers),
+        queue="q",
+        attempt=1,
+        failure=Failure(1, "ValueError", "boom", NOW),
+        delay_ms=0,
+        now_ms=NOW,
+    )
+    assert t.encoded_size(dict(message.headers)) <= t.HEADER_BUDGET
+    assert message.headers[t.HEADER_TASK] == "tasks.add"
+    assert t.HEADER_TRUNCATED in message.headers

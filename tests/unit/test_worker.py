@@ -15,6 +15,7 @@ from aqueue._worker.runner import JobRunner
 from aqueue._worker.threads import ThreadBudgets
 from aqueue.exceptions import ConfigurationError, EncodeError
 from aqueue.testing import running_worker
+from tests.helpers.jobs import job_envelope
 from tests.helpers.workers import WAIT, drain, wait_until
 
 
@@ -362,3 +363,65 @@ async def test_enqueue_many_takes_a_generator_even_when_it_declares_first(
         result = await memory_queue.enqueue_many(elsewhere, ((i,) for i in range(5)))
         assert result.confirmed == 5
         assert await session.transport.message_count("t.not-declared-at-open") == 5
+
+
+async def test_a_dead_letter_the_transport_refuses_is_rejected_to_the_dead_letter_queue(
+    memory_queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter copy cannot be sent (EncodeError): the job is rejected without requeue,
+    so the broker dead-letters the original, and the worker goes on."""
+    ran = anyio.Event()
+
+    @memory_queue.task(name="bad")
+    async def bad() -> None:
+        raise ValueError("boom")
+
+    @memory_queue.task(name="good")
+    async def good() -> None:
+        ran.set()
+
+    async with memory_queue.session() as session:
+        publish = session.producer.publish
+        names = session.names
+
+        async def refuse_dead_letters(message: OutgoingMessage, *, patient: bool = False) -> None:
+            if message.exchange == names.dead_letter_exchange:
+                raise EncodeError("header 'x' cannot be sent")
+            await publish(message, patient=patient)
+
+        monkeypatch.setattr(session.producer, "publish", refuse_dead_letters)
+        async with running_worker(memory_queue) as worker:
+            job = await memory_queue.enqueue(bad)
+            await wait_until(worker, lambda s: s.dead_lettered == 1)
+            await memory_queue.enqueue(good)
+            await wait_event(ran)
+        [letter] = await memory_queue.dead_letters().list()
+    assert (letter.job_id, letter.reason, letter.source) == (job.job_id, "rejected", "broker")
+
+
+async def test_a_job_that_came_back_too_big_to_quarantine_is_dead_lettered(
+    memory_queue: TaskQueue,
+) -> None:
+    """A delivery that came back with headers too big to copy cannot run alone: it is
+    dead-lettered as ``crashed``, shrunk to fit, and never runs."""
+    ran: list[str] = []
+
+    @memory_queue.task(name="good")
+    async def good() -> None:
+        ran.append(current_job().job_id)
+
+    async with memory_queue.session() as session, running_worker(memory_queue) as worker:
+        headers = {
+            **job_envelope("x" * 125_000).headers(),
+            "x-delivery-count": 1,  # it says it came back once
+        }
+        message = OutgoingMessage(session.names.exchange, "default", b"{}", "big", headers)
+        await session.transport.publish(message, timeout=5)
+        await wait_until(worker, lambda s: s.dead_lettered == 1)
+        after = await memory_queue.enqueue(good)
+        await wait_until(worker, lambda s: s.succeeded == 1)
+        [letter] = await memory_queue.dead_letters().list()
+    assert ran == [after.job_id]
+    assert (letter.job_id, letter.reason) == ("big", "crashed")
+    assert "cannot be quarantined" in (letter.exception_message or "")
+    assert t.HEADER_TASK in str(letter.headers[t.HEADER_TRUNCATED])
