@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import sys
+from collections.abc import Callable
 
+import pytest
+from typer.testing import CliRunner
+
+import aqueue._cli.worker as cli_worker
+from aqueue._cli import app
 from aqueue._cli.supervisor import describe_exit
 from aqueue._core.supervision import RestartPolicy, next_restart
 from aqueue.exceptions import ConfigurationError
 
 POLICY = RestartPolicy()
+WIDE_PLAIN = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 
 def test_quick_deaths_double_the_delay_up_to_the_cap() -> None:
@@ -64,3 +71,59 @@ def test_exit_codes_are_described_as_status_or_signal() -> None:
     """A negative return code names the signal that killed the child."""
     assert describe_exit(1) == "exit status 1"
     assert describe_exit(-9) == "killed by SIGKILL"
+
+
+def test_processes_below_one_is_refused_before_anything_runs() -> None:
+    """``--processes 0`` exits 2 naming the option; no supervisor, no child, no app import."""
+    result = CliRunner().invoke(
+        app, ["worker", "no.such.module:queue", "--processes", "0"], env=WIDE_PLAIN
+    )
+    assert result.exit_code == 2
+    assert "--processes" in result.output
+
+
+def test_each_child_gets_the_supervisors_options_without_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The children's command lines repeat every option but --processes; child i's metrics
+    port is the given one plus i."""
+    argvs: list[list[str]] = []
+
+    class Recording:
+        def __init__(self, argv_for: Callable[[int], list[str]], count: int) -> None:
+            argvs.extend(argv_for(index) for index in range(count))
+
+        async def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(cli_worker, "Supervisor", Recording)
+    monkeypatch.setattr(cli_worker, "configure_logging", lambda *_: None)  # the test's own
+    result = CliRunner().invoke(
+        app,
+        [
+            "worker",
+            "tests.integration.apps.jobs:queue",
+            "--processes",
+            "2",
+            "-Q",
+            "emails:5",
+            "--otel",
+            "--metrics-port",
+            "9100",
+        ],
+        env=WIDE_PLAIN,
+    )
+    assert result.exit_code == 0, result.output
+    first, second = argvs
+    assert first[:5] == [
+        sys.executable,
+        "-m",
+        "aqueue",
+        "worker",
+        "tests.integration.apps.jobs:queue",
+    ]
+    assert "--processes" not in first
+    assert first[first.index("--queues") + 1] == "emails:5"
+    assert "--otel" in first
+    assert first[first.index("--metrics-port") + 1] == "9100"
+    assert second[second.index("--metrics-port") + 1] == "9101"
