@@ -9,6 +9,7 @@ import signal
 import sys
 import traceback
 from contextlib import ExitStack
+from functools import partial
 from typing import Annotated
 
 import anyio
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, aqueue_error, console, load_queue, queue_names
+from aqueue._cli.supervisor import Supervisor
 from aqueue._cli.telemetry import (
     LOG_FORMATS,
     ObservabilityError,
@@ -34,6 +36,7 @@ _WORKER = WorkerSettings()  # the defaults, stated once there
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     app_path: AppArgument,
     queues: Annotated[
         str | None,
@@ -136,6 +139,15 @@ def worker(
     metrics_address: Annotated[
         str, typer.Option(help="The address the metrics endpoint listens on.")
     ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
+    processes: Annotated[
+        int,
+        typer.Option(
+            help="Run this many worker processes under one supervisor, which restarts one "
+            "that dies and forwards SIGTERM and SIGINT to all (1: this process is the worker). "
+            "With --metrics-port P, process i serves on P + i.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -166,6 +178,9 @@ def worker(
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     configure_logging(log_level, log_format)
+    if processes > 1:  # everything is checked above, before any child is spawned
+        supervisor = Supervisor(partial(_child_argv, ctx), processes)
+        raise typer.Exit(anyio.run(supervisor.run))
     running = Worker(queue, settings)
     try:
         _observed_run(
@@ -182,6 +197,30 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+def _child_argv(ctx: typer.Context, index: int) -> list[str]:
+    """The command line of worker process `index`: this command's, without ``--processes``.
+
+    Rebuilt from the parsed options (not from `sys.argv`, which is not this command's when it
+    is called from Python): each is passed explicitly, values from the environment included,
+    so every child runs with the same settings as the supervisor checked.
+    """
+    argv = [sys.executable, "-m", "aqueue", "worker", ctx.params["app_path"]]
+    for param in ctx.command.params:
+        name = param.name
+        value = ctx.params.get(name or "")
+        if name in ("app_path", "processes") or value is None:
+            continue
+        flag = max(param.opts, key=len)  # the long form
+        if isinstance(value, bool):  # a flag: --otel
+            if value:
+                argv.append(flag)
+            continue
+        if name == "metrics_port" and value:  # one port each (0 stays "any free port")
+            value += index
+        argv += [flag, str(value)]
+    return argv
 
 
 def _autoscale(bounds: str | None, target_wait: float | None) -> Autoscale | None:

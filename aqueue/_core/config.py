@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from aqueue._core.checks import is_number, is_whole
 from aqueue._core.delays import MAX_DELAY_SECONDS
@@ -30,6 +30,11 @@ MAX_RETRIES = 10_000
 MAX_TIMEOUT = 1e9
 
 
+#: Where a plain (sync) task function runs: a thread of the worker, or a process of its pool.
+Executor = Literal["thread", "process"]
+EXECUTORS: tuple[Executor, ...] = ("thread", "process")
+
+
 class TaskOverridesDict(TypedDict, total=False):
     """The options `task.with_options(...)` accepts (see `TaskOptions`)."""
 
@@ -47,6 +52,7 @@ class TaskOptionsDict(TaskOverridesDict, total=False):
     name: str
     retry_on: tuple[type[BaseException], ...]
     store_result: bool
+    executor: Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,11 @@ class TaskOptions:
         retry_on: exception types that are retried; others are dead-lettered at once.
         store_result: keep this task's job states and results in the result backend (when
             the queue has one); False for jobs nobody awaits, to save the writes.
+        executor: where a plain function runs: ``"thread"`` (a thread of the worker's
+            per-queue budget) or ``"process"`` (a separate process, for CPU-bound work that
+            would hold the GIL; at most one per CPU at a time). A process job that times out
+            or is cancelled has its process killed. Not per job: `with_options` cannot
+            change it.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -80,9 +91,14 @@ class TaskOptions:
     jitter: float = 0.2
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     store_result: bool = True
+    executor: Executor = "thread"
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
+        if self.executor not in EXECUTORS:
+            raise ConfigurationError(
+                f"executor must be 'thread' or 'process', not {self.executor!r}"
+            )
         if self.timeout is not None and not is_number(self.timeout, above=0, at_most=MAX_TIMEOUT):
             raise ConfigurationError(
                 f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:g} or None, "

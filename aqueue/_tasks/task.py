@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -135,7 +136,57 @@ def make_task(fn: Callable[P, Any], options: TaskOptionsDict) -> Task[P, Any]:
     name: object = options.get("name") or task_name(fn)
     if not isinstance(name, str):
         raise ConfigurationError(f"task name must be a string, not {name!r}")
-    return Task(fn, name=name, options=TaskOptions(**settings))  # type: ignore[arg-type]
+    task_options = TaskOptions(**settings)  # type: ignore[arg-type]
+    if task_options.executor == "process":
+        check_process_function(fn)
+    return Task(fn, name=name, options=task_options)
+
+
+def check_process_function(fn: Callable[..., Any]) -> None:
+    """Check that a pool process can find `fn` by its module and name.
+
+    The function itself is not pickled: once decorated, its module-level name is bound to the
+    `Task`, so pickle's lookup by name would not find the function. The pool process imports
+    the module and takes the function out of the `Task` instead (`call_in_process`), which
+    needs a plain function defined at a module's top level.
+
+    Raises:
+        ConfigurationError: an async function, or one a process cannot import.
+    """
+    where = task_name(fn)
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(
+            f"{where} is async: executor='process' is for plain (sync) functions; an async "
+            "task runs on the worker's event loop"
+        )
+    if not inspect.isfunction(fn) or fn.__name__ == "<lambda>":
+        raise ConfigurationError(
+            f"executor='process' needs a function defined with def at a module's top level "
+            f"(a pool process imports it by name), not {fn!r}"
+        )
+    if "<locals>" in fn.__qualname__ or "." in fn.__qualname__:
+        raise ConfigurationError(
+            f"{where} is defined inside another function or class: executor='process' needs "
+            "it at a module's top level, where a pool process can import it by name"
+        )
+    if fn.__module__ == "__main__":
+        raise ConfigurationError(
+            f"{fn.__qualname__} is defined in __main__: executor='process' needs it in an "
+            "importable module (a pool process imports it by name)"
+        )
+
+
+def call_in_process(module: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the function `module`.`name` (a task's, once decorated) in a pool process.
+
+    Importing the app's module in the pool process registers its tasks again on a `TaskQueue`
+    that is never opened there; nothing connects.
+    """
+    target: object = getattr(importlib.import_module(module), name)
+    fn = target.fn if isinstance(target, Task) else target
+    if not callable(fn):
+        raise TypeError(f"{module}.{name} is not a function in the pool process")
+    return fn(*args, **kwargs)
 
 
 class TaskRegistry(Mapping[str, "Task[Any, Any]"]):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_process
 
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
@@ -42,7 +43,7 @@ from aqueue._results.states import Attempt
 from aqueue._serialization import decode_arguments, dumps
 from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
-from aqueue._tasks.task import Task
+from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
@@ -431,7 +432,7 @@ class JobRunner:
                     and deadline is not None
                     and deadline.cancel_called
                 )
-                if timed_out and not job.task.is_async:
+                if timed_out and not job.task.is_async and job.options.executor == "thread":
                     self._abandoned_at_timeout(job)
                 return Outcome("timeout" if timed_out else "failed", exc), None
             return None, value
@@ -441,6 +442,17 @@ class JobRunner:
     async def _invoke(self, task: Task[Any, Any], context: JobContext) -> object:
         if task.is_async:
             return await task.fn(*context.args, **context.kwargs)
+        if task.options.executor == "process":
+            # cancellable: a timeout or a stop kills the pool process (SIGKILL), so unlike a
+            # thread nothing runs on after its job; anyio starts a fresh process next time
+            return await anyio.to_process.run_sync(
+                call_in_process,
+                task.fn.__module__,
+                task.fn.__name__,
+                tuple(context.args),
+                dict(context.kwargs),
+                cancellable=True,
+            )
         # plain functions never run on the event loop; contextvars (current_job) follow them
         return await self._threads.for_queue(context.queue).run(
             context, functools.partial(task.fn, *context.args, **context.kwargs)
