@@ -10,28 +10,42 @@ Children run in sessions of their own, so a Ctrl-C at a terminal (SIGINT to the 
 foreground process group) reaches them once, forwarded by the supervisor, and is not taken
 for a second signal ("stop now"). Their stderr comes through the supervisor, line by line,
 which is how it sees the ``worker consuming from`` line that tells a child that started from
-one that died starting.
+one that died starting, and, with ``--processes MIN:MAX``, the lines in which a child's
+autoscaler says a queue turned CPU-bound or no longer is (`CPU_BOUND_MARK`): when every child
+has been CPU-bound for a while it adds one, when none has for longer it retires the newest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from aqueue._core.supervision import RestartPolicy, next_restart
+from aqueue._core.supervision import (
+    CPU_BOUND_MARK,
+    CPU_FREE_MARK,
+    ProcessScaling,
+    RestartPolicy,
+    next_restart,
+    process_target,
+)
 
 logger = logging.getLogger("aqueue.supervisor")
 
 STARTED_MARK = b"worker consuming from"
 """What a worker logs once it consumes (see `Worker.run`): the child started."""
+_BOUND = re.compile(rb"queue (\S+): " + re.escape(CPU_BOUND_MARK.encode()))
+_FREE = re.compile(rb"queue (\S+): " + re.escape(CPU_FREE_MARK.encode()))
+#: Seconds between two looks at the children's CPU-bound reports (``--processes MIN:MAX``).
+SCALE_TICK = 1.0
 
 
 def describe_exit(code: int) -> str:
@@ -51,6 +65,10 @@ class _Child:
     consuming: bool = False
     #: the exit code it had when it stopped after a stop began (None: not run, or no stop)
     stopped_with: int | None = None
+    #: its queues whose autoscaler said "CPU-bound" last
+    bound: set[bytes] = field(default_factory=set)
+    #: being stopped because there are more processes than needed: not restarted
+    retiring: bool = False
 
 
 class Supervisor:
@@ -58,8 +76,9 @@ class Supervisor:
 
     Args:
         argv_for: the command line of child `index` (its metrics port may differ).
-        count: how many children.
+        count: how many children (with `scaling`: its minimum is used instead).
         policy: when to restart one that died, and when to give up.
+        scaling: ``--processes MIN:MAX``: add and retire children on their CPU-bound reports.
     """
 
     def __init__(
@@ -67,9 +86,13 @@ class Supervisor:
         argv_for: Callable[[int], Sequence[str]],
         count: int,
         policy: RestartPolicy | None = None,
+        scaling: ProcessScaling | None = None,
     ) -> None:
         self._argv_for = argv_for
         self._policy = policy or RestartPolicy()
+        self._scaling = scaling
+        if scaling is not None:
+            count = scaling.minimum
         self._children = [_Child(index) for index in range(count)]
         self._stop_event = anyio.Event()
         self._failure: int | None = None  # the exit code when a child could not start
@@ -86,6 +109,8 @@ class Supervisor:
             async with anyio.create_task_group() as children:
                 for child in self._children:
                     children.start_soon(self._keep, child)
+                if self._scaling is not None:
+                    tg.start_soon(self._scale, self._scaling, children)
             tg.cancel_scope.cancel()
         if self._failure is not None:
             return self._failure
@@ -124,9 +149,18 @@ class Supervisor:
         deaths: tuple[float, ...] = ()
         failed_starts = 0
         while not self._stop_event.is_set():
+            if _retiring(child):  # retired while it waited for a restart
+                self._children.remove(child)
+                return
             began = anyio.current_time()
             pid, code = await self._run_once(child)
             ran_for = anyio.current_time() - began
+            if _retiring(child) and not self._stop_event.is_set():
+                logger.info(
+                    "worker process %d (pid %d) retired: %s", child.index, pid, describe_exit(code)
+                )
+                self._children.remove(child)
+                return
             if self._stop_event.is_set():
                 child.stopped_with = code
                 log = logger.info if code == 0 else logger.error
@@ -183,6 +217,61 @@ class Supervisor:
             with anyio.move_on_after(restart.delay):
                 await self._stop_event.wait()
 
+    # -- how many children (--processes MIN:MAX) -----------------------------------------
+
+    async def _scale(self, scaling: ProcessScaling, children: anyio.abc.TaskGroup) -> None:
+        """Add a child when every one has been CPU-bound a while; retire one when none has."""
+        all_since: float | None = None
+        none_since: float | None = None
+        while not self._stop_event.is_set():
+            with anyio.move_on_after(SCALE_TICK):
+                await self._stop_event.wait()
+            if self._stop_event.is_set():
+                return
+            now = anyio.current_time()
+            active = [c for c in self._children if not c.retiring]
+            serving = [c for c in active if c.process is not None and c.consuming]
+            all_bound = len(serving) == len(active) > 0 and all(c.bound for c in serving)
+            none_bound = not any(c.bound for c in serving)
+            all_since = (all_since or now) if all_bound else None
+            none_since = (none_since or now) if none_bound else None
+            target = process_target(
+                scaling,
+                len(active),
+                all_bound_since=all_since,
+                none_bound_since=none_since,
+                now=now,
+            )
+            if target > len(active):
+                child = _Child(max((c.index for c in self._children), default=-1) + 1)
+                logger.info(
+                    "adding worker process %d: every one of %d process(es) has been CPU-bound "
+                    "for %gs (--processes %d:%d)",
+                    child.index,
+                    len(active),
+                    now - (all_since or now),
+                    scaling.minimum,
+                    scaling.maximum,
+                )
+                self._children.append(child)
+                children.start_soon(self._keep, child)
+                all_since = None  # judge the new number of processes afresh
+            elif target < len(active):
+                child = max(active, key=lambda c: c.index)
+                logger.info(
+                    "retiring worker process %d: no process has been CPU-bound for %gs "
+                    "(--processes %d:%d)",
+                    child.index,
+                    now - (none_since or now),
+                    scaling.minimum,
+                    scaling.maximum,
+                )
+                child.retiring = True
+                if child.process is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.send_signal(signal.SIGTERM)
+                none_since = None
+
     async def _run_once(self, child: _Child) -> tuple[int, int]:
         """Start `child`, relay its stderr until it exits; return its PID and exit code."""
         process = await anyio.open_process(
@@ -217,9 +306,18 @@ class Supervisor:
             lines, pending = pending[:cut], pending[cut:]
             if not child.consuming and STARTED_MARK in lines:
                 child.consuming = True
+            if self._scaling is not None:
+                child.bound.update(_BOUND.findall(lines))
+                child.bound.difference_update(_FREE.findall(lines))
             sys.stderr.flush()  # the supervisor's own log lines first, in order
             out.write(lines)
             out.flush()
         if pending:
             out.write(pending + b"\n")
             out.flush()
+
+
+def _retiring(child: _Child) -> bool:
+    # a function, not the attribute: the scaler sets it while `_keep` awaits its child, which
+    # mypy's narrowing of the attribute cannot see
+    return child.retiring

@@ -28,6 +28,7 @@ from aqueue._cli.telemetry import (
 )
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import Autoscale, WorkerSettings, parse_queues
+from aqueue._core.supervision import ProcessScaling
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
 
@@ -140,14 +141,16 @@ def worker(
         str, typer.Option(help="The address the metrics endpoint listens on.")
     ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
     processes: Annotated[
-        int,
+        str,
         typer.Option(
             help="Run this many worker processes under one supervisor, which restarts one "
             "that dies and forwards SIGTERM and SIGINT to all (1: this process is the worker). "
-            "With --metrics-port P, process i serves on P + i.",
-            min=1,
+            "MIN:MAX (with --autoscale): add a process while every one is CPU-bound, retire "
+            "one when none has been for a minute. With --metrics-port P, process i serves on "
+            "P + i.",
+            metavar="N|MIN:MAX",
         ),
-    ] = 1,
+    ] = "1",
 ) -> None:
     """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -161,6 +164,7 @@ def worker(
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--queues' / '-Q'") from exc
     scaling = _autoscale(autoscale, target_wait)
+    count, process_scaling = _processes(processes, autoscaling=scaling is not None)
     queue = load_queue(app_path)
     try:
         settings = WorkerSettings(
@@ -178,8 +182,8 @@ def worker(
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     configure_logging(log_level, log_format)
-    if processes > 1:  # everything is checked above, before any child is spawned
-        supervisor = Supervisor(partial(_child_argv, ctx), processes)
+    if count > 1 or process_scaling is not None:  # all checked above, before any spawn
+        supervisor = Supervisor(partial(_child_argv, ctx), count, scaling=process_scaling)
         raise typer.Exit(anyio.run(supervisor.run))
     running = Worker(queue, settings)
     try:
@@ -221,6 +225,28 @@ def _child_argv(ctx: typer.Context, index: int) -> list[str]:
             value += index
         argv += [flag, str(value)]
     return argv
+
+
+def _processes(text: str, *, autoscaling: bool) -> tuple[int, ProcessScaling | None]:
+    """``--processes N`` or ``MIN:MAX``, checked before anything is loaded or spawned."""
+    low, sep, high = text.partition(":")
+    numbers = (low, high) if sep else (low,)
+    if not all(n.strip().isascii() and n.strip().isdigit() for n in numbers):
+        raise typer.BadParameter(
+            f"{text!r} is not N or MIN:MAX (whole numbers)", param_hint="--processes"
+        )
+    if not sep:
+        if int(low) < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--processes")
+        return int(low), None
+    if not autoscaling:
+        # the children's autoscalers are what report a CPU-bound queue
+        raise typer.BadParameter("MIN:MAX needs --autoscale", param_hint="--processes")
+    try:
+        scaling = ProcessScaling(int(low), int(high))
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--processes") from exc
+    return scaling.minimum, scaling
 
 
 def _autoscale(bounds: str | None, target_wait: float | None) -> Autoscale | None:

@@ -82,3 +82,70 @@ def next_restart(
         delay = min(previous_delay * 2, policy.max_delay)
     recent = (*(t for t in deaths if now - t < policy.loop_window), now)
     return Restart(delay=delay, crash_loop=len(recent) >= policy.loop_deaths, deaths=recent)
+
+
+# -- how many processes (``--processes MIN:MAX``) ----------------------------------------------
+
+#: What a worker logs when a queue of its autoscaler turns CPU-bound, and when it no longer is:
+#: the supervisor reads its children's log lines for them (``queue NAME: <mark>``).
+CPU_BOUND_MARK = "CPU-bound:"
+CPU_FREE_MARK = "no longer CPU-bound"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessScaling:
+    """``--processes MIN:MAX``: more processes when every one is CPU-bound, fewer when none is.
+
+    In one process, more coroutines do not help a queue whose event loop is saturated (its
+    autoscaler then holds concurrency and says "CPU-bound"); another process, with its own
+    loop and its own core, does.
+
+    Attributes:
+        minimum: processes kept (and started with).
+        maximum: processes at most.
+        grow_after: seconds every running process must have been CPU-bound before one is added.
+        shrink_after: seconds no process may have been CPU-bound before one is retired (the
+            newest, stopped gracefully); the in-process autoscalers shrink first.
+    """
+
+    minimum: int
+    maximum: int
+    grow_after: float = 10.0
+    shrink_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.maximum:
+            raise ConfigurationError(
+                f"--processes MIN:MAX needs 1 <= MIN <= MAX, not {self.minimum}:{self.maximum}"
+            )
+        if not (self.grow_after > 0 and self.shrink_after > 0):
+            raise ConfigurationError("grow_after and shrink_after must be positive")
+
+
+def process_target(
+    scaling: ProcessScaling,
+    count: int,
+    *,
+    all_bound_since: float | None,
+    none_bound_since: float | None,
+    now: float,
+) -> int:
+    """How many worker processes there should be now.
+
+    Args:
+        scaling: the bounds and patience.
+        count: processes now (running or being started).
+        all_bound_since: since when every running process has reported a CPU-bound queue
+            (``None``: not all of them now).
+        none_bound_since: since when no running process has (``None``: some do now).
+        now: the time on the clock of the two ``since`` arguments.
+    """
+    if count < scaling.minimum:
+        return scaling.minimum
+    if count > scaling.maximum:
+        return scaling.maximum
+    if all_bound_since is not None and now - all_bound_since >= scaling.grow_after:
+        return min(count + 1, scaling.maximum)
+    if none_bound_since is not None and now - none_bound_since >= scaling.shrink_after:
+        return max(count - 1, scaling.minimum)
+    return count

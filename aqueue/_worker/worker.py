@@ -21,6 +21,7 @@ from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.heartbeats import QueueFigures
 from aqueue._core.queues import queue_topology
+from aqueue._core.supervision import CPU_BOUND_MARK, CPU_FREE_MARK
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
@@ -487,11 +488,14 @@ class Worker:
                     states[queue] = decision.state
                     if decision.cpu_saturated and not runners.cpu_saturated:
                         scaling_logger.warning(
-                            "queue %s: CPU-bound: %s; holding concurrency at %d",
+                            "queue %s: %s %s; holding concurrency at %d",
                             queue,
+                            CPU_BOUND_MARK,
                             decision.reason,
                             runners.target,
                         )
+                    elif runners.cpu_saturated and not decision.cpu_saturated:
+                        scaling_logger.info("queue %s: %s", queue, CPU_FREE_MARK)
                     runners.cpu_saturated = decision.cpu_saturated
                     if decision.concurrency != runners.target:
                         scaling_logger.info(

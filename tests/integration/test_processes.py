@@ -189,3 +189,46 @@ async def test_children_that_cannot_connect_end_the_supervisor_without_a_restart
     assert "could not start: exit status 1 before consuming (3 time(s) in a row)" in output
     assert len(children(supervisor)) <= 6  # at most 3 starts each: no loop
     assert STARTED_LINE not in output
+
+
+async def test_processes_min_max_adds_a_process_while_every_one_is_cpu_bound(
+    amqp_url: str,
+    prefix: str,
+    tmp_path: Path,
+    cleanup: None,
+    supervised: list[WorkerProcess],
+) -> None:
+    """--processes 1:2 with a CPU-bound backlog: the one child's autoscaler says CPU-bound,
+    the supervisor adds a second process (never a third), and SIGTERM stops both with 0."""
+    app = jobs.make_app(amqp_url, prefix)
+    env = apps_env(amqp_url, prefix, tmp_path / "records")
+    async with app.queue.session() as session:
+        supervisor = start(
+            supervised,
+            JOBS_APP,
+            "--processes",
+            "1:2",
+            "--autoscale",
+            "1:8",
+            "--target-wait",
+            "0.2",
+            env=env,
+            log=tmp_path / "supervisor.log",
+        )
+        await wait_consuming(supervisor, 1)
+        batch = await app.queue.enqueue_many(app.queue.tasks["crunch"], [(0.1,)] * 600)
+        assert batch.ok
+        await wait_for(
+            lambda: "adding worker process 1" in supervisor.output(),
+            timeout=60,
+            what="a second process for the CPU-bound backlog",
+            details=supervisor.output_tail,
+        )
+        assert "CPU-bound:" in supervisor.output()  # what the child's autoscaler said
+        await wait_consuming(supervisor, 2)
+        info = await session.transport.queue_info(session.names.work_queue("default"))
+        assert info.consumers == 2
+        supervisor.send_signal(signal.SIGTERM)
+        assert await supervisor.wait(timeout=30) == 0, supervisor.output_tail()
+    assert "adding worker process 2" not in supervisor.output()  # MAX is 2
+    assert [index for index, _ in children(supervisor)] == [0, 1]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import aqueue._cli.worker as cli_worker
 from aqueue._cli import app
 from aqueue._cli.supervisor import describe_exit
-from aqueue._core.supervision import RestartPolicy, next_restart
+from aqueue._core.supervision import ProcessScaling, RestartPolicy, next_restart, process_target
 from aqueue.exceptions import ConfigurationError
 
 POLICY = RestartPolicy()
@@ -90,7 +90,9 @@ def test_each_child_gets_the_supervisors_options_without_processes(
     argvs: list[list[str]] = []
 
     class Recording:
-        def __init__(self, argv_for: Callable[[int], list[str]], count: int) -> None:
+        def __init__(
+            self, argv_for: Callable[[int], list[str]], count: int, scaling: object = None
+        ) -> None:
             argvs.extend(argv_for(index) for index in range(count))
 
         async def run(self) -> int:
@@ -127,3 +129,59 @@ def test_each_child_gets_the_supervisors_options_without_processes(
     assert "--otel" in first
     assert first[first.index("--metrics-port") + 1] == "9100"
     assert second[second.index("--metrics-port") + 1] == "9101"
+
+
+SCALING = ProcessScaling(1, 3, grow_after=10, shrink_after=60)
+
+
+@pytest.mark.parametrize(
+    ("count", "all_since", "none_since", "now", "expected"),
+    [
+        (1, None, None, 100.0, 1),  # some bound, some not: no change
+        (1, 95.0, None, 100.0, 1),  # all bound, not long enough
+        (1, 90.0, None, 100.0, 2),  # all bound 10 s: one more
+        (3, 0.0, None, 100.0, 3),  # at the maximum
+        (2, None, 50.0, 100.0, 2),  # none bound, not long enough
+        (2, None, 40.0, 100.0, 1),  # none bound 60 s: one fewer
+        (1, None, 0.0, 100.0, 1),  # at the minimum
+        (0, None, None, 100.0, 1),  # below the minimum: back to it at once
+        (5, None, None, 100.0, 3),  # above the maximum: down to it at once
+    ],
+)
+def test_process_target_follows_the_cpu_bound_reports(
+    count: int, all_since: float | None, none_since: float | None, now: float, expected: int
+) -> None:
+    """One process more after grow_after of all CPU-bound, one fewer after shrink_after of none."""
+    assert (
+        process_target(
+            SCALING, count, all_bound_since=all_since, none_bound_since=none_since, now=now
+        )
+        == expected
+    )
+
+
+def test_process_scaling_bounds_are_checked() -> None:
+    """MIN above MAX, or below 1, is a configuration error naming the option."""
+    for low, high in ((0, 2), (3, 2)):
+        with pytest.raises(ConfigurationError, match="--processes"):
+            ProcessScaling(low, high)
+
+
+@pytest.mark.parametrize(
+    ("value", "extra", "message"),
+    [
+        ("1:3", [], "needs --autoscale"),
+        ("a:3", ["--autoscale", "1:4", "--target-wait", "1"], "not N or MIN:MAX"),
+        ("3:1", ["--autoscale", "1:4", "--target-wait", "1"], "MIN <= MAX"),
+        ("two", [], "not N or MIN:MAX"),
+    ],
+)
+def test_bad_processes_ranges_exit_2_before_anything_starts(
+    value: str, extra: list[str], message: str
+) -> None:
+    """A malformed --processes is refused with exit 2 before the app is imported."""
+    result = CliRunner().invoke(
+        app, ["worker", "no.such.module:queue", "--processes", value, *extra], env=WIDE_PLAIN
+    )
+    assert result.exit_code == 2
+    assert message in result.output

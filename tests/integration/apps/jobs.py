@@ -66,6 +66,15 @@ def make_app(
         await anyio.sleep(seconds)
         record("finish", out)
 
+    @queue.task(name="crunch")
+    async def crunch(seconds: float) -> None:
+        # CPU-bound on the event loop: it never awaits, so the loop lags (the autoscaler's
+        # "CPU-bound" case)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        record("done", out)
+
     @queue.task(name="slow_sync")
     def slow_sync(seconds: float) -> None:
         record("start", out)
