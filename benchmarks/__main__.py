@@ -8,12 +8,15 @@ from pathlib import Path
 
 import anyio
 
+from benchmarks._burst import FULL_BURST, QUICK_BURST, Burst, burst_table, run_burst
 from benchmarks._common import FULL, QUICK, Sizes, broker_version
 from benchmarks._report import Environment, command_line, report
-from benchmarks._scenarios import SCENARIOS, SIDES, Scenario, Side, run_all
+from benchmarks._scenarios import SCENARIOS, SIDES, Results, Scenario, Side, run_all
 
 DEFAULT_URL = os.environ.get("AQUEUE_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEFAULT_REDIS_URL = os.environ.get("AQUEUE_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Only with ``--only burst``: four worker processes in turn, minutes of wall time.
+BURST = "burst"
 
 
 def _parse() -> argparse.Namespace:
@@ -34,8 +37,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios to run (default: all): "
-        + ", ".join(s.key for s in SCENARIOS),
+        help="comma-separated scenarios to run (default: all but burst): "
+        + ", ".join([*(s.key for s in SCENARIOS), BURST]),
     )
     parser.add_argument(
         "--side", choices=("both", *SIDES), default="both", help="run one side only (profiling)"
@@ -43,7 +46,7 @@ def _parse() -> argparse.Namespace:
     options = parser.parse_args()
     if options.repeat < 1:
         parser.error("--repeat must be at least 1")
-    known = {s.key for s in SCENARIOS}
+    known = {s.key for s in SCENARIOS} | {BURST}
     unknown = {key for key in options.only.split(",") if key} - known
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
@@ -57,12 +60,21 @@ async def _main(
     repeat: int,
     scenarios: list[Scenario],
     sides: tuple[Side, ...],
+    burst: Burst | None,
 ) -> str:
     environment = Environment.collect(await broker_version(url))
-    results = await run_all(
-        url, sizes, repeat=repeat, scenarios=scenarios, sides=sides, redis_url=redis_url
+    # no warm-up for the burst alone: it starts a fresh worker process per configuration
+    results = (
+        await run_all(
+            url, sizes, repeat=repeat, scenarios=scenarios, sides=sides, redis_url=redis_url
+        )
+        if scenarios
+        else Results()
     )
-    return report(results, scenarios, sizes, environment, repeat=repeat, command=command_line())
+    text = report(results, scenarios, sizes, environment, repeat=repeat, command=command_line())
+    if burst is not None:
+        text += "\n" + burst_table(await run_burst(url, burst), burst)
+    return text
 
 
 def main() -> None:
@@ -72,7 +84,10 @@ def main() -> None:
     scenarios = [s for s in SCENARIOS if not wanted or s.key in wanted]
     sides: tuple[Side, ...] = SIDES if options.side == "both" else (options.side,)
     sizes = QUICK if options.quick else FULL
-    text = anyio.run(_main, options.url, options.redis_url, sizes, options.repeat, scenarios, sides)
+    burst = (QUICK_BURST if options.quick else FULL_BURST) if BURST in wanted else None
+    text = anyio.run(
+        _main, options.url, options.redis_url, sizes, options.repeat, scenarios, sides, burst
+    )
     print(text)
     if options.output is not None:
         options.output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Literal
 
@@ -143,9 +143,18 @@ def setup_otel(default_service_name: str = DEFAULT_SERVICE_NAME) -> Callable[[],
 
 @contextmanager
 def worker_observability(
-    queue: TaskQueue, *, otel: bool, metrics_port: int | None, metrics_address: str
+    queue: TaskQueue,
+    *,
+    otel: bool,
+    metrics_port: int | None,
+    metrics_address: str,
+    identity: Callable[[], Mapping[str, object]] = dict,
+    target_wait: float | None = None,
 ) -> Iterator[None]:
     """Set up what a worker's options ask for; tear it down (flushing spans) on the way out.
+
+    The metrics port also answers ``/scale``, naming the worker by `identity` and taking
+    `target_wait` (``--target-wait``) when a request names no target.
 
     Raises:
         ObservabilityError: a missing extra, or a metrics port that cannot be bound; raised
@@ -158,17 +167,27 @@ def worker_observability(
     with ExitStack() as stack:
         if metrics_port is not None:
             from aqueue._observability.prometheus import PrometheusMetrics, serve_metrics
+            from aqueue._observability.scale import ScaleSignal
 
+            signal = ScaleSignal(identity, target_wait)
             try:
-                server = serve_metrics(metrics_port, metrics_address)
+                server = serve_metrics(metrics_port, metrics_address, scale=signal)
             except OSError as exc:
                 raise ObservabilityError(
                     f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc}"
                 ) from exc
             stack.callback(server.close)
             queue.instrument(PrometheusMetrics())
+            queue.instrument(signal)
             host, port = server.address
-            logger.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
+            logger.info(
+                "serving Prometheus metrics on http://%s:%d/metrics and the scaling signal "
+                "on http://%s:%d/scale",
+                host,
+                port,
+                host,
+                port,
+            )
         if otel:
             from aqueue._observability.otel import Telemetry
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from contextlib import ExitStack
@@ -280,6 +281,10 @@ def _observed_run(
                     otel=otel,
                     metrics_port=metrics_port,
                     metrics_address=metrics_address,
+                    identity=lambda: _identity(worker),
+                    target_wait=worker.settings.autoscale.target_wait
+                    if worker.settings.autoscale is not None
+                    else None,
                 )
             )
         except ObservabilityError as exc:  # before connecting, like any other bad option
@@ -293,6 +298,16 @@ def _observed_run(
                 raise
             console.print(f"[red]error:[/red] {escape(str(error))}")
             raise typer.Exit(1) from exc
+
+
+def _identity(worker: Worker) -> dict[str, object]:
+    """Who answers ``/scale``: the id of its heartbeats (None before it runs), host, pid."""
+    heartbeats = worker.heartbeats
+    return {
+        "id": heartbeats.worker_id if heartbeats is not None else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def _exit_now_if_threads_abandoned(worker: Worker, code: int) -> None:

@@ -69,6 +69,8 @@ class QueueStats:
             (the same figure for every queue of the worker).
         cpu_saturated: the autoscaler found the event loop lagging (CPU-bound work) at its
             last decision and held the queue's concurrency; always False without autoscaling.
+        consumers: consumers of the work queue on the broker, every worker's, read with
+            `ready`; None until the first read answers.
     """
 
     queue: str
@@ -84,6 +86,7 @@ class QueueStats:
     prefetch: int
     loop_lag: float
     cpu_saturated: bool
+    consumers: int | None = None
 
 
 class JobObserver:

@@ -14,15 +14,24 @@ between becoming due and starting. Per queue (labelled ``queue``), sampled by a 
 about once a second: ``aqueue_queue_oldest_wait_seconds``, ``aqueue_queue_ready``,
 ``aqueue_worker_concurrency``, ``aqueue_worker_busy_ratio``, ``aqueue_worker_loop_lag_seconds``
 and ``aqueue_worker_cpu_saturated`` (gauges; docs/scaling.md says how each is computed).
+
+The same port answers ``GET /scale`` (`aqueue._observability.scale`). prometheus_client's own
+server serves its registry on every path and takes no other route, so `serve_metrics` runs
+the stdlib WSGI server itself, with prometheus_client's WSGI app for everything but ``/scale``.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
 from threading import Thread
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
@@ -39,6 +48,10 @@ from aqueue._observability.metrics import (
     JobMetrics,
     MetricSink,
 )
+from aqueue._observability.scale import ScaleSignal
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 _LABELS = ("task", "queue")
 #: The Prometheus name of each per-queue gauge.
@@ -129,15 +142,60 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # a thread per request, not joined at close: a stuck scraper cannot hold a worker's exit
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Log nothing: a scrape every few seconds would drown the worker's own lines."""
+
+
+def metrics_app(registry: CollectorRegistry, scale: ScaleSignal | None = None) -> WSGIApplication:
+    """The WSGI app: ``/scale`` from `scale` (when given), every other path the metrics."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if scale is None or environ.get("PATH_INFO") != "/scale":
+            answer: Iterable[bytes] = metrics(environ, start_response)
+            return answer
+        status, body = scale.answer(environ.get("QUERY_STRING", ""))
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
+
+
 def serve_metrics(
     port: int,
     address: str = "0.0.0.0",  # noqa: S104 - scraped from outside its container
     registry: CollectorRegistry = REGISTRY,
+    scale: ScaleSignal | None = None,
 ) -> MetricsServer:
-    """Serve `registry` in the Prometheus text format on ``http://address:port/metrics``.
+    """Serve `registry` on ``http://address:port/metrics`` in a daemon thread.
+
+    Every path but ``/scale`` answers the Prometheus text format; ``/scale`` answers
+    `scale`'s JSON document when it is given.
 
     Raises:
         OSError: the port cannot be bound (in use, or not allowed).
     """
-    server, thread = start_http_server(port, address, registry)
+    # the family the address needs (an IPv6 address cannot bind an AF_INET socket), as
+    # prometheus_client's own server picks it
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(_ThreadingServer):
+        address_family = family
+
+    server = make_server(
+        str(sockaddr[0]), port, metrics_app(registry, scale), Server, handler_class=_QuietHandler
+    )
+    thread = Thread(target=server.serve_forever, name="aqueue-metrics", daemon=True)
+    thread.start()
     return MetricsServer(server, thread)

@@ -108,6 +108,7 @@ class QueueRunners:
         self.waits = WaitWindow()
         self.last_started_due: float | None = None  # epoch seconds
         self.ready: int | None = None
+        self.consumers: int | None = None
         self.cpu_saturated = False
 
     def too_many(self) -> bool:

@@ -183,6 +183,7 @@ class Worker:
                 prefetch=runners.prefetch,
                 loop_lag=self._loop_lag,
                 cpu_saturated=runners.cpu_saturated,
+                consumers=runners.consumers,
             )
         return stats
 
@@ -534,14 +535,19 @@ class Worker:
                     logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
 
     async def _read_ready(self) -> None:
-        """Read each queue's ready count every ``ready_interval`` (a passive declare)."""
+        """Read each queue's ready count and consumers every ``ready_interval``.
+
+        A passive declare; the consumers are every worker's: what ``/scale`` counts as the
+        queue's workers.
+        """
         transport, session = self._transport, self._session
         if transport is None or session is None:  # pragma: no cover - only while serving
             return
         while True:
             for queue, runners in self._runners.items():
                 try:
-                    runners.ready = await transport.message_count(session.names.work_queue(queue))
+                    info = await transport.queue_info(session.names.work_queue(queue))
+                    runners.ready, runners.consumers = info.ready, info.consumers
                 except AqueueError as exc:  # a reconnect under way: the next read may answer
                     logger.debug("could not read the ready count of %s: %s", queue, exc)
             await anyio.sleep(self.settings.ready_interval)
