@@ -81,7 +81,7 @@ def table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
         "| # | scenario | jobs | figure | raw aio-pika | aqueue | aqueue/raw | bar |",
         "|---|---|--:|---|--:|--:|--:|---|",
     ]
-    compared = [scenario for scenario in scenarios if scenario.raw is not None]
+    compared = [s for s in scenarios if s.raw is not None and s.report is None]
     for number, scenario in enumerate(compared, 1):
         for metric in scenario.metrics:
             direction = "higher is better" if metric.higher_is_better else "lower is better"
@@ -98,7 +98,7 @@ def table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
 def aqueue_table(results: Results, scenarios: Sequence[Scenario], sizes: Sizes) -> str:
     """The scenarios aqueue alone runs (results, workflows), median over repeats."""
     lines = ["| # | scenario | jobs | figure | aqueue |", "|---|---|--:|---|--:|"]
-    alone = [scenario for scenario in scenarios if scenario.raw is None]
+    alone = [s for s in scenarios if s.raw is None and s.report is None]
     for number, scenario in enumerate(alone, 1):
         for metric in scenario.metrics:
             direction = "higher is better" if metric.higher_is_better else "lower is better"
@@ -137,13 +137,14 @@ def report(
         "",
     ]
     tables = []
-    if any(scenario.raw is not None for scenario in scenarios):
+    if any(s.raw is not None and s.report is None for s in scenarios):
         tables.append(table(results, scenarios, sizes))
-    if any(scenario.raw is None for scenario in scenarios):
+    if any(s.raw is None and s.report is None for s in scenarios):
         tables.append(
             "aqueue alone (RabbitMQ has no results or workflows to compare with):\n\n"
             + aqueue_table(results, scenarios, sizes)
         )
+    tables.extend(s.report(results, sizes) for s in scenarios if s.report is not None)
     return "\n".join(header) + "\n\n".join(tables) + "\n"
 
 

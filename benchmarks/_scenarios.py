@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from benchmarks import _aqueue, _raw, _telemetry, _workflows
+from benchmarks import _aqueue, _processes, _raw, _telemetry, _workflows
 from benchmarks._common import PREFETCH, SLEEP, WINDOW, Sizes
 
 Side = Literal["raw", "aqueue"]
@@ -58,6 +58,8 @@ class Scenario:
     #: The issue's acceptance bar for aqueue/raw (reported, never asserted).
     bar: float | None = None
     with_redis: RedisRun | None = None
+    #: A table of its own instead of rows in the shared ones (its figures do not fit them).
+    report: Callable[[Results, Sizes], str] | None = None
 
     @property
     def sides(self) -> tuple[Side, ...]:
@@ -158,6 +160,23 @@ SCENARIOS = (
         (SECONDS, RATE, CPU),
         None,
         _telemetry.traced,
+    ),
+    Scenario(
+        "processes",
+        f"drain no-op jobs with {', '.join(map(str, _processes.PROCESS_COUNTS))} worker "
+        f"processes, prefetch {PREFETCH} each",
+        lambda s: s.drain,  # the drain's count: 20,000, or 2,000 with --quick
+        tuple(
+            Metric(f"{key}{n}", f"{label}, {n} processes", unit, higher)
+            for n in _processes.PROCESS_COUNTS
+            for key, label, unit, higher in (
+                ("rate", "rate", "jobs/s", True),
+                ("cpu", "CPU per 1,000 jobs", "s", False),
+            )
+        ),
+        _processes.raw_side,
+        _processes.aqueue_side,
+        report=_processes.table,
     ),
 )
 
