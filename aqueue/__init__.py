@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aqueue._client.deadletters import DeadLetter, DeadLetterQueue, ReplayResult
 from aqueue._client.producer import BatchResult, PublishFailure
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import QueueLimits, TaskOptions, WorkerSettings
+from aqueue._core.config import Autoscale, QueueLimits, TaskOptions, WorkerSettings
 from aqueue._core.wire import Failure
 from aqueue._observability.hooks import Instrumentation, JobObserver
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
@@ -30,6 +30,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AbandonedJob",
+    "Autoscale",
     "BatchResult",
     "Call",
     "CallNext",

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
-from aqueue import Task, TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._core.config import Autoscale  # not public yet: WorkerSettings(autoscale=) takes it
+from aqueue import Autoscale, Task, TaskQueue, Worker, WorkerSettings, current_job
 from benchmarks._common import QUEUE, delete_topology, percentile, unique_prefix
 
 #: Seconds between two samples of the queue's concurrency (the slot-seconds' resolution).
