@@ -48,7 +48,8 @@ def worker(
             help="Comma-separated logical queues, each NAME[:CONCURRENCY][:threads=N]"
             "[:prefetch=N] (e.g. emails:50,reports:4:threads=4); a bare name takes "
             "--concurrency, and each queue has min(its concurrency, --threads) threads of its "
-            "own unless it says.",
+            "own unless it says. With --autoscale, NAME:min=N:max=N sets a queue's own "
+            "bounds and NAME:CONCURRENCY keeps that queue fixed.",
         ),
     ] = None,
     concurrency: Annotated[

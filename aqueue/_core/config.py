@@ -253,21 +253,45 @@ class QueueLimits:
             ``min(concurrency, WorkerSettings.threads)``.
         prefetch: unacked deliveries of this queue's consumer; ``None``: the worker's
             `WorkerSettings.prefetch` if set, else this queue's concurrency.
+        min_concurrency: with `WorkerSettings.autoscale`, this queue's own lower bound
+            (``-Q emails:min=5:max=50``); ``None``: the worker's.
+        max_concurrency: with `WorkerSettings.autoscale`, this queue's own upper bound;
+            ``None``: the worker's.
+
+    Under `WorkerSettings.autoscale`, a queue with its own `concurrency` keeps it fixed (it is
+    not autoscaled); the others scale between their bounds.
     """
 
     name: str
     concurrency: int | None = None
     threads: int | None = None
     prefetch: int | None = None
+    min_concurrency: int | None = None
+    max_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        for field in ("concurrency", "threads", "prefetch"):
+        for field in QUEUE_LIMIT_FIELDS:
             value = getattr(self, field)
             if value is not None and not is_whole(value, at_least=1):
                 raise ConfigurationError(
                     f"{field} of queue {self.name!r} must be an integer >= 1 or None, not {value!r}"
                 )
+        bounds = self.min_concurrency is not None or self.max_concurrency is not None
+        if bounds and self.concurrency is not None:
+            raise ConfigurationError(
+                f"queue {self.name!r}: give a fixed concurrency or autoscale bounds "
+                "(min/max), not both"
+            )
+
+    @property
+    def has_bounds(self) -> bool:
+        """True if the queue sets an autoscale bound of its own."""
+        return self.min_concurrency is not None or self.max_concurrency is not None
+
+
+#: The integer fields of `QueueLimits`.
+QUEUE_LIMIT_FIELDS = ("concurrency", "threads", "prefetch", "min_concurrency", "max_concurrency")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,12 +333,19 @@ class Autoscale:
 
 @dataclass(frozen=True, slots=True)
 class QueueBudget:
-    """A queue's limits as a worker applies them: every field resolved (see `limits`)."""
+    """A queue's limits as a worker applies them: every field resolved (see `limits`).
+
+    ``autoscale`` is the queue's own bounds when it is autoscaled (``concurrency`` is then
+    where it starts), else None; ``prefetch_fixed`` says the prefetch was set, so the
+    autoscaler leaves it alone.
+    """
 
     name: str
     concurrency: int
     threads: int
     prefetch: int
+    autoscale: Autoscale | None = None
+    prefetch_fixed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +376,8 @@ class WorkerSettings:
             `prefetch` is set) between the bounds to hold the wait under a target; ``None``:
             a fixed `concurrency`.
         ready_interval: seconds between two reads of each queue's ready count (a passive
-            declare on the worker's own connection).
+            declare on the worker's own connection); with `autoscale`, at most its interval,
+            so each decision sees a fresh backlog.
     """
 
     queues: tuple[str | QueueLimits, ...] = ()
@@ -389,12 +421,10 @@ class WorkerSettings:
             )
 
     def _check_queues(self) -> None:
-        seen: set[str] = set()
+        check_queue_names(self.queues)
         for queue in self.queues:
-            name = queue.name if isinstance(queue, QueueLimits) else validate_name(queue)
-            if name in seen:
-                raise ConfigurationError(f"queue {name!r} is given twice")
-            seen.add(name)
+            if isinstance(queue, QueueLimits):
+                self.limits(queue.name)  # bounds need autoscale, and must be in order
 
     @property
     def effective_prefetch(self) -> int:
@@ -412,50 +442,104 @@ class WorkerSettings:
         return tuple(q.name if isinstance(q, QueueLimits) else q for q in self.queues)
 
     def limits(self, queue: str) -> QueueBudget:
-        """The concurrency, threads and prefetch the worker gives `queue`.
+        """The concurrency, threads, prefetch and autoscale bounds the worker gives `queue`.
 
         Each is the queue's own (`QueueLimits`) when set, else:
 
-        - concurrency: `concurrency` (with `autoscale`, its minimum: where each queue starts);
-        - threads: ``min(concurrency of the queue, threads)``: a queue never runs more sync
-          functions at once than it has runners (a function abandoned at its timeout keeps
-          its thread until it returns, and then holds up only its own queue), and `threads`
-          caps each queue so that a worker of many queues does not start hundreds;
-        - prefetch: `prefetch` if set, else the queue's concurrency: one delivery waiting
-          per idle runner and none beyond, so what this worker cannot start yet stays in the
-          broker for the other workers of the queue.
+        - autoscale: with `autoscale`, the worker's bounds, or the queue's own
+          ``min_concurrency``/``max_concurrency`` where given; a queue with its own fixed
+          ``concurrency`` is not autoscaled;
+        - concurrency: the queue's fixed one, or where it starts under autoscale (its
+          minimum), else `concurrency`;
+        - threads: ``min(the most runners the queue may have, threads)``: a queue never runs
+          more sync functions at once than it has runners (a function abandoned at its
+          timeout keeps its thread until it returns, and then holds up only its own queue),
+          and `threads` caps each queue so that a worker of many queues does not start
+          hundreds;
+        - prefetch: `prefetch` if set, else the queue's concurrency (moving with it under
+          autoscale): one delivery waiting per idle runner and none beyond, so what this
+          worker cannot start yet stays in the broker for the other workers of the queue.
+
+        Raises:
+            ConfigurationError: the queue sets autoscale bounds without `autoscale`, or its
+                bounds are out of order.
         """
         own = next(
             (q for q in self.queues if isinstance(q, QueueLimits) and q.name == queue),
             QueueLimits(queue),
         )
-        concurrency = own.concurrency or self.initial_concurrency
+        scaling = self._scaling(own)
+        if scaling is not None:
+            concurrency, ceiling = scaling.minimum, scaling.maximum
+        else:
+            concurrency = ceiling = own.concurrency or self.concurrency
+        fixed_prefetch = own.prefetch or self.prefetch
         return QueueBudget(
             name=queue,
             concurrency=concurrency,
-            threads=own.threads or min(concurrency, self.threads),
-            prefetch=own.prefetch or self.prefetch or concurrency,
+            threads=own.threads or min(ceiling, self.threads),
+            prefetch=fixed_prefetch or concurrency,
+            autoscale=scaling,
+            prefetch_fixed=fixed_prefetch is not None,
         )
+
+    def _scaling(self, own: QueueLimits) -> Autoscale | None:
+        if self.autoscale is None:
+            if own.has_bounds:
+                raise ConfigurationError(
+                    f"queue {own.name!r} sets autoscale bounds (min/max) but the worker does "
+                    "not autoscale: give --autoscale MIN:MAX --target-wait SECONDS"
+                )
+            return None
+        if own.concurrency is not None:
+            return None
+        if not own.has_bounds:
+            return self.autoscale
+        try:
+            return dataclasses.replace(
+                self.autoscale,
+                minimum=own.min_concurrency or self.autoscale.minimum,
+                maximum=own.max_concurrency or self.autoscale.maximum,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"queue {own.name!r}: {exc}") from None
+
+
+def check_queue_names(queues: tuple[str | QueueLimits, ...]) -> None:
+    """Every name in `queues` valid, none twice.
+
+    Raises:
+        ConfigurationError: a name is invalid or given twice.
+    """
+    seen: set[str] = set()
+    for queue in queues:
+        name = queue.name if isinstance(queue, QueueLimits) else validate_name(queue)
+        if name in seen:
+            raise ConfigurationError(f"queue {name!r} is given twice")
+        seen.add(name)
 
 
 #: The per-queue options ``-Q name:concurrency:option=value`` accepts.
-QUEUE_OPTION_NAMES = frozenset({"threads", "prefetch"})
+QUEUE_OPTION_NAMES = frozenset({"threads", "prefetch", "min", "max"})
+#: ``-Q`` option names that are not `QueueLimits` field names.
+_QUEUE_OPTION_FIELDS = {"min": "min_concurrency", "max": "max_concurrency"}
 
 
 def parse_queues(text: str) -> tuple[str | QueueLimits, ...]:
     """Read ``-Q``: comma-separated ``name[:concurrency][:threads=N][:prefetch=N]`` items.
 
-    A bare name takes the worker's limits. Queue names may contain ``:``, so the limits are
-    read from the right: a trailing part with ``=`` is an option, then a trailing part that
-    starts with a digit (or a sign) is the concurrency; the rest is the name. (A queue whose
-    name itself ends in such a part is given in code, with `QueueLimits`.)
+    ``name[:min=N][:max=N]`` sets a queue's own autoscale bounds. A bare name takes the
+    worker's limits. Queue names may contain ``:``, so the limits are read from the right: a
+    trailing part with ``=`` is an option, then a trailing part that starts with a digit (or
+    a sign) is the concurrency; the rest is the name. (A queue whose name itself ends in such
+    a part is given in code, with `QueueLimits`.)
 
     Raises:
         ConfigurationError: an item is malformed, names an unknown option, gives an option
             twice or a value that is not an integer >= 1, or a queue is named twice.
     """
     items = tuple(_parse_queue_item(item) for item in map(str.strip, text.split(",")) if item)
-    WorkerSettings(queues=items)  # every name valid, none twice
+    check_queue_names(items)
     return items
 
 
@@ -475,7 +559,8 @@ def _parse_queue_item(item: str) -> str | QueueLimits:
     name = ":".join(parts)
     if concurrency is None and not options:
         return validate_name(name)
-    return QueueLimits(name, concurrency=concurrency, **options)
+    fields = {_QUEUE_OPTION_FIELDS.get(key, key): value for key, value in options.items()}
+    return QueueLimits(name, concurrency=concurrency, **fields)
 
 
 def _positive_int(text: str, what: str) -> int:

@@ -1,23 +1,36 @@
 """The autoscaler's control logic: a pure function from one interval's figures to a decision.
 
 `decide` reads no clock and does no I/O; the worker measures (`Measurements`), calls it once
-per queue every ``Autoscale.interval``, applies the `Decision` and logs it. The rules, in the
-order they are tried (docs/scaling.md states them for users):
+per queue every ``Autoscale.interval``, applies the `Decision` and logs it.
+
+It sizes a queue by Little's law rather than by trial: the runners a queue needs are the
+jobs it has running on average, times how much faster jobs arrive than they start (the
+*pace*), times a correction that drains a wait above the aim. The pace needs no arrival
+count, which a consumer cannot see: the broker delivers in order, so the due times of the
+jobs a worker starts advance at the rate the jobs arrived, and ``elapsed / (advance of the
+mean due time)`` is arrivals over starts. Because each worker sees only the jobs it starts,
+each sizes its own share: several workers of one queue do not each size for the whole queue.
+
+The rules, in the order they are tried (docs/scaling.md states them for users):
 
 1. Out of bounds: back to ``minimum`` or ``maximum``.
-2. The wait is above `GROW_AT` of the target (the larger of the interval's p95 wait and the
-   oldest-wait estimate) and every runner was busy or work is queued:
-   - the event loop lags more than ``lag_limit``: hold (CPU-bound; more coroutines would
-     only wait for the loop), and report ``cpu_saturated``;
-   - sync jobs wait for a thread: hold (the thread pool is the bottleneck);
-   - the last decision grew the queue and throughput did not rise by `MIN_GAIN`: hold, and
-     do not try again for `PLATEAU_HOLD` decisions (more runners did not help);
-   - else grow in proportion to how far behind it is: by the wait over `GROW_AT` of the
-     target, at least doubling and at most `MAX_GROWTH` times, by at least one, at most to
-     ``maximum``.
-3. Jobs start at once (wait at most `IDLE_WAIT` of the target) and runners sit idle (at most
-   half were busy at the peak): shrink to what the peak needs with 25% headroom, at most
-   halving per decision, never below ``minimum``.
+2. Needed runners (when the interval started jobs and the last one did too)::
+
+       needed = mean running x pace x (1 + max(0, wait - aim) / target)
+
+   with ``aim = AIM x target``; pace 1 while some runner sat idle with nothing queued (they
+   keep up), else the due-time advance, at most `MAX_PACE`.
+   - More than `BAND` above the concurrency: grow to it (at most `MAX_GROWTH` times per
+     decision, at most ``maximum``), unless the event loop lags more than ``lag_limit``
+     (CPU-bound: hold, and report ``cpu_saturated``, at the maximum too: more processes are
+     then the remedy), sync jobs wait for a thread (the pool is the bottleneck), or the last
+     big growth did not raise the throughput (`MIN_GAIN`: hold for `PLATEAU_HOLD` decisions).
+   - More than `BAND` below, and the wait at most the aim: shrink to it, at most halving per
+     decision, never below ``minimum``. Running jobs are never cancelled to shrink.
+3. Without those figures (nothing started, or the first interval): grow by 2 to `MAX_GROWTH`
+   times, in proportion to the wait over the aim, while every runner is busy or work is
+   queued (the same holds apply); shrink an idle queue (wait at most `IDLE_WAIT` of the
+   target, at most half the runners busy) to its peak plus `HEADROOM`, at most halving.
 4. Else hold.
 """
 
@@ -29,19 +42,27 @@ from typing import Literal, TypeAlias
 
 from aqueue._core.config import Autoscale
 
-#: Grow once the wait passes this share of the target: a burst that has filled every runner
-#: is still arriving, and a queue that waits to breach the target first breaches it by far
-#: (the burst benchmark: growing only above the target gave a p95 of 2.6 times the target).
-GROW_AT = 0.5
+#: The share of the target the wait is steered to: under it the queue runs on just enough
+#: runners (every one busy, a short queue in front), above it runners are added to drain the
+#: excess within about one target. The rest of the target is room for noise.
+AIM = 0.5
+#: The most the pace (arrivals over starts) is taken to be: jobs enqueued in one clump have
+#: due times that barely advance, which would read as an unbounded pace.
+MAX_PACE = 10.0
 #: The most one decision multiplies a queue's runners by.
-MAX_GROWTH = 4.0
-#: A growth must raise throughput by this share for the next growth to be tried.
+MAX_GROWTH = 10.0
+#: Needed runners within this share of the concurrency leave it as it is (no resize, no log
+#: line, no prefetch change every second for noise).
+BAND = 0.05
+#: A growth of at least `BIG_GROWTH` times that did not raise throughput by `MIN_GAIN` while
+#: the queue stayed behind means more runners do not help (a database, an API at its limit).
 MIN_GAIN = 0.1
+BIG_GROWTH = 1.25
 #: Decisions to wait, once growing stopped helping, before growing is tried again.
 PLATEAU_HOLD = 10
-#: "Jobs start at once": the wait is at most this share of the target.
+#: Without sizing figures: "jobs start at once" is a wait of at most this share of the target.
 IDLE_WAIT = 0.25
-#: Shrinking keeps this headroom over the interval's peak of running jobs.
+#: Without sizing figures, shrinking keeps this headroom over the interval's peak of running.
 HEADROOM = 1.25
 
 Action: TypeAlias = Literal["grow", "shrink", "hold"]
@@ -61,6 +82,10 @@ class Measurements:
         backlog: work is queued: ready messages at the last read, or deliveries held here.
         loop_lag: mean event-loop lag over the interval, seconds.
         threads_waiting: sync jobs waiting for a thread now.
+        busy: runner-seconds spent running jobs in the interval (the integral of running);
+            None if not measured.
+        due_advance: seconds the due time of the last job started moved on over the
+            interval (from the first job's, in the first interval); None if not measured.
     """
 
     concurrency: int
@@ -72,6 +97,8 @@ class Measurements:
     backlog: bool
     loop_lag: float = 0.0
     threads_waiting: int = 0
+    busy: float | None = None
+    due_advance: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -83,13 +110,18 @@ class Measurements:
         """The wait the rules compare with the target."""
         return max(self.wait_p95 or 0.0, self.oldest_wait)
 
+    @property
+    def saturated(self) -> bool:
+        """Every runner was busy at some point, or work is queued."""
+        return self.peak_running >= self.concurrency or self.backlog
+
 
 @dataclass(frozen=True, slots=True)
 class ScaleState:
     """What `decide` remembers between two decisions of one queue.
 
     Attributes:
-        grown_from: throughput before the last decision's growth; None if it did not grow.
+        grown_from: throughput before the last decision's big growth; None if it did not.
         plateau_hold: decisions left before growing may be tried again after a plateau.
     """
 
@@ -108,6 +140,23 @@ class Decision:
     cpu_saturated: bool = False
 
 
+def needed_runners(measured: Measurements, settings: Autoscale) -> float | None:
+    """Rule 2's runners for the queue; None without the figures it is computed from."""
+    if (
+        measured.busy is None
+        or measured.due_advance is None
+        or measured.started == 0
+        or measured.elapsed <= 0
+    ):
+        return None
+    pace = 1.0
+    if measured.saturated:
+        pace = measured.elapsed / max(measured.due_advance, measured.elapsed / MAX_PACE)
+    target = settings.target_wait
+    excess = max(0.0, measured.wait - AIM * target) / target
+    return measured.busy / measured.elapsed * pace * (1 + excess)
+
+
 def decide(measured: Measurements, state: ScaleState, settings: Autoscale) -> Decision:
     """The queue's next concurrency from one interval's figures (the rules are above)."""
     current = measured.concurrency
@@ -116,27 +165,52 @@ def decide(measured: Measurements, state: ScaleState, settings: Autoscale) -> De
         return Decision(settings.minimum, "grow", "below the minimum", kept)
     if current > settings.maximum:
         return Decision(settings.maximum, "shrink", "above the maximum", kept)
-    wait, target = measured.wait, settings.target_wait
-    busy = measured.peak_running >= current or measured.backlog
-    if wait > target * GROW_AT and busy:
-        return _behind(measured, state, kept, settings)
+    needed = needed_runners(measured, settings)
+    if needed is None:
+        return _without_figures(measured, state, kept, settings)
+    wait, aim = measured.wait, AIM * settings.target_wait
+    if needed > current * (1 + BAND):
+        reason = f"needs {needed:.0f} runners (wait {wait:.2f}s, aim {aim:g}s)"
+        return _grow(measured, state, kept, settings, math.ceil(needed), reason)
+    if needed < current * (1 - BAND) and wait <= aim and current > settings.minimum:
+        shrunk = max(settings.minimum, math.ceil(needed), current // 2)
+        reason = f"needs {needed:.0f} runners (wait {wait:.2f}s <= aim {aim:g}s)"
+        return Decision(shrunk, "shrink", reason, kept)
+    return Decision(current, "hold", f"needs {needed:.0f} runners", kept)
+
+
+def _without_figures(
+    measured: Measurements, state: ScaleState, kept: ScaleState, settings: Autoscale
+) -> Decision:
+    """Rule 3: nothing to size from; grow on the wait alone, or shrink an idle queue."""
+    current, wait = measured.concurrency, measured.wait
+    aim = AIM * settings.target_wait
+    if wait > aim and measured.saturated:
+        factor = min(MAX_GROWTH, max(2.0, wait / aim))
+        reason = f"wait {wait:.2f}s > aim {aim:g}s"
+        return _grow(measured, state, kept, settings, math.ceil(current * factor), reason)
     idle = measured.peak_running * 2 <= current
-    if wait <= target * IDLE_WAIT and idle and current > settings.minimum:
+    if wait <= settings.target_wait * IDLE_WAIT and idle and current > settings.minimum:
         needed = math.ceil(measured.peak_running * HEADROOM)
         shrunk = max(settings.minimum, needed, current // 2)
         if shrunk < current:
             reason = (
-                f"wait {wait:.2f}s <= {target * IDLE_WAIT:g}s and at most "
+                f"wait {wait:.2f}s <= {settings.target_wait * IDLE_WAIT:g}s and at most "
                 f"{measured.peak_running} of {current} runners busy"
             )
             return Decision(shrunk, "shrink", reason, kept)
-    return Decision(current, "hold", "within target", replace(kept, grown_from=None))
+    return Decision(current, "hold", "within target", kept)
 
 
-def _behind(
-    measured: Measurements, state: ScaleState, kept: ScaleState, settings: Autoscale
+def _grow(
+    measured: Measurements,
+    state: ScaleState,
+    kept: ScaleState,
+    settings: Autoscale,
+    wanted: int,
+    reason: str,
 ) -> Decision:
-    """Rule 2: the wait is above target with every runner busy or work queued."""
+    """Grow towards `wanted` runners unless a hold applies (the loop, the threads, a plateau)."""
     current = measured.concurrency
     if measured.loop_lag > settings.lag_limit:
         reason = (
@@ -153,17 +227,16 @@ def _behind(
             f"throughput {measured.throughput:.1f}/s did not rise from {grown_from:.1f}/s "
             "after the last growth"
         )
-        return Decision(current, "hold", reason, ScaleState(plateau_hold=PLATEAU_HOLD))
+        return Decision(current, "hold", reason, replace(kept, plateau_hold=PLATEAU_HOLD))
     if kept.plateau_hold:
         return Decision(current, "hold", "growth stopped helping recently", kept)
     if current >= settings.maximum:
         return Decision(current, "hold", "at the maximum", kept)
-    behind = measured.wait / (settings.target_wait * GROW_AT)
-    factor = min(MAX_GROWTH, max(2.0, behind))
-    grown = min(settings.maximum, max(current + 1, math.ceil(current * factor)))
+    grown = min(settings.maximum, max(current + 1, min(wanted, math.ceil(current * MAX_GROWTH))))
+    big = grown >= current * BIG_GROWTH
     return Decision(
         grown,
         "grow",
-        f"wait {measured.wait:.2f}s > {GROW_AT:g} x target {settings.target_wait:g}s",
-        ScaleState(grown_from=measured.throughput),
+        reason,
+        replace(kept, grown_from=measured.throughput if big else None),
     )

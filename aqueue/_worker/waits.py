@@ -107,6 +107,9 @@ class QueueRunners:
         self.started = 0
         self.waits = WaitWindow()
         self.last_started_due: float | None = None  # epoch seconds
+        self._due_mark: float | None = None  # last_started_due at the last take
+        self._busy = 0.0  # runner-seconds since the last take
+        self._busy_since: float | None = None  # monotonic time `_busy` was brought up to
         self.ready: int | None = None
         self.consumers: int | None = None
         self.cpu_saturated = False
@@ -117,16 +120,39 @@ class QueueRunners:
 
     def started_job(self, now: float, wall: float, due: float | None) -> None:
         """A runner started a delivery due at epoch `due` (None: unknown), at `now`/`wall`."""
+        self._count_busy(now)
         self.started += 1
         self.running += 1
         self.peak_running = max(self.peak_running, self.running)
         if due is not None:
             self.waits.record(now, max(0.0, wall - due))
+            if self.last_started_due is None:
+                self._due_mark = due  # the first interval's advance is from the first job
             self.last_started_due = due
 
-    def finished_job(self) -> None:
-        """A runner settled its delivery."""
+    def finished_job(self, now: float) -> None:
+        """A runner settled its delivery at monotonic time `now`."""
+        self._count_busy(now)
         self.running -= 1
+
+    def _count_busy(self, now: float) -> None:
+        if self._busy_since is not None:
+            self._busy += self.running * (now - self._busy_since)
+        self._busy_since = now
+
+    def take_interval(self, now: float) -> tuple[float, float | None]:
+        """The runner-seconds busy, and how far the due time of the last started job moved.
+
+        Both since the last take (the advance is None before any job with a due time
+        started); then start again.
+        """
+        self._count_busy(now)
+        busy, self._busy = self._busy, 0.0
+        advance = None
+        if self.last_started_due is not None and self._due_mark is not None:
+            advance = self.last_started_due - self._due_mark
+            self._due_mark = self.last_started_due
+        return busy, advance
 
     def oldest_wait(self, wall: float, *, serving: bool) -> tuple[float, bool]:
         """The oldest wait this worker knows of, and whether it is exact (docs/scaling.md).

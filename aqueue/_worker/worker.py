@@ -21,22 +21,20 @@ from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.heartbeats import QueueFigures
 from aqueue._core.queues import queue_topology
-from aqueue._core.supervision import CPU_BOUND_MARK, CPU_FREE_MARK
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
-from aqueue._worker.autoscale import Measurements, ScaleState, decide
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
+from aqueue._worker.scaling import Scaler
 from aqueue._worker.threads import AbandonedJob, ThreadBudgets
-from aqueue._worker.waits import LoopLag, QueueRunners, percentile
+from aqueue._worker.waits import LoopLag, QueueRunners
 from aqueue.exceptions import AqueueError, TransportError
 
 logger = logging.getLogger("aqueue.worker")
-scaling_logger = logging.getLogger("aqueue.autoscale")
 #: Seconds between two wake-ups of the loop-lag timer, and between two samples of the gauges.
 LAG_TICK = 0.1
 SAMPLE_INTERVAL = 1.0
@@ -438,7 +436,7 @@ class Worker:
                 try:
                     await self.handle(delivery, queue)
                 finally:
-                    runners.finished_job()
+                    runners.finished_job(anyio.current_time())
         finally:
             runners.alive -= 1
 
@@ -447,10 +445,19 @@ class Worker:
     async def _sample(self) -> None:
         """Measure the loop's lag; sample the gauges each second; decide each interval."""
         autoscale = self.settings.autoscale
+        scaled = {
+            queue: (runners, bounds)
+            for queue, runners in self._runners.items()
+            if (bounds := self.settings.limits(queue).autoscale) is not None
+        }
+        scaler = Scaler(
+            scaled,
+            self._resize,
+            serving=lambda queue: queue in self._consumers,
+            threads_waiting=lambda queue: self._threads.for_queue(queue).waiting(),
+        )
         sample_lag, decision_lag = LoopLag(), LoopLag()
-        states = {queue: ScaleState() for queue in self._runners}
         last_sample = last_decision = anyio.current_time()
-        started = {queue: runners.started for queue, runners in self._runners.items()}
         while True:
             before = anyio.current_time()
             await anyio.sleep(LAG_TICK)
@@ -466,55 +473,7 @@ class Worker:
                     instrument.sample(stats)
             if autoscale is not None and now - last_decision >= autoscale.interval:
                 elapsed, last_decision = now - last_decision, now
-                mean_lag = decision_lag.take()
-                for queue, runners in self._runners.items():
-                    since = now - elapsed
-                    recent = runners.waits.since(since)
-                    measured = Measurements(
-                        concurrency=runners.target,
-                        wait_p95=percentile(recent, 0.95),
-                        oldest_wait=runners.oldest_wait(
-                            time.time(), serving=queue in self._consumers
-                        )[0],
-                        started=runners.started - started[queue],
-                        elapsed=elapsed,
-                        peak_running=runners.peak_running,
-                        backlog=bool(runners.ready) or runners.intake.waiting() > 0,
-                        loop_lag=mean_lag,
-                        threads_waiting=self._threads.for_queue(queue).waiting(),
-                    )
-                    started[queue] = runners.started
-                    runners.peak_running = runners.running
-                    decision = decide(measured, states[queue], autoscale)
-                    states[queue] = decision.state
-                    if decision.cpu_saturated and not runners.cpu_saturated:
-                        scaling_logger.warning(
-                            "queue %s: %s %s; holding concurrency at %d",
-                            queue,
-                            CPU_BOUND_MARK,
-                            decision.reason,
-                            runners.target,
-                        )
-                    elif runners.cpu_saturated and not decision.cpu_saturated:
-                        scaling_logger.info("queue %s: %s", queue, CPU_FREE_MARK)
-                    runners.cpu_saturated = decision.cpu_saturated
-                    if decision.concurrency != runners.target:
-                        scaling_logger.info(
-                            "queue %s: %s concurrency %d -> %d: %s (p95 wait %s, oldest wait "
-                            "%.2fs, %.1f jobs/s, peak busy %d, ready %s, loop lag %.0f ms)",
-                            queue,
-                            decision.action,
-                            runners.target,
-                            decision.concurrency,
-                            decision.reason,
-                            "-" if measured.wait_p95 is None else f"{measured.wait_p95:.2f}s",
-                            measured.oldest_wait,
-                            measured.throughput,
-                            measured.peak_running,
-                            runners.ready,
-                            mean_lag * 1000,
-                        )
-                        await self._resize(runners, decision.concurrency)
+                await scaler.decide(now, elapsed, decision_lag.take())
 
     async def _resize(self, runners: QueueRunners, concurrency: int) -> None:
         """Set a queue's runners (and its prefetch, unless fixed) to `concurrency`."""
@@ -525,7 +484,10 @@ class Worker:
         else:  # idle runners leave now, busy ones after their current job
             extra = runners.alive - runners.leaving - concurrency
             runners.leaving += runners.intake.shed(max(0, extra))
-        if self.settings.prefetch is None and runners.prefetch != concurrency:
+        if (
+            not self.settings.limits(runners.queue).prefetch_fixed
+            and runners.prefetch != concurrency
+        ):
             runners.prefetch = concurrency
             consumer = self._consumers.get(runners.queue)
             if consumer is not None:
@@ -543,6 +505,9 @@ class Worker:
         transport, session = self._transport, self._session
         if transport is None or session is None:  # pragma: no cover - only while serving
             return
+        interval = self.settings.ready_interval
+        if self.settings.autoscale is not None:  # each decision reads a fresh backlog
+            interval = min(interval, self.settings.autoscale.interval)
         while True:
             for queue, runners in self._runners.items():
                 try:
@@ -550,4 +515,4 @@ class Worker:
                     runners.ready, runners.consumers = info.ready, info.consumers
                 except AqueueError as exc:  # a reconnect under way: the next read may answer
                     logger.debug("could not read the ready count of %s: %s", queue, exc)
-            await anyio.sleep(self.settings.ready_interval)
+            await anyio.sleep(interval)

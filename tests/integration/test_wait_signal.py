@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from aqueue import Retry, Task, TaskQueue, Worker, WorkerSettings, current_job
-from aqueue._core.config import Autoscale
+from aqueue._core.config import Autoscale, parse_queues
 from aqueue._observability.metrics import Counter, Gauge, Histogram, JobMetrics
 from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
@@ -140,6 +140,40 @@ async def test_oldest_wait_rises_while_a_backlog_is_not_served_then_falls_to_zer
 
 
 @pytest.mark.usefixtures("cleanup")
+async def test_oldest_wait_rises_while_the_worker_is_paused_then_falls_to_zero(
+    amqp_url: str, prefix: str
+) -> None:
+    """A paused worker (its consumer cancelled) with a backlog in the queue: the oldest-wait
+    estimate rises with the clock; resumed, it drains and the estimate is 0 again."""
+    queue = TaskQueue(amqp_url, prefix=prefix, telemetry=False)
+
+    @queue.task
+    async def quick() -> None: ...
+
+    settings = WorkerSettings(concurrency=2, ready_interval=0.2)
+    async with queue, running_worker(queue, settings) as worker:
+        await queue.enqueue(quick)
+        with anyio.fail_after(10):
+            await worker.wait_until(lambda s: s.succeeded == 1)
+        await worker.pause()
+        await queue.enqueue_many(quick, [() for _ in range(20)])
+
+        def stats() -> tuple[int | None, float]:
+            snapshot = worker.queue_stats()["default"]
+            return snapshot.ready, snapshot.oldest_wait
+
+        await wait_for(lambda: stats()[0] == 20, timeout=10, what="the backlog read as ready")
+        await wait_for(lambda: stats()[1] > 0.3, timeout=10, what="an oldest wait")
+        first = stats()[1]
+        await wait_for(lambda: stats()[1] > first + 0.5, timeout=10, what="the wait rising")
+        assert worker.statistics().succeeded == 1  # paused: nothing was served meanwhile
+        await worker.resume()
+        with anyio.fail_after(30):
+            await worker.wait_until(lambda s: s.succeeded == 21)
+        await wait_for(lambda: stats() == (0, 0.0), timeout=10, what="drained: ready 0, wait 0")
+
+
+@pytest.mark.usefixtures("cleanup")
 async def test_autoscale_drains_an_io_backlog_much_faster_then_returns_to_the_minimum(
     amqp_url: str, prefix: str
 ) -> None:
@@ -197,3 +231,48 @@ async def test_cpu_bound_backlog_does_not_drive_concurrency_to_the_maximum(
         seconds, _, peak = await drain_seconds(queue, settings, 400, spin)
     print(f"\nCPU-bound: 400 jobs in {seconds:.1f}s, peak concurrency {peak}")
     assert peak < 100
+
+
+async def test_autoscale_bounds_apply_per_queue(amqp_url: str, prefix: str) -> None:
+    """One worker, three queues with the same backlog: a bare queue grows past 4 within the
+    worker's bounds (2:50), a queue with its own ``max=4`` never passes 4, and a queue with a
+    fixed concurrency of 3 stays at 3."""
+    names = ["wide", "narrow", "fixed"]
+    queue = TaskQueue(amqp_url, prefix=prefix, telemetry=False)
+    tasks = {}
+    for name in names:
+
+        async def nap() -> None:
+            await anyio.sleep(0.05)
+
+        tasks[name] = queue.task(name=f"nap-{name}", queue=name)(nap)
+    settings = WorkerSettings(
+        queues=parse_queues("wide,narrow:max=4,fixed:3"),
+        autoscale=Autoscale(2, 50, target_wait=0.3),
+    )
+    peaks = dict.fromkeys(names, 0)
+    lows = dict.fromkeys(names, 10**6)
+
+    async def watch(worker: Worker) -> None:
+        while True:
+            for name, stats in worker.queue_stats().items():
+                peaks[name] = max(peaks[name], stats.concurrency)
+                lows[name] = min(lows[name], stats.concurrency)
+            await anyio.sleep(0.05)
+
+    try:
+        async with queue:
+            for name in names:
+                await queue.enqueue_many(tasks[name], [() for _ in range(600)])
+            async with running_worker(queue, settings) as worker, anyio.create_task_group() as tg:
+                tg.start_soon(watch, worker)
+                with anyio.fail_after(90):
+                    await worker.wait_until(lambda s: s.succeeded == 1800)
+                tg.cancel_scope.cancel()
+    finally:
+        await delete_topology(amqp_url, prefix, names)
+    print(f"\nper-queue bounds: peaks {peaks}, lows {lows}")
+    assert peaks["wide"] > 4
+    assert peaks["wide"] <= 50
+    assert peaks["narrow"] == 4
+    assert (lows["fixed"], peaks["fixed"]) == (3, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from aqueue._worker.autoscale import (
     Measurements,
     ScaleState,
     decide,
+    needed_runners,
 )
 from aqueue._worker.waits import LoopLag, WaitWindow, percentile
 from aqueue.exceptions import ConfigurationError
@@ -47,7 +49,14 @@ def measured(**changes: object) -> Measurements:
 @pytest.mark.parametrize(
     ("measurements", "state", "concurrency", "action", "cpu_saturated"),
     [
-        pytest.param(measured(), ScaleState(), 40, "grow", False, id="far-behind-grows-4x"),
+        pytest.param(
+            measured(concurrency=5, peak_running=5),
+            ScaleState(),
+            50,
+            "grow",
+            False,
+            id="far-behind-grows-by-wait-over-aim-up-to-10x",
+        ),
         pytest.param(
             measured(wait_p95=1.5, oldest_wait=1.5),
             ScaleState(),
@@ -62,7 +71,7 @@ def measured(**changes: object) -> Measurements:
             20,
             "grow",
             False,
-            id="half-the-target-already-doubles",
+            id="above-the-aim-at-least-doubles",
         ),
         pytest.param(
             measured(wait_p95=0.5, oldest_wait=0.5),
@@ -70,7 +79,7 @@ def measured(**changes: object) -> Measurements:
             10,
             "hold",
             False,
-            id="at-half-the-target-holds",
+            id="at-the-aim-holds",
         ),
         pytest.param(measured(concurrency=60), ScaleState(), 100, "grow", False, id="capped"),
         pytest.param(
@@ -95,7 +104,7 @@ def measured(**changes: object) -> Measurements:
         pytest.param(
             measured(wait_p95=None, oldest_wait=3.0),
             ScaleState(),
-            40,
+            60,
             "grow",
             False,
             id="oldest-wait-alone-is-behind",
@@ -117,14 +126,14 @@ def measured(**changes: object) -> Measurements:
         pytest.param(
             measured(started=150),
             ScaleState(grown_from=100.0),
-            40,
+            100,
             "grow",
             False,
             id="growth-raised-throughput",
         ),
         pytest.param(measured(), ScaleState(plateau_hold=3), 10, "hold", False, id="plateau-holds"),
         pytest.param(
-            measured(), ScaleState(plateau_hold=1), 40, "grow", False, id="plateau-expires"
+            measured(), ScaleState(plateau_hold=1), 100, "grow", False, id="plateau-expires"
         ),
         pytest.param(
             measured(peak_running=4, backlog=False),
@@ -203,14 +212,15 @@ def measured(**changes: object) -> Measurements:
         ),
     ],
 )
-def test_decide_table(
+def test_decide_without_sizing_figures(
     measurements: Measurements,
     state: ScaleState,
     concurrency: int,
     action: str,
     cpu_saturated: bool,
 ) -> None:
-    """Each scenario gets the concurrency, action and CPU verdict the rules state."""
+    """Without the figures to size from (rule 3), each scenario gets the concurrency, action
+    and CPU verdict the rules state."""
     decision = decide(measurements, state, SETTINGS)
     assert (decision.concurrency, decision.action, decision.cpu_saturated) == (
         concurrency,
@@ -220,9 +230,111 @@ def test_decide_table(
     assert decision.reason
 
 
+#: Target 2 s, so the aim is 1 s; room to grow to 1,000.
+SIZING = Autoscale(minimum=2, maximum=1000, target_wait=2.0)
+
+
+def sized(**changes: object) -> Measurements:
+    """100 runners busy all the interval, the head's due time moving on in step with time
+    (arrivals = starts), 500 jobs started, a wait under the aim: it keeps pace."""
+    values: dict[str, object] = {
+        "concurrency": 100,
+        "wait_p95": 0.8,
+        "oldest_wait": 0.8,
+        "started": 500,
+        "elapsed": 1.0,
+        "peak_running": 100,
+        "backlog": True,
+        "busy": 100.0,
+        "due_advance": 1.0,
+    }
+    values.update(changes)
+    return Measurements(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("measurements", "concurrency", "action", "cpu_saturated"),
+    [
+        pytest.param(sized(), 100, "hold", False, id="keeps-pace-holds"),
+        pytest.param(sized(due_advance=0.5), 200, "grow", False, id="falling-behind-by-pace"),
+        pytest.param(
+            sized(wait_p95=3.0, oldest_wait=3.0), 200, "grow", False, id="wait-over-aim-drains"
+        ),
+        pytest.param(sized(due_advance=0.0), 1000, "grow", False, id="clumped-dues-pace-capped"),
+        pytest.param(sized(due_advance=0.96), 100, "hold", False, id="within-the-band-holds"),
+        pytest.param(
+            sized(due_advance=0.5, loop_lag=0.08), 100, "hold", True, id="cpu-bound-holds"
+        ),
+        pytest.param(
+            sized(due_advance=0.5, threads_waiting=3), 100, "hold", False, id="threads-hold"
+        ),
+        pytest.param(
+            sized(busy=80.0, peak_running=90, backlog=False, wait_p95=0.1, oldest_wait=0.0),
+            80,
+            "shrink",
+            False,
+            id="spare-runners-shrink-to-what-is-used",
+        ),
+        pytest.param(
+            sized(busy=20.0, peak_running=30, backlog=False, wait_p95=0.1, oldest_wait=0.0),
+            50,
+            "shrink",
+            False,
+            id="shrinks-at-most-half",
+        ),
+        pytest.param(
+            sized(due_advance=2.0, wait_p95=1.5, oldest_wait=1.5),
+            100,
+            "hold",
+            False,
+            id="draining-above-the-aim-does-not-shrink",
+        ),
+        pytest.param(
+            sized(due_advance=2.0, wait_p95=0.5, oldest_wait=0.5),
+            50,
+            "shrink",
+            False,
+            id="draining-below-the-aim-shrinks",
+        ),
+    ],
+)
+def test_decide_sizes_by_littles_law(
+    measurements: Measurements, concurrency: int, action: str, cpu_saturated: bool
+) -> None:
+    """With the figures (rule 2): mean running x pace x the drain correction, within a band,
+    under the same holds as rule 3."""
+    decision = decide(measurements, ScaleState(), SIZING)
+    assert (decision.concurrency, decision.action, decision.cpu_saturated) == (
+        concurrency,
+        action,
+        cpu_saturated,
+    )
+    assert decision.reason
+
+
+def test_each_worker_of_a_queue_sizes_its_own_share() -> None:
+    """Two workers that each start half the jobs see the head move on half as fast as one
+    worker alone would: each asks for half of what one worker asks for."""
+    alone = needed_runners(
+        sized(busy=50.0, concurrency=50, peak_running=50, due_advance=0.25), SIZING
+    )
+    shared = needed_runners(
+        sized(busy=50.0, concurrency=50, peak_running=50, due_advance=0.5), SIZING
+    )
+    assert alone == pytest.approx(200.0)
+    assert shared == pytest.approx(100.0)
+
+
+def test_needed_runners_need_starts_and_figures() -> None:
+    """No job started, or no busy time or due advance measured: rule 2 has nothing to go on."""
+    assert needed_runners(sized(started=0), SIZING) is None
+    assert needed_runners(sized(busy=None), SIZING) is None
+    assert needed_runners(sized(due_advance=None), SIZING) is None
+
+
 def test_a_growth_remembers_throughput_and_a_plateau_starts_the_hold() -> None:
-    """A growth records the throughput it started from; a growth that did not help sets the
-    plateau hold, which counts down by one per decision."""
+    """A big growth records the throughput it started from; a growth that did not help sets
+    the plateau hold, which counts down by one per decision."""
     grown = decide(measured(), ScaleState(), SETTINGS)
     assert grown.state == ScaleState(grown_from=100.0)
     flat = decide(measured(concurrency=20, peak_running=20), grown.state, SETTINGS)
@@ -231,10 +343,17 @@ def test_a_growth_remembers_throughput_and_a_plateau_starts_the_hold() -> None:
     assert later.state.plateau_hold == PLATEAU_HOLD - 1
 
 
+def test_a_small_growth_is_not_checked_for_a_plateau() -> None:
+    """A correction of a few runners is not expected to raise throughput by 10%."""
+    grown = decide(sized(due_advance=0.88), ScaleState(), SIZING)
+    assert (grown.action, grown.concurrency) == ("grow", 114)
+    assert grown.state.grown_from is None
+
+
 def test_a_backlog_reaches_the_maximum_in_a_few_steps() -> None:
-    """Fed throughput that rises with concurrency, a queue far behind grows 4x per step."""
+    """Fed throughput that rises with concurrency, a queue far behind grows 10x per step."""
     state, concurrency, steps = ScaleState(), 2, []
-    for _ in range(10):
+    for _ in range(6):
         decision: Decision = decide(
             measured(concurrency=concurrency, peak_running=concurrency, started=10 * concurrency),
             state,
@@ -242,7 +361,7 @@ def test_a_backlog_reaches_the_maximum_in_a_few_steps() -> None:
         )
         state, concurrency = decision.state, decision.concurrency
         steps.append(concurrency)
-    assert steps[:5] == [8, 32, 100, 100, 100]
+    assert steps == [20, 100, 100, 100, 100, 100]
 
 
 @pytest.mark.parametrize(
@@ -384,3 +503,12 @@ def test_cli_autoscale_options_make_the_settings() -> None:
 
     assert _autoscale("2:100", 1.0) == Autoscale(2, 100, 1.0)
     assert _autoscale(None, None) is None
+
+
+def test_a_lagging_loop_at_the_maximum_is_still_reported_cpu_bound() -> None:
+    """Behind at the maximum with the loop lagging: the verdict the supervisor adds processes
+    on is given there too, with or without the sizing figures."""
+    at_max = sized(concurrency=1000, busy=1000.0, peak_running=1000, due_advance=0.5)
+    assert decide(replace(at_max, loop_lag=0.08), ScaleState(), SIZING).cpu_saturated
+    assert not decide(at_max, ScaleState(), SIZING).cpu_saturated
+    assert decide(measured(concurrency=100, loop_lag=0.08), ScaleState(), SETTINGS).cpu_saturated

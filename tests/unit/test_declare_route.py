@@ -50,7 +50,9 @@ async def test_concurrent_first_delayed_enqueues_declare_the_levels_once(
                 tg.start_soon(memory_queue.enqueue_in, 60, job, index)
         elapsed = anyio.current_time() - began
     assert len(declared) == 1
-    assert elapsed < 3 * SLOW_DECLARE
+    # one after another they would take 100 declarations' time; together, one (the bound
+    # leaves room for a loaded machine, far below the serial 100)
+    assert elapsed < 10 * SLOW_DECLARE
 
 
 @pytest.mark.parametrize("api", ["enqueue_at", "enqueue_many"])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import aqueue._cli.worker as cli_worker
 from aqueue import QueueLimits, TaskQueue, WorkerSettings
 from aqueue._cli import app
-from aqueue._core.config import QueueBudget, parse_queues
+from aqueue._core.config import Autoscale, QueueBudget, parse_queues
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import ConfigurationError
 from aqueue.testing import running_worker
@@ -110,13 +110,66 @@ def test_a_queues_own_limits_win_and_the_rest_follow_its_concurrency() -> None:
     assert settings.queue_names == ("emails", "reports", "exports")
     assert settings.limits("emails") == QueueBudget("emails", 50, threads=10, prefetch=50)
     assert settings.limits("reports") == QueueBudget("reports", 4, threads=4, prefetch=4)
-    assert settings.limits("exports") == QueueBudget("exports", 2, threads=6, prefetch=1)
+    assert settings.limits("exports") == QueueBudget(
+        "exports", 2, threads=6, prefetch=1, prefetch_fixed=True
+    )
     capped = WorkerSettings(queues=(QueueLimits("reports", concurrency=4),), prefetch=20)
     assert capped.limits("reports").prefetch == 20
-    assert capped.limits("elsewhere") == QueueBudget("elsewhere", 100, threads=40, prefetch=20)
+    assert capped.limits("elsewhere") == QueueBudget(
+        "elsewhere", 100, threads=40, prefetch=20, prefetch_fixed=True
+    )
 
 
-@pytest.mark.parametrize("field", ["concurrency", "threads", "prefetch"])
+def test_autoscale_bounds_apply_per_queue() -> None:
+    """Under autoscale a bare queue takes the worker's bounds, a queue with min/max its own
+    (a missing one from the worker's), and a queue with a fixed concurrency is not scaled;
+    threads follow the most runners a queue may have; the prefetch moves unless it is set."""
+    scaling = Autoscale(2, 100, target_wait=1.0)
+    settings = WorkerSettings(
+        queues=(
+            "emails",
+            QueueLimits("reports", min_concurrency=1, max_concurrency=8),
+            QueueLimits("exports", max_concurrency=30, prefetch=5),
+            QueueLimits("fixed", concurrency=4),
+        ),
+        threads=20,
+        autoscale=scaling,
+    )
+    assert settings.limits("emails") == QueueBudget(
+        "emails", 2, threads=20, prefetch=2, autoscale=scaling
+    )
+    assert settings.limits("reports") == QueueBudget(
+        "reports", 1, threads=8, prefetch=1, autoscale=Autoscale(1, 8, 1.0)
+    )
+    assert settings.limits("exports") == QueueBudget(
+        "exports", 2, threads=20, prefetch=5, autoscale=Autoscale(2, 30, 1.0), prefetch_fixed=True
+    )
+    assert settings.limits("fixed") == QueueBudget("fixed", 4, threads=4, prefetch=4)
+
+
+def test_per_queue_bounds_are_checked() -> None:
+    """Bounds without autoscale, out of order against the worker's, or beside a fixed
+    concurrency are refused with the queue's name."""
+    with pytest.raises(ConfigurationError, match="'reports' sets autoscale bounds"):
+        WorkerSettings(queues=(QueueLimits("reports", max_concurrency=8),))
+    with pytest.raises(ConfigurationError, match="queue 'reports': autoscale maximum"):
+        WorkerSettings(
+            queues=(QueueLimits("reports", min_concurrency=200),),
+            autoscale=Autoscale(2, 100, 1.0),
+        )
+    with pytest.raises(ConfigurationError, match="not both"):
+        QueueLimits("reports", concurrency=4, max_concurrency=8)
+    assert parse_queues("emails:min=5:max=50,reports:4") == (
+        QueueLimits("emails", min_concurrency=5, max_concurrency=50),
+        QueueLimits("reports", concurrency=4),
+    )
+    with pytest.raises(ConfigurationError, match="not both"):
+        parse_queues("emails:4:max=50")
+
+
+@pytest.mark.parametrize(
+    "field", ["concurrency", "threads", "prefetch", "min_concurrency", "max_concurrency"]
+)
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
 def test_queue_limits_refuse_values_that_are_not_positive_integers(
     field: str, value: object
