@@ -24,7 +24,8 @@ async def running_worker(
 ) -> AsyncIterator[Worker]:
     """Run a `Worker` for `queue` in the background for the ``async with`` block.
 
-    The worker consumes before the block starts and is stopped gracefully when it ends; wait
+    The worker consumes before the block starts and is stopped gracefully when it ends (unless
+    the block stopped it already; the block's end then waits for that stop); wait
     for what you expect with ``await worker.wait_until(lambda stats: ...)`` inside the block::
 
         async with queue, running_worker(queue) as worker:
@@ -43,4 +44,5 @@ async def running_worker(
         try:
             yield worker
         finally:
-            worker.stop()
+            if not worker.stopping:  # a second stop would cancel its running jobs
+                worker.stop()

@@ -482,6 +482,19 @@ def lease_copy(
     return _copy(received, exchange, routing_key, fitted, now_ms)
 
 
+def handback_message(
+    names: TopologyNames, received: Received, *, queue: str, now_ms: int
+) -> OutgoingMessage:
+    """A job a stopping worker took but never started, back in its queue as a fresh copy.
+
+    Unchanged but for RabbitMQ's counters: returned unacked it would come back redelivered,
+    and be taken for the neighbour of a crash.
+    """
+    fitted = _fit(carried_headers(received.headers), _OWN_HEADERS | {HEADER_WORKFLOW})
+    exchange, routing_key = job_route(names, queue, 0)
+    return _copy(received, exchange, routing_key, fitted, now_ms)
+
+
 def replay_message(
     names: TopologyNames, received: Received, *, queue: str, now_ms: int
 ) -> OutgoingMessage:

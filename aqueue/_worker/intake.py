@@ -35,8 +35,9 @@ class Intake:
 
     def put(self, delivery: Delivery) -> None:
         """Hand a delivery to the longest-idle runner, or queue it (transport callback)."""
-        if self._closed:
-            return  # stopping: left unacked, requeued when the consuming connection closes
+        if self._closed:  # stopping: kept for `unstarted`, never handed to a runner
+            self._ready.append(delivery)
+            return
         if self._idle:
             idle = self._idle.popleft()
             idle.delivery = delivery
@@ -92,8 +93,14 @@ class Intake:
         """True once `close` was called."""
         return self._closed
 
+    def unstarted(self) -> list[Delivery]:
+        """Take the deliveries no runner took (once closed, no runner will), oldest first."""
+        taken = list(self._ready)
+        self._ready.clear()
+        return taken
+
     def close(self) -> None:
-        """Wake every idle runner with None; later deliveries are dropped (left unacked)."""
+        """Wake every idle runner with None; later deliveries are kept for `unstarted`."""
         self._closed = True
         for idle in self._idle:
             idle.event.set()

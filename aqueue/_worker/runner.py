@@ -34,6 +34,7 @@ from aqueue._core.wire import (
     JobHeaders,
     OutgoingMessage,
     dead_letter_message,
+    handback_message,
     quarantine_message,
     read_headers,
     retry_message,
@@ -191,6 +192,32 @@ class JobRunner:
             context.reporter = functools.partial(self._session.states.progress, attempt)
         links = WorkflowLinks.of(headers.extra)
         return _Job(delivery, context, task, options, headers, attempt, links)
+
+    async def hand_back(self, delivery: Delivery, queue: str) -> bool:
+        """Give back a delivery this worker took but never started (it is stopping).
+
+        A fresh copy goes to the tail of its queue, confirmed before the original is acked:
+        left unacked, it would come back redelivered and be quarantined as the neighbour of a
+        crash. A delivery that came back already, a lease copy or an undecodable one is left
+        to go back as it came (checked again like any redelivery). True if it was moved.
+        """
+        if (
+            delivery.redelivered
+            or delivery.delivery_count
+            or delivery.undecodable is not None
+            or LeaseCopies.is_copy(delivery)
+        ):
+            return False
+
+        def build() -> OutgoingMessage:
+            return handback_message(
+                self._session.names, delivery, queue=queue, now_ms=time.time_ns() // 1_000_000
+            )
+
+        try:
+            return await self._publish_then_ack(delivery, build, delayed=False)
+        except EncodeError:  # pragma: no cover - it was received with these headers
+            return False
 
     async def _came_back(self, delivery: Delivery, queue: str, observer: JobObserver) -> Settlement:
         """A delivery that came back unacked: a worker holding it died, or lost its connection.

@@ -38,6 +38,8 @@ logger = logging.getLogger("aqueue.worker")
 #: Seconds between two wake-ups of the loop-lag timer, and between two samples of the gauges.
 LAG_TICK = 0.1
 SAMPLE_INTERVAL = 1.0
+#: Deliveries a stopping worker gives back at once (each a publish awaiting its confirm).
+HAND_BACK_AT_ONCE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,11 @@ class Worker:
         """Return once the worker consumes from all its queues."""
         await self._started.wait()
 
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called."""
+        return self._stop_requested
+
     def stop(self, *, now: bool = False) -> None:
         """Stop consuming and let running jobs finish within the grace period.
 
@@ -391,10 +398,11 @@ class Worker:
                         await self._quarantine.run()
             self._intake = None
             # idle runners return at once, busy ones after their job; deliveries not started
-            # stay unacked and go back to the broker when the consuming connection closes
+            # go back as fresh copies once no consumer can deliver more
             for intake in intakes.values():
                 intake.close()
             await self.pause()
+            await self._hand_back(runner, intakes)
             logger.info(
                 "worker stopping: waiting up to %ss for %d jobs",
                 self.settings.grace,
@@ -402,6 +410,33 @@ class Worker:
             )
             jobs.cancel_scope.deadline = anyio.current_time() + self.settings.grace
         self._jobs_scope = self._jobs = None
+
+    async def _hand_back(self, runner: JobRunner, intakes: Mapping[str, Intake]) -> None:
+        """Give back the deliveries no runner started, within the grace period.
+
+        What is not given back in time (or cannot be) stays unacked and goes back to the
+        broker when the consuming connection closes, redelivered.
+        """
+        unstarted = [(queue, d) for queue, intake in intakes.items() for d in intake.unstarted()]
+        if not unstarted:
+            return
+        moved = 0
+        limiter = anyio.CapacityLimiter(HAND_BACK_AT_ONCE)
+
+        async def give_back(queue: str, delivery: Delivery) -> None:
+            nonlocal moved
+            async with limiter:
+                moved += await runner.hand_back(delivery, queue)
+
+        with anyio.move_on_after(self.settings.grace):
+            async with anyio.create_task_group() as tg:
+                for queue, delivery in unstarted:
+                    tg.start_soon(give_back, queue, delivery)
+        logger.info(
+            "worker stopping: %d of %d deliveries not started went back as fresh copies",
+            moved,
+            len(unstarted),
+        )
 
     async def _cancel_consumers(self, consumers: Sequence[Consumer]) -> None:
         with anyio.CancelScope(shield=True):

@@ -222,3 +222,47 @@ async def test_enqueue_to_a_full_queue_is_confirmed_once_there_is_room(
             await confirmed.wait()
         [stored] = await drain(session.transport, full)
         assert stored.message_id == jobs[0]
+
+
+async def test_a_graceful_stop_gives_back_unstarted_deliveries_as_fresh_jobs(
+    queue: TaskQueue,
+) -> None:
+    """A worker holding 9 prefetched deliveries behind one running job stops gracefully: the 9
+    go back to the queue as fresh copies (not redelivered), so the next worker runs them as
+    first attempts, none through the quarantine, and the running job finishes once."""
+    release = anyio.Event()
+    runs: list[tuple[int, bool, int]] = []
+
+    @queue.task(name="blocker")
+    async def blocker() -> None:
+        await release.wait()
+
+    @queue.task(name="quick")
+    async def quick(index: int) -> None:
+        job = current_job()
+        runs.append((index, job.redelivered, job.attempt))
+
+    settings = WorkerSettings(concurrency=1, prefetch=10, grace=10)
+    async with queue.session() as session:
+        await queue.enqueue(blocker)
+        batch = await queue.enqueue_many(quick, [(index,) for index in range(9)])
+        assert batch.ok
+        async with running_worker(queue, settings) as first:
+            await wait_for(
+                lambda: first.queue_figures()["default"].held == 9,
+                timeout=10,
+                what="9 deliveries held behind the running job",
+            )
+            first.stop()
+            release.set()
+            with anyio.fail_after(10):
+                await first.wait_until(lambda s: s.in_flight == 0)
+        assert first.statistics().succeeded == 1  # the blocker; none of the 9 started
+        transport = session.transport
+        work = await transport.queue_info(session.names.work_queue("default"))
+        quarantine = await transport.queue_info(session.names.quarantine_queue("default"))
+        assert (work.ready, quarantine.ready) == (9, 0)
+        async with running_worker(queue, WorkerSettings(concurrency=4)) as second:
+            with anyio.fail_after(20):
+                await second.wait_until(lambda s: s.succeeded == 9)
+    assert sorted(runs) == [(index, False, 1) for index in range(9)]
