@@ -9,7 +9,7 @@ AqueueError
 ├── UnknownTaskError            a message names a task this process does not know
 ├── JobCrashed                  a job's deliveries came back unacked too often (dead-lettered)
 ├── TransportError              anything between aqueue and the broker
-│   ├── ConnectionFailed        the broker could not be reached before the deadline
+│   ├── ConnectionFailed        the broker could not be reached, or refused the login, vhost or TLS
 │   ├── ConnectionLost          the connection or channel dropped under an operation
 │   └── PublishError            the broker did not take a message
 │       ├── PublishNacked       the broker answered basic.nack (queue full with reject-publish, ...)
@@ -93,10 +93,13 @@ class TransportError(AqueueError):
 
 
 class ConnectionFailed(TransportError):
-    """No broker answered before the connect deadline, or every one refused the TLS handshake.
+    """No broker answered before the connect deadline, or every one refused for good.
 
-    A TLS refusal (a certificate that does not verify, a host name it is not for) is raised at
-    once, not at the deadline: retrying would fail the same way. The message names the cause.
+    A refusal that every retry would meet again is raised at once, not at the deadline: a
+    wrong user name or password, a vhost that does not exist (or that the user may not use),
+    a TLS handshake that fails (a certificate that does not verify, a host name it is not
+    for); so is a port that refused connections for a second (nothing listens there). The
+    message names the cause and what to check, in one line.
     """
 
 

@@ -86,12 +86,17 @@ def aqueue_error(exc: BaseException) -> AqueueError | None:
     return None
 
 
+def print_error(error: BaseException | str) -> None:
+    """``error: ...`` on stderr as one line (never folded at the terminal's width)."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: object) -> T:
     """Run a coroutine function; an aqueue error (the broker's, mostly) exits 1, clearly."""
     try:
         return anyio.run(fn, *args)
     except AqueueError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         console.print("interrupted: what was not done is still where it was")

@@ -16,10 +16,16 @@ from typing import Annotated
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from aqueue._cli.common import AppArgument, app, aqueue_error, console, load_queue, queue_names
+from aqueue._cli.common import (
+    AppArgument,
+    app,
+    aqueue_error,
+    load_queue,
+    print_error,
+    queue_names,
+)
 from aqueue._cli.supervisor import Supervisor
 from aqueue._cli.telemetry import (
     LOG_FORMATS,
@@ -288,7 +294,7 @@ def _observed_run(
                 )
             )
         except ObservabilityError as exc:  # before connecting, like any other bad option
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            print_error(exc)
             raise typer.Exit(2) from exc
         try:
             anyio.run(_run_worker, worker)
@@ -296,7 +302,7 @@ def _observed_run(
             error = aqueue_error(exc)
             if error is None:
                 raise
-            console.print(f"[red]error:[/red] {escape(str(error))}")
+            print_error(error)
             raise typer.Exit(1) from exc
 
 
@@ -361,7 +367,7 @@ def list_queues(app_path: AppArgument) -> None:
     try:
         rows = anyio.run(_queue_sizes, queue)
     except AqueueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     table = Table("queue", "ready", "dead letters")
     for name, ready, dead in rows:
