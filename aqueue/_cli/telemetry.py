@@ -1,7 +1,8 @@
 """What ``aqueue worker`` sets up to be observed: logging, the OpenTelemetry SDK, /metrics.
 
 The only module that imports the OpenTelemetry *SDK* and its OTLP exporter (the optional
-extra ``aqueue[otel]``), and the one that starts the Prometheus endpoint (``aqueue[metrics]``).
+extra ``aqueue-rabbitmq[otel]``), and the one that starts the Prometheus endpoint
+(``aqueue-rabbitmq[metrics]``).
 Everything is imported when an option asks for it: the CLI works without the extras, says
 which one to install when an option needs it, and ``aqueue dlq`` loads no OpenTelemetry.
 """
@@ -51,8 +52,8 @@ def require_extra(option: str, extra: str, modules: Sequence[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ObservabilityError(
-                f"{option} needs the optional dependencies of aqueue[{extra}]: "
-                f"pip install 'aqueue[{extra}]' ({exc})"
+                f"{option} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+                f'pip install "aqueue-rabbitmq[{extra}]" ({exc})'
             ) from exc
 
 

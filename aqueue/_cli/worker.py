@@ -131,14 +131,16 @@ def worker(
         typer.Option(
             "--otel",
             help="Export traces and metrics over OTLP/HTTP, configured by the standard OTEL_* "
-            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs aqueue[otel].",
+            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs "
+            "aqueue-rabbitmq[otel].",
             envvar="AQUEUE_OTEL",
         ),
     ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs aqueue[metrics].",
+            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs "
+            "aqueue-rabbitmq[metrics].",
             min=0,
             max=65535,
             envvar="AQUEUE_METRICS_PORT",

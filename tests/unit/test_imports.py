@@ -83,6 +83,6 @@ def test_a_missing_extra_is_named(
     with pytest.raises(ObservabilityError) as caught:
         require_extra(option, extra, [module])
     assert str(caught.value).startswith(
-        f"{option} needs the optional dependencies of aqueue[{extra}]: "
-        f"pip install 'aqueue[{extra}]'"
+        f"{option} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+        f'pip install "aqueue-rabbitmq[{extra}]"'
     )
