@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from aqueue._cli.common import (
     print_error,
     queue_names,
 )
+from aqueue._cli.output import JSON_VERSION, print_json
 from aqueue._cli.supervisor import Supervisor
 from aqueue._cli.telemetry import (
     LOG_FORMATS,
@@ -34,7 +36,7 @@ from aqueue._cli.telemetry import (
     worker_observability,
 )
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import Autoscale, WorkerSettings, parse_queues
+from aqueue._core.config import Autoscale, QueueLimits, WorkerSettings, parse_queues
 from aqueue._core.supervision import ProcessScaling
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
@@ -57,6 +59,14 @@ def worker(
             "own unless it says.",
         ),
     ] = None,
+    declare: Annotated[
+        bool,
+        typer.Option(
+            "--declare",
+            help="Consume from -Q queues that no task of the app names (one used only through "
+            "with_options(queue=...)): without it they are refused, as a typo would be.",
+        ),
+    ] = False,
     concurrency: Annotated[
         int, typer.Option(help="Jobs run at once, per queue.", min=1)
     ] = _WORKER.concurrency,
@@ -168,13 +178,12 @@ def worker(
         raise typer.BadParameter(
             f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
         )
-    try:
-        chosen = parse_queues(queues) if queues else ()
-    except ConfigurationError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--queues' / '-Q'") from exc
+    chosen = _queues(queues)
     scaling = _autoscale(autoscale, target_wait)
     count, process_scaling = _processes(processes, autoscaling=scaling is not None)
     queue = load_queue(app_path)
+    if not declare:
+        _check_known(queue, chosen)
     try:
         settings = WorkerSettings(
             queues=chosen,
@@ -210,6 +219,49 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+_Q = "'--queues' / '-Q'"
+
+
+def _queues(text: str | None) -> tuple[str | QueueLimits, ...]:
+    """``-Q``, read and checked before anything is loaded; an empty one is refused."""
+    if text is None:
+        return ()
+    try:
+        chosen = parse_queues(text)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint=_Q) from exc
+    if not chosen:
+        raise typer.BadParameter(
+            f"{text!r} names no queue: give one or more, or leave -Q out to consume from "
+            "every queue of the app's tasks",
+            param_hint=_Q,
+        )
+    return chosen
+
+
+def _check_known(queue: TaskQueue, chosen: tuple[str | QueueLimits, ...]) -> None:
+    """Refuse ``-Q`` names that no task of the app names (a typo, most often).
+
+    Such a queue would be declared (for good: durable) and consumed from, and the worker
+    would idle on it forever.
+    """
+    known = queue_names(queue)
+    names = [item if isinstance(item, str) else item.name for item in chosen]
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise typer.BadParameter(
+        f"no task of the app uses queue {', '.join(hints)}; its tasks use "
+        f"{', '.join(map(repr, known)) or 'no queue'}. Give --declare to consume from it "
+        "anyway (a queue named only by with_options(queue=...))",
+        param_hint=_Q,
+    )
 
 
 def _child_argv(ctx: typer.Context, index: int) -> list[str]:
@@ -363,7 +415,12 @@ async def _stop_on_signals(worker: Worker) -> None:
 
 
 @app.command("queues")
-def list_queues(app_path: AppArgument) -> None:
+def list_queues(
+    app_path: AppArgument,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document on stdout (see the CLI docs).")
+    ] = False,
+) -> None:
     """Show ready messages in every work queue and dead-letter queue of the app's tasks."""
     queue = load_queue(app_path)
     try:
@@ -371,6 +428,17 @@ def list_queues(app_path: AppArgument) -> None:
     except AqueueError as exc:
         print_error(exc)
         raise typer.Exit(1) from exc
+    if json_output:
+        print_json(
+            {
+                "version": JSON_VERSION,
+                "queues": [
+                    {"queue": name, "ready": ready, "dead_letters": dead}
+                    for name, ready, dead in rows
+                ],
+            }
+        )
+        return
     table = Table("queue", "ready", "dead letters")
     for name, ready, dead in rows:
         table.add_row(name, str(ready), str(dead))
