@@ -3,7 +3,8 @@
 ```text
 AqueueError
 ├── ConfigurationError          bad options at decoration, bad settings, a missing result backend
-│   └── QueueNotFound           a queue the operation names does not exist on the broker
+│   ├── QueueNotFound           a queue the operation names does not exist on the broker
+│   └── MissingDependency       an optional dependency is not installed (names the extra)
 ├── EncodeError                 arguments that are not JSON, or a message over the size limit
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
@@ -42,6 +43,7 @@ __all__ = [
     "EncodeError",
     "JobCrashed",
     "JobFailed",
+    "MissingDependency",
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
@@ -67,6 +69,21 @@ class QueueNotFound(ConfigurationError):
 
     A `ConfigurationError`, since it is nearly always a wrong queue name or prefix.
     """
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the extra that has it.
+
+    Also an `ImportError`, which is what it replaces (``No module named 'redis'``).
+    """
+
+    @classmethod
+    def for_extra(cls, what: str, extra: str, error: ImportError) -> MissingDependency:
+        """``{what} needs the {extra} extra: pip install "aqueue-rabbitmq[{extra}]" (...)``."""
+        return cls(
+            f"{what} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+            f'pip install "aqueue-rabbitmq[{extra}]" ({error})'
+        )
 
 
 class EncodeError(AqueueError, TypeError):
