@@ -72,7 +72,7 @@ def run_worker(*args: str, connect_timeout: float) -> tuple[int, str, float]:
         ),
         pytest.param(
             ["tests.integration.apps.jobs:nothing_here"],
-            "is NoneType, not an aqueue.TaskQueue",
+            "module 'tests.integration.apps.jobs' has no attribute 'nothing_here'",
             id="missing-attribute",
         ),
         pytest.param([APP, "--concurrency", "0"], "'--concurrency'", id="concurrency-0"),
