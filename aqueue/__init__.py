@@ -76,7 +76,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # the Redis backend imports redis, an optional dependency (pip install "aqueue[redis]")
+    # the Redis backend imports redis, an optional dependency (pip install "aqueue-rabbitmq[redis]")
     if name == "RedisResultBackend":
         from aqueue._results.redis_backend import RedisResultBackend
 

@@ -3,13 +3,14 @@
 ```text
 AqueueError
 ├── ConfigurationError          bad options at decoration, bad settings, a missing result backend
-│   └── QueueNotFound           a queue the operation names does not exist on the broker
+│   ├── QueueNotFound           a queue the operation names does not exist on the broker
+│   └── MissingDependency       an optional dependency is not installed (names the extra)
 ├── EncodeError                 arguments that are not JSON, or a message over the size limit
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
 ├── JobCrashed                  a job's deliveries came back unacked too often (dead-lettered)
 ├── TransportError              anything between aqueue and the broker
-│   ├── ConnectionFailed        the broker could not be reached before the deadline
+│   ├── ConnectionFailed        the broker could not be reached, or refused the login, vhost or TLS
 │   ├── ConnectionLost          the connection or channel dropped under an operation
 │   └── PublishError            the broker did not take a message
 │       ├── PublishNacked       the broker answered basic.nack (queue full with reject-publish, ...)
@@ -42,6 +43,7 @@ __all__ = [
     "EncodeError",
     "JobCrashed",
     "JobFailed",
+    "MissingDependency",
     "PublishError",
     "PublishNacked",
     "PublishTimeout",
@@ -69,6 +71,21 @@ class QueueNotFound(ConfigurationError):
     """
 
 
+class MissingDependency(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the extra that has it.
+
+    Also an `ImportError`, which is what it replaces (``No module named 'redis'``).
+    """
+
+    @classmethod
+    def for_extra(cls, what: str, extra: str, error: ImportError) -> MissingDependency:
+        """``{what} needs the {extra} extra: pip install "aqueue-rabbitmq[{extra}]" (...)``."""
+        return cls(
+            f"{what} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+            f'pip install "aqueue-rabbitmq[{extra}]" ({error})'
+        )
+
+
 class EncodeError(AqueueError, TypeError):
     """A job could not be encoded: a non-JSON argument, or a message over the size limit."""
 
@@ -93,10 +110,13 @@ class TransportError(AqueueError):
 
 
 class ConnectionFailed(TransportError):
-    """No broker answered before the connect deadline, or every one refused the TLS handshake.
+    """No broker answered before the connect deadline, or every one refused for good.
 
-    A TLS refusal (a certificate that does not verify, a host name it is not for) is raised at
-    once, not at the deadline: retrying would fail the same way. The message names the cause.
+    A refusal that every retry would meet again is raised at once, not at the deadline: a
+    wrong user name or password, a vhost that does not exist (or that the user may not use),
+    a TLS handshake that fails (a certificate that does not verify, a host name it is not
+    for); so is a port that refused connections for a second (nothing listens there). The
+    message names the cause and what to check, in one line.
     """
 
 

@@ -11,8 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# aqueue with the OpenTelemetry SDK + OTLP/HTTP exporter (--otel), the Prometheus endpoint
-# (--metrics-port), Redis results and the example's FastAPI/uvicorn; plus OpenTelemetry's
+# aqueue (this checkout: the aqueue-rabbitmq distribution) with the OpenTelemetry SDK +
+# OTLP/HTTP exporter (--otel), the Prometheus endpoint (--metrics-port), Redis results and the example's FastAPI/uvicorn; plus OpenTelemetry's
 # zero-code instrumentation, which gives the web app an SDK (`opentelemetry-instrument`).
 COPY pyproject.toml README.md ./
 COPY aqueue ./aqueue

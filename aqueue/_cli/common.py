@@ -6,10 +6,12 @@ connection is opened, with exit code 2; an error from the broker exits with code
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
@@ -30,6 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+#: The aqueue package's folder: frames in it are aqueue's, not the app's.
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 AppArgument = Annotated[
     str, typer.Argument(help="Where the TaskQueue lives, as 'package.module:attribute'.")
@@ -55,9 +60,17 @@ def load_queue(path: str) -> TaskQueue:
         raise typer.BadParameter(
             f"cannot import {module_name!r}: {type(exc).__name__}: {exc}{_where(exc)}"
         ) from exc
-    queue = getattr(module, attribute, None)
+    queues = sorted(name for name, value in vars(module).items() if isinstance(value, TaskQueue))
+    there = f"; it has {', '.join(map(repr, queues))}" if queues else ""
+    if not hasattr(module, attribute):
+        close = difflib.get_close_matches(attribute, queues, n=1)
+        hint = f"; did you mean {module_name}:{close[0]}?" if close else there
+        raise typer.BadParameter(f"module {module_name!r} has no attribute {attribute!r}{hint}")
+    queue = getattr(module, attribute)
     if not isinstance(queue, TaskQueue):
-        raise typer.BadParameter(f"{path!r} is {type(queue).__name__}, not an aqueue.TaskQueue")
+        raise typer.BadParameter(
+            f"{path!r} is {type(queue).__name__}, not an aqueue.TaskQueue{there}"
+        )
     return queue
 
 
@@ -71,7 +84,16 @@ def _where(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return ""  # its message names the file and line already
     frames = traceback.extract_tb(exc.__traceback__)
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    # the app's line, not aqueue's: a misspelt task option is raised inside aqueue
+    own = [frame for frame in frames if not _in_aqueue(frame.filename)]
+    where = own[-1] if own else frames[-1] if frames else None
+    return f" (at {where.filename}:{where.lineno})" if where is not None else ""
+
+
+def _in_aqueue(filename: str) -> bool:
+    """Whether `filename` is a module of the aqueue package (or of the import machinery)."""
+    path = Path(filename)
+    return path.is_relative_to(_PACKAGE) or filename.startswith("<frozen ")
 
 
 def aqueue_error(exc: BaseException) -> AqueueError | None:
@@ -86,12 +108,17 @@ def aqueue_error(exc: BaseException) -> AqueueError | None:
     return None
 
 
+def print_error(error: BaseException | str) -> None:
+    """``error: ...`` on stderr as one line (never folded at the terminal's width)."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: object) -> T:
     """Run a coroutine function; an aqueue error (the broker's, mostly) exits 1, clearly."""
     try:
         return anyio.run(fn, *args)
     except AqueueError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         console.print("interrupted: what was not done is still where it was")

@@ -9,6 +9,7 @@ the defaults.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from aqueue._cli.common import app, console, load_queue, queue_names, run
+from aqueue._cli.output import JSON_VERSION, dead_letter_json, id_table, print_json
 from aqueue._client.deadletters import DeadLetter, ReplayResult
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import DEFAULT_PREFIX, DEFAULT_URL
@@ -87,6 +89,11 @@ PrefixOption = Annotated[
         help=f"Prefix of the queue names. Default: $AQUEUE_PREFIX, else {DEFAULT_PREFIX}",
         show_default=False,
     ),
+]
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout (see the CLI docs).")
 ]
 
 
@@ -151,14 +158,26 @@ def dlq_list(
     app_path: AppOption = None,
     url: UrlOption = None,
     prefix: PrefixOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """List the dead letters of a queue, oldest first; they stay where they are, in order."""
     name = _queue_name(queue)
     letters, total, where = run(_dlq_list, broker_queue(app_path, url, prefix), name, limit)
+    if json_output:
+        print_json(
+            {
+                "version": JSON_VERSION,
+                "dead_letter_queue": where,
+                "total": total,
+                "dead_letters": [dead_letter_json(letter, full=False) for letter in letters],
+            }
+        )
+        return
     if not letters:
         console.print(f"no dead letters in {where}")
         return
-    table = Table("job id", "task", "reason", "attempts", "when (UTC)", "error")
+    ids = [letter.job_id or "-" for letter in letters]
+    table = id_table("job id", ids, "task", "reason", "attempts", "when (UTC)", "error")
     for letter in letters:
         table.add_row(
             escape(letter.job_id or "-"),
@@ -195,6 +214,7 @@ def dlq_show(
     app_path: AppOption = None,
     url: UrlOption = None,
     prefix: PrefixOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Show everything about one dead letter: why, when, its history, traceback and arguments."""
     if not job_id.strip():
@@ -214,6 +234,9 @@ def dlq_show(
     if found is None:
         console.print(f"no dead letter with job id {escape(job_id)!r} in {', '.join(names)}")
         raise typer.Exit(1)
+    if json_output:
+        print_json({"version": JSON_VERSION, **dead_letter_json(found, full=True)})
+        return
     _print_dead_letter(found)
 
 
@@ -304,9 +327,27 @@ def dlq_replay(
     name = _queue_name(queue)
     if task is not None and not task.strip():
         raise typer.BadParameter("the task name is empty", param_hint="--task")
-    result, where = run(_dlq_replay, broker_queue(app_path, url, prefix), name, task, limit)
+    task_queue = broker_queue(app_path, url, prefix)
+    result, where = run(_dlq_replay, task_queue, name, task, limit)
     left = f"; {result.skipped} left in place" if result.skipped else ""
+    if task is not None and result.replayed == 0:
+        # a misspelt task name would otherwise look like a replay that worked
+        others = f" (the {result.skipped} there are other tasks')" if result.skipped else ""
+        console.print(
+            f"no dead letters of task {escape(task)!r} in {where}{others}"
+            f"{_task_hint(task_queue, task) if app_path is not None else ''}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     console.print(f"replayed {result.replayed} dead letter(s) from {where} to {name!r}{left}")
+
+
+def _task_hint(queue: TaskQueue, task: str) -> str:
+    """``; the app has no task 'x' (did you mean 'y'?)`` when the app does not know `task`."""
+    if task in queue.tasks:
+        return ""
+    close = difflib.get_close_matches(task, list(queue.tasks), n=1)
+    return f"; the app has no task {task!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 async def _dlq_replay(

@@ -1,7 +1,8 @@
 """What ``aqueue worker`` sets up to be observed: logging, the OpenTelemetry SDK, /metrics.
 
 The only module that imports the OpenTelemetry *SDK* and its OTLP exporter (the optional
-extra ``aqueue[otel]``), and the one that starts the Prometheus endpoint (``aqueue[metrics]``).
+extra ``aqueue-rabbitmq[otel]``), and the one that starts the Prometheus endpoint
+(``aqueue-rabbitmq[metrics]``).
 Everything is imported when an option asks for it: the CLI works without the extras, says
 which one to install when an option needs it, and ``aqueue dlq`` loads no OpenTelemetry.
 """
@@ -12,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Literal
@@ -51,8 +53,8 @@ def require_extra(option: str, extra: str, modules: Sequence[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ObservabilityError(
-                f"{option} needs the optional dependencies of aqueue[{extra}]: "
-                f"pip install 'aqueue[{extra}]' ({exc})"
+                f"{option} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+                f'pip install "aqueue-rabbitmq[{extra}]" ({exc})'
             ) from exc
 
 
@@ -75,8 +77,13 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root.setLevel(level.upper())
 
 
-def _enabled(variable: str) -> bool:
-    return os.environ.get(variable, "otlp").strip().lower() != "none"
+#: Seconds the exit waits for the last spans and metrics to reach the collector: one that does
+#: not answer would hold it ~10 s per signal (the exporters retry until their timeout).
+SHUTDOWN_GRACE = 1.0
+
+
+def _enabled(variable: str, default: str = "otlp") -> bool:
+    return os.environ.get(variable, default).strip().lower() != "none"
 
 
 def setup_otel(default_service_name: str = DEFAULT_SERVICE_NAME) -> Callable[[], None]:
@@ -86,12 +93,14 @@ def setup_otel(default_service_name: str = DEFAULT_SERVICE_NAME) -> Callable[[],
     OTLP/HTTP exporters configured by the standard variables (``OTEL_EXPORTER_OTLP_ENDPOINT``,
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_BSP_*``,
     ``OTEL_METRIC_EXPORT_INTERVAL``, ...). ``OTEL_SERVICE_NAME`` and
-    ``OTEL_RESOURCE_ATTRIBUTES`` describe the process; ``OTEL_TRACES_EXPORTER=none`` or
-    ``OTEL_METRICS_EXPORTER=none`` turns one signal off (Jaeger takes no metrics);
-    ``OTEL_SDK_DISABLED=true`` turns both off.
+    ``OTEL_RESOURCE_ATTRIBUTES`` describe the process. Traces are exported unless
+    ``OTEL_TRACES_EXPORTER=none``; metrics only when asked for with
+    ``OTEL_METRICS_EXPORTER=otlp``: Jaeger, the collector most people start with, takes no
+    metrics and answers 404 to every export. ``OTEL_SDK_DISABLED=true`` turns both off.
 
     Returns:
-        A function that flushes and shuts both providers down (call it on exit).
+        A function that flushes and shuts both providers down (call it on exit); it returns
+        within about `SHUTDOWN_GRACE` seconds even when the collector does not answer.
     """
     from opentelemetry import metrics, trace
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -109,34 +118,50 @@ def setup_otel(default_service_name: str = DEFAULT_SERVICE_NAME) -> Callable[[],
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
     resource = Resource.create({} if named else {"service.name": default_service_name})
-    tracer_provider = TracerProvider(resource=resource)
+    # shut down by the function returned, within SHUTDOWN_GRACE, not by their atexit hooks
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     if _enabled("OTEL_TRACES_EXPORTER"):
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     readers = (
         [PeriodicExportingMetricReader(OTLPMetricExporter())]
-        if _enabled("OTEL_METRICS_EXPORTER")
+        if _enabled("OTEL_METRICS_EXPORTER", default="none")
         else []
     )
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
+    )
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     logger.info(
         "OpenTelemetry: exporting %s over OTLP/HTTP as service %r",
         " and ".join(
             signal
-            for signal, variable in (
-                ("traces", "OTEL_TRACES_EXPORTER"),
-                ("metrics", "OTEL_METRICS_EXPORTER"),
+            for signal, enabled in (
+                ("traces", _enabled("OTEL_TRACES_EXPORTER")),
+                ("metrics", bool(readers)),
             )
-            if _enabled(variable)
+            if enabled
         )
         or "nothing",
         resource.attributes.get("service.name"),
     )
 
-    def shutdown() -> None:
+    def flush_and_stop() -> None:
         tracer_provider.shutdown()
         meter_provider.shutdown()
+
+    def shutdown() -> None:
+        # in a daemon thread, waited for SHUTDOWN_GRACE: what has not reached the collector
+        # by then is dropped, and the exit does not wait for the exporters' retries
+        stopping = threading.Thread(target=flush_and_stop, name="otel-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(SHUTDOWN_GRACE)
+        if stopping.is_alive():
+            logger.warning(
+                "OpenTelemetry: the collector did not take the last spans within %g s; they "
+                "are dropped (is OTEL_EXPORTER_OTLP_ENDPOINT right, and the collector up?)",
+                SHUTDOWN_GRACE,
+            )
 
     return shutdown
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import signal
@@ -16,10 +17,17 @@ from typing import Annotated
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from aqueue._cli.common import AppArgument, app, aqueue_error, console, load_queue, queue_names
+from aqueue._cli.common import (
+    AppArgument,
+    app,
+    aqueue_error,
+    load_queue,
+    print_error,
+    queue_names,
+)
+from aqueue._cli.output import JSON_VERSION, print_json
 from aqueue._cli.supervisor import Supervisor
 from aqueue._cli.telemetry import (
     LOG_FORMATS,
@@ -28,7 +36,7 @@ from aqueue._cli.telemetry import (
     worker_observability,
 )
 from aqueue._client.queue import TaskQueue
-from aqueue._core.config import Autoscale, WorkerSettings, parse_queues
+from aqueue._core.config import Autoscale, QueueLimits, WorkerSettings, parse_queues
 from aqueue._core.supervision import ProcessScaling
 from aqueue._worker.worker import Worker
 from aqueue.exceptions import AqueueError, ConfigurationError
@@ -52,6 +60,14 @@ def worker(
             "bounds and NAME:CONCURRENCY keeps that queue fixed.",
         ),
     ] = None,
+    declare: Annotated[
+        bool,
+        typer.Option(
+            "--declare",
+            help="Consume from -Q queues that no task of the app names (one used only through "
+            "with_options(queue=...)): without it they are refused, as a typo would be.",
+        ),
+    ] = False,
     concurrency: Annotated[
         int, typer.Option(help="Jobs run at once, per queue.", min=1)
     ] = _WORKER.concurrency,
@@ -126,14 +142,16 @@ def worker(
         typer.Option(
             "--otel",
             help="Export traces and metrics over OTLP/HTTP, configured by the standard OTEL_* "
-            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs aqueue[otel].",
+            "variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...). Needs "
+            "aqueue-rabbitmq[otel].",
             envvar="AQUEUE_OTEL",
         ),
     ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs aqueue[metrics].",
+            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics. Needs "
+            "aqueue-rabbitmq[metrics].",
             min=0,
             max=65535,
             envvar="AQUEUE_METRICS_PORT",
@@ -161,13 +179,12 @@ def worker(
         raise typer.BadParameter(
             f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
         )
-    try:
-        chosen = parse_queues(queues) if queues else ()
-    except ConfigurationError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--queues' / '-Q'") from exc
+    chosen = _queues(queues)
     scaling = _autoscale(autoscale, target_wait)
     count, process_scaling = _processes(processes, autoscaling=scaling is not None)
     queue = load_queue(app_path)
+    if not declare:
+        _check_known(queue, chosen)
     try:
         settings = WorkerSettings(
             queues=chosen,
@@ -203,6 +220,49 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+_Q = "'--queues' / '-Q'"
+
+
+def _queues(text: str | None) -> tuple[str | QueueLimits, ...]:
+    """``-Q``, read and checked before anything is loaded; an empty one is refused."""
+    if text is None:
+        return ()
+    try:
+        chosen = parse_queues(text)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint=_Q) from exc
+    if not chosen:
+        raise typer.BadParameter(
+            f"{text!r} names no queue: give one or more, or leave -Q out to consume from "
+            "every queue of the app's tasks",
+            param_hint=_Q,
+        )
+    return chosen
+
+
+def _check_known(queue: TaskQueue, chosen: tuple[str | QueueLimits, ...]) -> None:
+    """Refuse ``-Q`` names that no task of the app names (a typo, most often).
+
+    Such a queue would be declared (for good: durable) and consumed from, and the worker
+    would idle on it forever.
+    """
+    known = queue_names(queue)
+    names = [item if isinstance(item, str) else item.name for item in chosen]
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise typer.BadParameter(
+        f"no task of the app uses queue {', '.join(hints)}; its tasks use "
+        f"{', '.join(map(repr, known)) or 'no queue'}. Give --declare to consume from it "
+        "anyway (a queue named only by with_options(queue=...))",
+        param_hint=_Q,
+    )
 
 
 def _child_argv(ctx: typer.Context, index: int) -> list[str]:
@@ -289,7 +349,7 @@ def _observed_run(
                 )
             )
         except ObservabilityError as exc:  # before connecting, like any other bad option
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            print_error(exc)
             raise typer.Exit(2) from exc
         try:
             anyio.run(_run_worker, worker)
@@ -297,7 +357,7 @@ def _observed_run(
             error = aqueue_error(exc)
             if error is None:
                 raise
-            console.print(f"[red]error:[/red] {escape(str(error))}")
+            print_error(error)
             raise typer.Exit(1) from exc
 
 
@@ -356,14 +416,30 @@ async def _stop_on_signals(worker: Worker) -> None:
 
 
 @app.command("queues")
-def list_queues(app_path: AppArgument) -> None:
+def list_queues(
+    app_path: AppArgument,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document on stdout (see the CLI docs).")
+    ] = False,
+) -> None:
     """Show ready messages in every work queue and dead-letter queue of the app's tasks."""
     queue = load_queue(app_path)
     try:
         rows = anyio.run(_queue_sizes, queue)
     except AqueueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(1) from exc
+    if json_output:
+        print_json(
+            {
+                "version": JSON_VERSION,
+                "queues": [
+                    {"queue": name, "ready": ready, "dead_letters": dead}
+                    for name, ready, dead in rows
+                ],
+            }
+        )
+        return
     table = Table("queue", "ready", "dead letters")
     for name, ready, dead in rows:
         table.add_row(name, str(ready), str(dead))

@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 try:
-    _VERSION = importlib.metadata.version("aqueue")
+    _VERSION = importlib.metadata.version("aqueue-rabbitmq")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
     _VERSION = "0"
 

@@ -1,6 +1,6 @@
 """Prometheus metrics for ``aqueue worker --metrics-port``.
 
-The only module that imports prometheus_client (the optional extra ``aqueue[metrics]``).
+The only module that imports prometheus_client (the optional extra ``aqueue-rabbitmq[metrics]``).
 The same job metrics as the OpenTelemetry ones (`aqueue._observability.hooks.JobMetrics`), under
 Prometheus names, each labelled ``task`` and ``queue``:
 

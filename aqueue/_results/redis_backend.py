@@ -21,13 +21,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
-import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from aqueue._core.types import JSONValue
 from aqueue._results.base import JobState, Lease, ResultBackend
 from aqueue._serialization import dumps, loads
-from aqueue.exceptions import ConfigurationError, TransportError
+from aqueue.exceptions import ConfigurationError, MissingDependency, TransportError
+
+try:
+    import redis.asyncio as redis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # an optional dependency: say which extra installs it
+    raise MissingDependency.for_extra("RedisResultBackend", "redis", exc) from exc
 
 # KEYS[1] state key; ARGV: new state, ttl ms, kind (initial/active/final), channel, job id,
 # new status

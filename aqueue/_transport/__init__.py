@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from aqueue._transport.base import Consumer, Delivery, DeliveryCallback, OutgoingMessage, Transport
 from aqueue._transport.memory import MemoryTransport
 from aqueue._transport.memory_broker import MemoryBroker
-from aqueue._transport.urls import check_tls, redact_url, warn_unverified
+from aqueue._transport.urls import check_tls, check_url, redact_url, warn_unverified
 from aqueue.exceptions import ConfigurationError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "OutgoingMessage",
     "Transport",
     "check_tls",
+    "check_url",
     "check_urls",
     "connector",
     "redact_url",
@@ -40,15 +41,21 @@ _NAMED_BROKERS: weakref.WeakValueDictionary[str, MemoryBroker] = weakref.WeakVal
 
 
 def check_urls(url: object) -> tuple[str, ...]:
-    """The broker URLs as a tuple (one URL, or a list of them for a cluster).
+    """The broker URLs as a tuple (one URL, or a list of them for a cluster), each checked.
 
     Raises:
-        ConfigurationError: not a URL or a non-empty list of URLs.
+        ConfigurationError: not a URL or a non-empty list of URLs; a URL that is neither
+            ``amqp://`` nor ``amqps://`` with a host, nor ``memory://`` (the only one then).
     """
     # run-time input: not every caller runs mypy
     urls = (url,) if isinstance(url, str) else tuple(url) if isinstance(url, Sequence) else ()
     if not urls or not all(isinstance(u, str) and "://" in u for u in urls):
-        raise ConfigurationError(f"url must be an AMQP URL or a list of them, not {url!r}")
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigurationError(f"url must be an AMQP URL or a list of them, not {shown!r}")
+    for one in urls:
+        check_url(one)
+    if len(urls) > 1 and any(u.startswith("memory://") for u in urls):
+        raise ConfigurationError("memory:// is one in-process broker: give it alone")
     return tuple(str(u) for u in urls)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -84,6 +85,34 @@ CLOSE_TIMEOUT = 5.0
 #: A retired publishing channel is closed once the confirms still pending on it are settled, or
 #: after this many seconds (each of those publishes has its own, shorter, timeout).
 RETIRE_GRACE = OPERATION_TIMEOUT
+
+
+class _AttemptsAtDebug(logging.Filter):
+    """Logs aio-pika's and aiormq's lines about each connection attempt at DEBUG.
+
+    They log every failed attempt as a WARNING or an ERROR ("Connection attempt to ... failed
+    ... Reconnecting after 1.0 seconds", "error when creating transport"): 20 or 30 lines a
+    failed connect, before aqueue's own one line (`ConnectionFailed`, or the transport's
+    warning that it lost its connection). They stay available at DEBUG.
+    """
+
+    PREFIXES = (
+        "Connection attempt to",
+        "Connection to %s closed. Reconnecting",
+        "Reconnect attempt failed",
+        "error when creating transport",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not str(record.msg).startswith(self.PREFIXES):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+for _name in ("aio_pika.robust_connection", "aiormq.connection"):
+    logging.getLogger(_name).addFilter(_AttemptsAtDebug())
+
 #: "The channel or the connection is gone", in aiormq's and asyncio's words.
 _LOST = (amqp.AMQPError, amqp.ChannelInvalidStateError, ConnectionError)
 _Channel = aiormq.abc.AbstractChannel
@@ -146,6 +175,18 @@ def _safe_url(url: URL) -> str:
 
 #: TLS failures that are the peer closing or the network, not a verdict: retried like any drop.
 _TRANSIENT_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+#: Seconds every URL must have refused TCP connections before the first connect gives up: a
+#: broker that is restarting refuses for a moment, a port where nothing listens for good.
+REFUSED_GRACE = 1.0
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then its causes and contexts (exception chains can loop)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _tls_refusal(error: BaseException | None) -> ssl.SSLError | None:
@@ -155,13 +196,61 @@ def _tls_refusal(error: BaseException | None) -> ssl.SSLError | None:
     that does not verify, a name it is not for, or a plain port answering a TLS hello fail
     every attempt the same way: retrying until the deadline would only hide the cause.
     """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:  # exception chains can loop
-        seen.add(id(error))
-        if isinstance(error, ssl.SSLError) and not isinstance(error, _TRANSIENT_TLS):
-            return error
-        error = error.__cause__ or error.__context__
+    for cause in _chain(error):
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, _TRANSIENT_TLS):
+            return cause
     return None
+
+
+def _is_refused(error: BaseException | None) -> bool:
+    """Whether a connection attempt failed because nothing listens there (ECONNREFUSED)."""
+    return any(isinstance(cause, ConnectionRefusedError) for cause in _chain(error))
+
+
+def _verdict(url: URL, error: BaseException | None) -> str | None:
+    """What to tell the user when `error` failed an attempt the same way every retry would.
+
+    A TLS handshake the broker refuses, a login it refuses (`ProbableAuthenticationError`:
+    RabbitMQ's 403 ACCESS_REFUSED to Connection.StartOk) and a vhost it will not open (its
+    Connection.Close, 530, in answer to Connection.Open: aiormq reports that as an
+    ``InvalidFrameError`` naming the frame) are verdicts. Anything else may pass: None.
+    """
+    refusal = _tls_refusal(error)
+    if refusal is not None:
+        return _describe_tls(refusal)
+    user = url.user or "guest"
+    vhost = url.path[1:] or "/"
+    for cause in _chain(error):
+        if isinstance(cause, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
+            return (
+                f"authentication failed for user {user!r} (check the user name and the "
+                "password in the URL; the broker's log says why)"
+            )
+        if isinstance(cause, amqp.InvalidFrameError) and "Connection.Close" in str(cause):
+            return (
+                f"the broker refused to open vhost {vhost!r} for user {user!r}: it does not "
+                f"exist, or the user has no permissions on it (rabbitmqctl list_vhosts; "
+                f"rabbitmqctl list_permissions -p {vhost})"
+            )
+    return None
+
+
+def _describe_failure(error: BaseException | None) -> str:
+    """A failed connection attempt in one phrase: what failed and what to check."""
+    if _is_refused(error):
+        return (
+            "connection refused (nothing listens there: is RabbitMQ running, and is this its "
+            "AMQP port, 5672 by default?)"
+        )
+    refusal = _tls_refusal(error)
+    if refusal is not None:
+        return _describe_tls(refusal)
+    for cause in _chain(error):
+        if isinstance(cause, socket.gaierror):
+            return f"the host name does not resolve ({cause.strerror or cause})"
+        if isinstance(cause, TimeoutError):
+            return "no answer in time (is the host right, or is a firewall dropping packets?)"
+    return repr(error)
 
 
 def _describe_tls(error: ssl.SSLError) -> str:
@@ -260,6 +349,14 @@ class AmqpDelivery(Delivery):
                 raise
 
 
+class _Refused(Exception):
+    """Every URL refused to connect for good (the first connect only): URL -> why."""
+
+    def __init__(self, verdicts: dict[URL, str]) -> None:
+        super().__init__(verdicts)
+        self.verdicts = verdicts
+
+
 class _RotatingConnection(RobustConnection):
     """A robust connection over several broker URLs (the nodes of a cluster).
 
@@ -279,20 +376,23 @@ class _RotatingConnection(RobustConnection):
         self._index = self._failures = 0
         self._interval = reconnect_interval
         self.last_error: BaseException | None = None
-        self.tls_refusals: dict[URL, ssl.SSLError] = {}
-        """The URLs whose latest attempt the TLS handshake failed (see `_tls_refusal`)."""
-        self.latest_refusal: ssl.SSLError | None = None
+        self.verdicts: dict[URL, str] = {}
+        """The URLs whose latest attempt failed as every retry would (see `_verdict`), and why."""
+        self._verdict_error: BaseException | None = None
+        self._refused_since: dict[URL, float] = {}
         self._all_refused = asyncio.Event()
 
     async def connect(self, timeout: float | None = None) -> None:
-        """Connect as aio-pika does, but raise the `ssl.SSLError` once every URL refused TLS.
+        """Connect as aio-pika does, but give up once every URL refused for good.
 
-        aio-pika (with ``fail_fast=False``) would retry a certificate that cannot verify until
-        the caller's deadline. With one URL down and another refusing, this keeps retrying too:
-        the one that is down may come back.
+        aio-pika (with ``fail_fast=False``) would retry a certificate that cannot verify, a
+        wrong password or a missing vhost until the caller's deadline, logging each attempt.
+        With one URL down and another refusing, this keeps retrying: the one that is down may
+        come back.
 
         Raises:
-            ssl.SSLError: the latest TLS refusal, once every URL's latest attempt was one.
+            _Refused: every URL's latest attempt was a verdict (`_verdict`), or a port that
+                refused connections for `REFUSED_GRACE` seconds.
         """
         connected = False
         async with anyio.create_task_group() as group:
@@ -306,30 +406,43 @@ class _RotatingConnection(RobustConnection):
             connected = True
             group.cancel_scope.cancel()
         if not connected:  # only `stop_when_all_refused` cancels the group itself
-            raise self.latest_refusal or ssl.SSLError("every URL refused the TLS handshake")
+            raise _Refused(dict(self.verdicts)) from self._verdict_error
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         if not closing.cancelled():
-            self.last_error = closing.exception() or self.last_error
-            refusal = _tls_refusal(closing.exception())
-            if refusal is not None:
-                self.tls_refusals[self.url] = self.latest_refusal = refusal
-            else:
-                self.tls_refusals.pop(self.url, None)
-            if len(self.tls_refusals) == len(self._urls):
-                self._all_refused.set()
+            self._judge(closing.exception())
         self._failures += 1
         self._index = (self._index + 1) % len(self._urls)
         self.url = self._urls[self._index]
         self.reconnect_interval = 0 if self._failures % len(self._urls) else self._interval
         await super()._on_connection_close(closing)
 
+    def _judge(self, error: BaseException | None) -> None:
+        """Record the outcome of an attempt on `self.url`; set `_all_refused` once all failed."""
+        self.last_error = error or self.last_error
+        verdict = _verdict(self.url, error)
+        if verdict is None and _is_refused(error):
+            now = asyncio.get_running_loop().time()
+            if now - self._refused_since.setdefault(self.url, now) >= REFUSED_GRACE:
+                verdict = f"{_describe_failure(error)}; refused for {REFUSED_GRACE:g} s"
+        else:
+            self._refused_since.pop(self.url, None)
+        if verdict is None:
+            self.verdicts.pop(self.url, None)
+        else:
+            # the TLS exception itself, if that was it (what callers catch), else aiormq's
+            self.verdicts[self.url] = verdict
+            self._verdict_error = _tls_refusal(error) or error
+        if len(self.verdicts) == len(self._urls):
+            self._all_refused.set()
+
     def __str__(self) -> str:  # aio-pika logs attempts with it, after we moved to the next URL
         return ", ".join(map(_safe_url, self._urls))
 
     async def _on_connected(self) -> None:
         self._failures = 0
-        self.tls_refusals.clear()
+        self.verdicts.clear()
+        self._refused_since.clear()
         self._all_refused.clear()
         self.reconnect_interval = self._interval
         await super()._on_connected()
@@ -576,26 +689,19 @@ class AmqpTransport(Transport):
             with anyio.fail_after(timeout):
                 await connection.connect(timeout=attempt_timeout)
                 await self._publishing_channel("connect")
-        except ssl.SSLError as exc:  # every URL refused the TLS handshake: fail now
+        except _Refused as exc:  # every URL refused for good: fail now, not at the deadline
             await self._close_connection()
-            refusals = (
-                "; ".join(
-                    f"{_safe_url(url)}: {_describe_tls(error)}"
-                    for url, error in connection.tls_refusals.items()
-                )
-                or f"{', '.join(map(_safe_url, self._urls))}: {_describe_tls(exc)}"
-            )
-            raise ConnectionFailed(f"could not connect to {refusals}") from exc
+            refusals = "; ".join(f"{_safe_url(url)}: {why}" for url, why in exc.verdicts.items())
+            raise ConnectionFailed(f"could not connect to {refusals}") from exc.__cause__
         except (TimeoutError, ConnectionLost, *_LOST) as exc:
             await self._close_connection()
             urls = ", ".join(map(_safe_url, self._urls))
             last = connection.last_error or exc
-            last_refusal = _tls_refusal(last)
-            # a URL that refused TLS while others were down: its cause is the news
-            causes = [repr(last) if last_refusal is None else _describe_tls(last_refusal)] + [
-                f"{_safe_url(url)}: {_describe_tls(error)}"
-                for url, error in connection.tls_refusals.items()
-                if error is not last_refusal
+            # a URL that refused for good while others were down: its cause is the news
+            causes = [_verdict(connection.url, last) or _describe_failure(last)] + [
+                f"{_safe_url(url)}: {why}"
+                for url, why in connection.verdicts.items()
+                if why != _verdict(url, last)
             ]
             raise ConnectionFailed(
                 f"no RabbitMQ answered at {urls} within {timeout:g} s "

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from aqueue.exceptions import ConfigurationError
 
-__all__ = ["MASK", "check_tls", "redact_url", "warn_unverified"]
+__all__ = ["MASK", "check_tls", "check_url", "redact_url", "warn_unverified"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,37 @@ def redact_url(url: str) -> str:
     if not at or not colon:
         return url
     return f"{scheme}://{user}:{MASK}@{host}{tail}"
+
+
+#: What a broker URL looks like, for error messages.
+URL_FORM = "amqp://user:password@host:port/vhost (amqps:// for TLS; memory:// in tests)"
+
+
+def check_url(url: str) -> str:
+    """`url`, checked to be a broker URL: ``amqp://`` or ``amqps://`` with a host, or ``memory://``.
+
+    ``http://``, ``redis://``, ... are refused here, where they are given: aio-pika would
+    connect to an http:// URL's host as AMQP, and time out on a redis:// one.
+
+    Raises:
+        ConfigurationError: any other scheme, or an AMQP URL without a host; the message
+            shows the URL with its password masked.
+    """
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as exc:  # a bad port, an unclosed [IPv6 literal
+        raise ConfigurationError(
+            f"{redact_url(url)!r} is not a valid URL ({exc}): use {URL_FORM}"
+        ) from exc
+    if parts.scheme == "memory":
+        return url
+    if parts.scheme not in ("amqp", "amqps"):
+        hint = {"redis": " (Redis is for results: RedisResultBackend)"}.get(parts.scheme, "")
+        raise ConfigurationError(f"{redact_url(url)!r} is not a broker URL{hint}: use {URL_FORM}")
+    if not host:
+        raise ConfigurationError(f"{redact_url(url)!r} has no host: use {URL_FORM}")
+    return url
 
 
 def check_tls(urls: Sequence[str], context: object) -> ssl.SSLContext | None:

@@ -1,8 +1,8 @@
 """Issue 2: ``aqueue worker`` refuses bad input before it connects, with exit code 2.
 
-Every worker here points at a port where nothing listens, with a 30 s connect timeout: a worker
-that tried to connect would sit out that timeout and exit 1, so a quick exit 2 shows that it
-never needed the broker.
+Every worker here points at a port where nothing listens: a worker that tried to connect would
+be refused and exit 1 (with "connection refused"), so exit 2 shows that it never needed the
+broker.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_worker(*args: str, connect_timeout: float) -> tuple[int, str, float]:
         ),
         pytest.param(
             ["tests.integration.apps.jobs:nothing_here"],
-            "is NoneType, not an aqueue.TaskQueue",
+            "module 'tests.integration.apps.jobs' has no attribute 'nothing_here'",
             id="missing-attribute",
         ),
         pytest.param([APP, "--concurrency", "0"], "'--concurrency'", id="concurrency-0"),
@@ -98,13 +98,13 @@ def test_bad_input_fails_before_connecting_with_exit_code_2(args: list[str], mes
     assert code == 2, output
     assert message in output
     assert "Traceback" not in output
-    assert "no RabbitMQ answered" not in output
+    assert "connection refused" not in output
     assert seconds < 20
 
 
-def test_good_input_with_no_broker_exits_1_after_connect_timeout() -> None:
-    """Control: good input does try the broker and exits 1 when none answers in time."""
+def test_good_input_with_no_broker_exits_1_once_refused() -> None:
+    """Control: good input does try the broker and exits 1 when its port refuses connections."""
     code, output, seconds = run_worker(APP, connect_timeout=1)
     assert code == 1, output
-    assert "no RabbitMQ answered" in output
+    assert "connection refused" in output
     assert seconds >= 1

@@ -219,5 +219,5 @@ def test_an_option_without_its_extra_exits_2_before_connecting(
     )
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, output
-    assert f"pip install 'aqueue[{extra}]'" in output
+    assert f'pip install "aqueue-rabbitmq[{extra}]"' in output
     assert time.monotonic() - began < 20

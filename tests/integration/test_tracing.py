@@ -25,6 +25,7 @@ from aqueue.testing import running_worker
 from tests.helpers.otel import Tree
 from tests.helpers.otlp import Receiver, otlp_receiver
 from tests.helpers.polling import wait_for
+from tests.helpers.rabbit_node import free_ports
 from tests.helpers.worker_process import WorkerProcess, apps_env
 from tests.helpers.workers import delete_topology, wait_until
 from tests.integration.apps import jobs
@@ -197,13 +198,14 @@ async def test_worker_otel_exports_spans_over_otlp_http(
 ) -> None:
     """``aqueue worker --otel`` with OTEL_EXPORTER_OTLP_ENDPOINT: the job's CONSUMER span
     arrives as protobuf over HTTP, as its producer's child, under OTEL_SERVICE_NAME; and the
-    job metrics follow."""
+    job metrics follow, with OTEL_METRICS_EXPORTER=otlp."""
 
     def env(endpoint: str) -> dict[str, str]:
         return {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_SERVICE_NAME": "orders-worker",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRICS_EXPORTER": "otlp",  # metrics only when asked for (issue 12)
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
         }
 
@@ -238,12 +240,14 @@ async def test_worker_otel_exports_spans_over_otlp_http(
 async def test_worker_otel_flushes_its_spans_on_shutdown(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    """With a long batch delay, the spans of a job still arrive: SIGTERM flushes them."""
+    """With a long batch delay, the spans of a job still arrive: SIGTERM flushes them. No
+    metrics are exported unless asked for (issue 12: Jaeger answers them with 404s)."""
 
     def env(endpoint: str) -> dict[str, str]:
         return {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{endpoint}/v1/traces",
-            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{endpoint}/v1/metrics",
+            "OTEL_METRIC_EXPORT_INTERVAL": "200",
             "OTEL_BSP_SCHEDULE_DELAY": "600000",
         }
 
@@ -263,4 +267,35 @@ async def test_worker_otel_flushes_its_spans_on_shutdown(
     [received] = receiver.spans_named("process done")
     assert received.service == "aqueue-worker"  # the default service.name
     assert receiver.metric_names == set()
-    assert "OpenTelemetry: exporting traces over OTLP/HTTP" in worker.output()
+    assert not any("/v1/metrics" in request for request in receiver.requests)
+    assert "OpenTelemetry: exporting traces over OTLP/HTTP as" in worker.output()
+
+
+async def test_worker_otel_stops_within_a_second_or_so_when_no_collector_answers(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Issue 12: spans batched for a collector where nothing listens do not hold the exit
+    for the exporter's ~10 s of retries: SIGTERM to exit stays within a few seconds, with
+    one warning that the spans were dropped."""
+    [port] = free_ports(1)
+
+    def env(_endpoint: str) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        }
+
+    async with otel_worker(amqp_url, prefix, tmp_path, env) as running:
+        app, worker, out = running.app, running.process, running.records
+        async with app.queue:
+            await app.queue.enqueue(app.done, 0.0, 0.0)
+        await wait_for(
+            lambda: out.exists() and "done" in out.read_text(),
+            timeout=30,
+            what="the job to run",
+            details=worker.output_tail,
+        )
+        began = anyio.current_time()
+        await worker.terminate()
+        assert anyio.current_time() - began < 4, worker.output_tail()
+    assert worker.output().count("the collector did not take the last spans within 1 s") == 1

@@ -83,6 +83,24 @@ def test_a_missing_extra_is_named(
     with pytest.raises(ObservabilityError) as caught:
         require_extra(option, extra, [module])
     assert str(caught.value).startswith(
-        f"{option} needs the optional dependencies of aqueue[{extra}]: "
-        f"pip install 'aqueue[{extra}]'"
+        f"{option} needs the optional dependencies of aqueue-rabbitmq[{extra}]: "
+        f'pip install "aqueue-rabbitmq[{extra}]"'
+    )
+
+
+def test_the_redis_backend_without_redis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: ``aqueue.RedisResultBackend`` without redis installed raises aqueue's own
+    error (an ImportError too) naming the extra and the pip line, not ``No module named``."""
+    import aqueue
+    from aqueue.exceptions import MissingDependency
+
+    for module in ("redis", "redis.asyncio", "redis.exceptions"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    monkeypatch.delitem(sys.modules, "aqueue._results.redis_backend", raising=False)
+    with pytest.raises(MissingDependency) as caught:
+        _ = aqueue.RedisResultBackend
+    assert isinstance(caught.value, ImportError)
+    assert str(caught.value).startswith(
+        "RedisResultBackend needs the optional dependencies of aqueue-rabbitmq[redis]: "
+        'pip install "aqueue-rabbitmq[redis]"'
     )

@@ -239,7 +239,13 @@ def test_the_cli_builds_per_queue_settings_from_dash_q(monkeypatch: pytest.Monke
     monkeypatch.setattr(cli_worker, "configure_logging", lambda *_: None)  # the test's own
     result = CliRunner().invoke(
         app,
-        ["worker", "tests.integration.apps.jobs:queue", "-Q", "emails:50,reports:4:threads=4,x"],
+        [
+            "worker",
+            "tests.integration.apps.jobs:queue",
+            "--declare",  # the app's tasks use "default" only
+            "-Q",
+            "emails:50,reports:4:threads=4,x",
+        ],
         env=WIDE_PLAIN,
     )
     assert result.exit_code == 0, result.output

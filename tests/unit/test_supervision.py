@@ -109,6 +109,7 @@ def test_each_child_gets_the_supervisors_options_without_processes(
             "2",
             "-Q",
             "emails:5",
+            "--declare",  # the app's tasks use "default" only
             "--otel",
             "--metrics-port",
             "9100",
@@ -126,6 +127,7 @@ def test_each_child_gets_the_supervisors_options_without_processes(
     ]
     assert "--processes" not in first
     assert first[first.index("--queues") + 1] == "emails:5"
+    assert "--declare" in first
     assert "--otel" in first
     assert first[first.index("--metrics-port") + 1] == "9100"
     assert second[second.index("--metrics-port") + 1] == "9101"

@@ -9,6 +9,7 @@ import typer
 from aqueue import TaskQueue
 from aqueue._cli.dlq import broker_queue
 from aqueue._transport import redact_url
+from aqueue.exceptions import ConfigurationError
 
 HIDDEN = "s3cret"
 
@@ -55,3 +56,26 @@ def test_the_dlq_cli_passes_tls_urls_through() -> None:
     url = f"amqps://user:{HIDDEN}@host:5671/?cafile=/etc/ca.pem"
     queue = broker_queue(None, url, None)
     assert queue.urls == ("amqps://user:***@host:5671/?cafile=/etc/ca.pem",)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"http://user:{HIDDEN}@localhost:15672/", "'http://user:***@localhost:15672/' is not a"),
+        ("redis://localhost:6379/0", "Redis is for results: RedisResultBackend"),
+        ("amqp:///vhost", "has no host"),
+        ("amqp://host:notaport/", "is not a valid URL"),
+        (["amqp://a/", "ftp://b/"], "'ftp://b/' is not a broker URL"),
+        (["memory://", "amqp://a/"], "memory:// is one in-process broker"),
+    ],
+)
+def test_a_task_queue_refuses_a_url_that_is_not_a_broker_at_construction(
+    url: str | list[str], message: str
+) -> None:
+    """Issue 12: ``TaskQueue("http://...")`` / ``("redis://...")`` fail where they are given,
+    as the CLI's --url does, instead of connecting (or timing out) as AMQP."""
+    with pytest.raises(ConfigurationError) as caught:
+        TaskQueue(url)
+    assert message in str(caught.value)
+    assert HIDDEN not in str(caught.value)
+    assert "amqp://user:password@host:port/vhost" in str(caught.value) or "memory://" in message
