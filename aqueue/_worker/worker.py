@@ -53,15 +53,28 @@ class WorkerStatistics:
     retried: int
     dead_lettered: int
     in_flight: int
+    #: jobs deferred through the delay levels by their rate limit (not failures)
+    deferred_rate: int = 0
+    #: jobs deferred through the delay levels by a concurrency cap (not failures)
+    deferred_concurrency: int = 0
 
 
 class _Counters:
     """The worker's own counts, bumped once per delivery as it is received and settled."""
 
-    __slots__ = ("dead_lettered", "in_flight", "received", "retried", "succeeded")
+    __slots__ = (
+        "dead_lettered",
+        "deferred_concurrency",
+        "deferred_rate",
+        "in_flight",
+        "received",
+        "retried",
+        "succeeded",
+    )
 
     def __init__(self) -> None:
         self.received = self.succeeded = self.retried = self.dead_lettered = self.in_flight = 0
+        self.deferred_rate = self.deferred_concurrency = 0
 
     def settled(self, settlement: Settlement) -> None:
         if settlement == "succeeded":
@@ -70,6 +83,10 @@ class _Counters:
             self.retried += 1
         elif settlement == "dead-lettered":
             self.dead_lettered += 1
+        elif settlement == "rate-limited":
+            self.deferred_rate += 1
+        elif settlement == "concurrency-limited":
+            self.deferred_concurrency += 1
 
     def snapshot(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -79,6 +96,8 @@ class _Counters:
             retried=self.retried,
             dead_lettered=self.dead_lettered,
             in_flight=self.in_flight,
+            deferred_rate=self.deferred_rate,
+            deferred_concurrency=self.deferred_concurrency,
         )
 
 
@@ -280,6 +299,7 @@ class Worker:
                 self.queue.tasks,
                 leases=session.states.active and self.settings.lease_after is not None,
             )
+            runner.flow.warn_if_per_worker(self.queue.tasks)
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
             heartbeats = self.heartbeats = HeartbeatSender(
