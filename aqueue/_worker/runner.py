@@ -27,6 +27,7 @@ import anyio.to_process
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
+from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
     HEADER_TASK,
@@ -304,6 +305,9 @@ class JobRunner:
         """Ask the job's limits: a `Slot` (or None) to run it; how it was settled if not."""
         context = job.context
         try:
+            # before a start is reserved: a deferral must not wait for the first declaration
+            # of the delay levels (seconds, on quorum queues) and miss its reserved time
+            await self._session.producer.declare_delays()
             admission = await self.flow.admit(
                 job.task, context.args, context.kwargs, delivery.headers
             )
@@ -325,6 +329,7 @@ class JobRunner:
         None: the copy cannot be built (headers over a frame, which its own publish would
         have hit already): the job runs now rather than never.
         """
+        due_ms = time.time_ns() // 1_000_000 + math.ceil(deferral.delay * 1000)
         delay_ms = max(1, min(math.ceil(deferral.delay * 1000), MAX_DELAY_MS))
         context = job.context
         logger.info(
@@ -336,13 +341,15 @@ class JobRunner:
         )
 
         def build() -> OutgoingMessage:
+            # due at the reserved time, whenever the copy is built
+            now_ms = time.time_ns() // 1_000_000
             return deferral_message(
                 self._session.names,
                 delivery,
-                destination=context.queue,
+                destination=deferred_destination(context.queue),
                 reason=deferral.reason,
-                delay_ms=delay_ms,
-                now_ms=time.time_ns() // 1_000_000,
+                delay_ms=max(1, min(due_ms - now_ms, MAX_DELAY_MS)),
+                now_ms=now_ms,
             )
 
         try:

@@ -20,7 +20,7 @@ from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.heartbeats import QueueFigures
-from aqueue._core.queues import queue_topology
+from aqueue._core.queues import deferred_topology, queue_topology
 from aqueue._core.supervision import CPU_BOUND_MARK, CPU_FREE_MARK
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
@@ -143,6 +143,8 @@ class Worker:
         self._jobs: anyio.abc.TaskGroup | None = None
         self._loop_lag = 0.0  # mean over the last sample
         self._consumers: dict[str, Consumer] = {}
+        #: consumers of the queues beside a work queue (deferred jobs), by logical queue
+        self._side_consumers: dict[str, list[Consumer]] = {}
         self._runner: JobRunner | None = None
         self._quarantine: Quarantine | None = None
 
@@ -285,6 +287,10 @@ class Worker:
                 await transport.declare(
                     queue_topology(session.names, queue, session.queue_settings)
                 )
+                if queue in self._flow_queues():
+                    deferred = deferred_topology(session.names, queue, session.queue_settings)
+                    await session.producer.declare(deferred)
+                    await transport.declare(deferred)
             await self.resume()
             runner = JobRunner(
                 session,
@@ -355,9 +361,29 @@ class Worker:
                     on_delivery=intake.put,
                 )
 
+        flow_queues = self._flow_queues()
+        for queue, intake in self._intakes.items():
+            if queue in flow_queues and queue not in self._side_consumers:
+                self._side_consumers[queue] = [
+                    await transport.consume(
+                        session.names.deferred_queue(queue),
+                        prefetch=self._runners[queue].prefetch,
+                        on_delivery=intake.put,
+                    )
+                ]
+
+    def _flow_queues(self) -> set[str]:
+        """The logical queues with a flow-limited task: they have a deferred queue beside."""
+        return {
+            task.options.queue for task in self.queue.tasks.values() if task.options.flow.active
+        }
+
     async def pause(self) -> None:
         """Cancel every consumer; what they delivered stays held until it is settled."""
         consumers, self._consumers = list(self._consumers.values()), {}
+        for side in self._side_consumers.values():
+            consumers.extend(side)
+        self._side_consumers = {}
         await self._cancel_consumers(consumers)
 
     async def wait_idle(self) -> None:
