@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from aqueue import TaskQueue
+from aqueue._cli.stats import limiter_rows
 from tests.helpers.polling import wait_for
 from tests.helpers.worker_process import WorkerProcess, apps_env
 from tests.helpers.workers import delete_topology
@@ -156,6 +157,15 @@ async def test_rate_limit_holds_across_two_worker_processes(
         await spawn(workers, env, tmp_path, "-Q", "limited", "--concurrency", "50")
     batch = await queue.enqueue_many(flow.limited, [(n,) for n in range(RATE_JOBS)])
     assert batch.ok
+    # `aqueue stats` shows the limiter's backlog, read from Redis, once the flood is reserved
+    async with queue.session() as session:
+        backend = session.states.backend
+
+        async def reserved_ahead() -> bool:
+            rows = await limiter_rows(queue, backend)
+            return any(row["kind"] == "rate" and row["value"] > 5 for row in rows)
+
+        await wait_for(reserved_ahead, timeout=30, what="the limiter's backlog")
     held: list[int] = []
     done = anyio.Event()
 

@@ -272,3 +272,34 @@ async def test_a_slot_of_a_dead_run_expires() -> None:
     assert not await store.take_slot("t|a", "next", limit=1, ttl=0.1)
     await anyio.sleep(0.15)  # the lease running out is the behaviour under test
     assert await store.take_slot("t|a", "next", limit=1, ttl=0.1)
+
+
+async def test_stats_shows_each_limiters_state() -> None:
+    """``aqueue stats``'s limiter rows: starts reserved ahead, and jobs running per key."""
+    from aqueue._cli.stats import limiter_rows
+
+    backend = MemoryResultBackend()
+    queue = TaskQueue("memory://", results=backend)
+
+    @queue.task(rate_limit="2/s")
+    async def call_api() -> None: ...
+
+    @queue.task(max_concurrency=3, concurrency_key="tenant")
+    async def export(tenant: str) -> None: ...
+
+    store = backend.flow_store()
+    for _ in range(3):
+        await store.take_rate(call_api.name, call_api.options.flow.rate)  # type: ignore[arg-type]
+    await store.take_slot(f"{export.name}|acme", "run-1", limit=3, ttl=30)
+    rows = await limiter_rows(queue, backend)
+    by_kind = {row["kind"]: row for row in rows}
+    assert by_kind["rate"]["task"] == call_api.name
+    assert by_kind["rate"]["limit"] == "2/s"
+    assert 1.0 <= by_kind["rate"]["value"] <= 1.5
+    assert by_kind["concurrency"] == {
+        "task": export.name,
+        "key": "acme",
+        "kind": "concurrency",
+        "limit": 3,
+        "value": 1,
+    }
