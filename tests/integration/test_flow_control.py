@@ -162,7 +162,7 @@ async def test_rate_limit_holds_across_two_worker_processes(
         backend = session.states.backend
 
         async def reserved_ahead() -> bool:
-            rows = await limiter_rows(queue, backend)
+            rows = await limiter_rows(flow.queue, backend)  # the app's tasks, this test's Redis
             return any(row["kind"] == "rate" and row["value"] > 5 for row in rows)
 
         await wait_for(reserved_ahead, timeout=30, what="the limiter's backlog")
