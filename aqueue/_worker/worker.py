@@ -368,7 +368,7 @@ class Worker:
                     await transport.consume(
                         session.names.deferred_queue(queue),
                         prefetch=self._runners[queue].prefetch,
-                        on_delivery=intake.put,
+                        on_delivery=intake.put_first,
                     )
                 ]
 
