@@ -106,3 +106,15 @@ def decode_arguments(body: bytes) -> tuple[tuple[JSONValue, ...], dict[str, JSON
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise DecodeError("body 'args' must be a list and 'kwargs' an object")
     return tuple(args), kwargs
+
+
+def canonical_arguments(args: Sequence[object], kwargs: Mapping[str, object]) -> bytes:
+    """The arguments as JSON with sorted keys: the same call gives the same bytes.
+
+    For the default key of a unique job (``f(a=1, b=2)`` and ``f(b=2, a=1)`` are one job).
+
+    Raises:
+        EncodeError: an argument is not JSON.
+    """
+    encode_arguments(args, kwargs)  # the same checks, and the same error messages
+    return orjson.dumps({"args": list(args), "kwargs": dict(kwargs)}, option=orjson.OPT_SORT_KEYS)

@@ -34,10 +34,11 @@ from aqueue._core.heartbeats import (
     control_exchange,
 )
 from aqueue._core.topology import TopologyNames
+from aqueue._results import ResultBackend
 from aqueue._serialization import loads
 from aqueue._transport import Transport
 from aqueue._worker.heartbeats import control_topology
-from aqueue.exceptions import AqueueError, QueueNotFound
+from aqueue.exceptions import AqueueError, QueueNotFound, TransportError
 
 #: ``--json`` output's ``version``: fields are only ever added within one version.
 STATS_VERSION = 1
@@ -140,6 +141,7 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
                 after = await _facts(transport, names, sorted(set(known) | heard))
                 facts = _with_rates(before, after, time.monotonic() - began)
                 view = aggregate(collector.seen, facts, now=now, queues=known)
+                limits = await limiter_rows(queue, session.states.backend)
                 # keep what can still be shown: a worker silent this long is gone anyway
                 horizon = 2 * DROP_OUT_INTERVALS
                 collector.seen = [
@@ -148,14 +150,15 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
                     if now - s.received_at <= horizon * s.heartbeat.interval
                 ]
                 if json_output:
-                    print(json.dumps(stats_json(view, now=now, window=window)), flush=True)
+                    document = stats_json(view, now=now, window=window, limiters=limits)
+                    print(json.dumps(document), flush=True)
                 elif watch:
                     if live is None:
-                        live = Live(_tables(view), console=Console(), auto_refresh=False)
+                        live = Live(_tables(view, limits), console=Console(), auto_refresh=False)
                         live.start()
-                    live.update(_tables(view), refresh=True)
+                    live.update(_tables(view, limits), refresh=True)
                 else:
-                    Console().print(_tables(view))
+                    Console().print(_tables(view, limits))
                 if not watch:
                     return
                 began, before, window = time.monotonic(), after, interval
@@ -169,7 +172,45 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
                     console.print(f"could not cancel the heartbeat listener: {escape(str(exc))}")
 
 
-def stats_json(view: StatsView, *, now: float, window: float) -> dict[str, Any]:
+async def limiter_rows(queue: TaskQueue, backend: ResultBackend | None) -> list[dict[str, Any]]:
+    """The state of every flow limit of the app's tasks, from the result backend's store.
+
+    One row per limiter in use: ``task``, ``key`` (a keyed limit's value, else None),
+    ``kind`` (``rate`` or ``concurrency``), ``limit`` (``"20/s"``, or the cap) and ``value``
+    (seconds of starts reserved ahead, or jobs running now). Empty without a shared store:
+    per-worker limits live in each worker's memory.
+    """
+    tasks = {name: task for name, task in queue.tasks.items() if task.options.flow.active}
+    store = backend.flow_store() if backend is not None else None
+    if not tasks or store is None:
+        return []
+    try:
+        states = await store.limiter_states(sorted(tasks))
+    except TransportError as exc:
+        console.print(f"could not read the limiters: {escape(str(exc))}")
+        return []
+    rows = []
+    for state in states:
+        name, _, key = state.key.partition("|")
+        flow = tasks[name].options.flow
+        limit: object = (
+            flow.rate.text if state.kind == "rate" and flow.rate else flow.max_concurrency
+        )
+        rows.append(
+            {
+                "task": name,
+                "key": key or None,
+                "kind": state.kind,
+                "limit": limit,
+                "value": round(state.value, 3),
+            }
+        )
+    return rows
+
+
+def stats_json(
+    view: StatsView, *, now: float, window: float, limiters: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The ``--json`` document (documented on the CLI page; `STATS_VERSION`)."""
     return {
         "version": STATS_VERSION,
@@ -204,6 +245,7 @@ def stats_json(view: StatsView, *, now: float, window: float) -> dict[str, Any]:
             }
             for row in view.workers
         ],
+        "limiters": limiters or [],
     }
 
 
@@ -219,7 +261,7 @@ def _cell(value: float | int | None, unit: str = "") -> str:
     return f"{value:.1f}{unit}" if unit else f"{value:.1f}"
 
 
-def _tables(view: StatsView) -> Group:
+def _tables(view: StatsView, limiters: list[dict[str, Any]] | None = None) -> Group:
     queues = Table(
         "queue",
         "ready",
@@ -259,4 +301,15 @@ def _tables(view: StatsView) -> Group:
         )
     if not view.workers:
         workers.caption = "no live worker sent a heartbeat"
-    return Group(queues, workers)
+    if not limiters:
+        return Group(queues, workers)
+    limits = Table("task", "key", "limit", "now", title="limiters")
+    for limiter in limiters:
+        now = (
+            f"{limiter['value']:.1f}s reserved ahead"
+            if limiter["kind"] == "rate"
+            else f"{limiter['value']:.0f} running"
+        )
+        key = limiter["key"] or ""
+        limits.add_row(escape(limiter["task"]), escape(key), escape(str(limiter["limit"])), now)
+    return Group(queues, workers, limits)

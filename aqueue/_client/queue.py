@@ -15,11 +15,13 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
+import anyio
 from typing_extensions import Unpack
 
 from aqueue._client.deadletters import DeadLetterQueue
 from aqueue._client.producer import BatchResult
 from aqueue._client.session import Session
+from aqueue._client.unique import unique_key, unique_store
 from aqueue._core.checks import is_number
 from aqueue._core.config import (
     DEFAULT_PREFIX,
@@ -374,11 +376,41 @@ class TaskQueue:
         session = self._require_session()
         producer = session.producer
         body = producer.encode_body(task.name, args, kwargs)  # bad input raises here
+        options = task.enqueue_options
+        job_id = options.job_id or uuid.uuid4().hex
+        if options.unique_for is not None:
+            store = unique_store(session.states)  # no backend: raises before anything is sent
+            key = unique_key(task.name, options, args, kwargs)
+            held = await store.reserve_unique(key, job_id, ttl=options.unique_for)
+            if held != job_id:
+                for instrument in session.instruments.all:
+                    instrument.deduplicated(task.name, task.options.queue, held)
+                return Job(held, task.name, task.options.queue, self._backend)
+            try:
+                return await self._publish_job(task, args, kwargs, body, job_id, delay_ms, eta)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await store.release_unique(key, job_id)
+                raise
+        return await self._publish_job(task, args, kwargs, body, job_id, delay_ms, eta)
+
+    async def _publish_job(
+        self,
+        task: Task[Any, R],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        body: bytes,
+        job_id: str,
+        delay_ms: int,
+        eta: object,
+    ) -> Job[R]:
+        session = self._require_session()
+        producer = session.producer
         if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
             # a first-time declaration took a while: an eta is not missed by its time
             delay_ms = _delay_ms(None, eta)
         # stamped after any declaration, so the delay counts from the publish
-        envelope = _envelope(task, args, kwargs, delay_ms)
+        envelope = _envelope(task, args, kwargs, delay_ms, job_id=job_id)
         await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
@@ -421,6 +453,11 @@ class TaskQueue:
             ConfigurationError: a bad delay or eta, or both given; the queue is not open.
         """
         _check_task(task, "enqueue_many()")
+        if task.enqueue_options.job_id is not None or task.enqueue_options.unique_for is not None:
+            raise ConfigurationError(
+                "enqueue_many() gives every job a fresh id: a task with_options(job_id=...) "
+                "or with_options(unique_for=...) is for one enqueue() at a time"
+            )
         if delay is not None and eta is not None:
             raise ConfigurationError("give delay or eta, not both")
         delay_ms = _delay_ms(delay or 0, eta)
@@ -491,12 +528,17 @@ def _delay_ms(delay: object, eta: object) -> int:
 
 
 def _envelope(
-    task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], delay_ms: int
+    task: Task[Any, Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    delay_ms: int,
+    *,
+    job_id: str | None = None,
 ) -> Envelope:
-    """A new job of `task`, stamped now."""
+    """A new job of `task`, stamped now (with a fresh id unless `job_id` is given)."""
     now_ms = time.time_ns() // 1_000_000
     return Envelope(
-        job_id=uuid.uuid4().hex,
+        job_id=job_id or uuid.uuid4().hex,
         task=task.name,
         queue=task.options.queue,
         args=tuple(args),
@@ -527,5 +569,9 @@ class _TaskDecorator:
         return task
 
 
-def _probe() -> None:
-    """A stand-in function to validate decorator options before the real one arrives."""
+def _probe(**_: Any) -> None:
+    """A stand-in function to validate decorator options before the real one arrives.
+
+    It takes any keyword, so key options (``rate_limit_key=...``) are checked against the
+    real function's parameters when it arrives.
+    """

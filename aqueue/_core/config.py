@@ -14,6 +14,14 @@ from typing import Literal, TypedDict
 
 from aqueue._core.checks import is_number, is_whole
 from aqueue._core.delays import MAX_DELAY_SECONDS
+from aqueue._core.flow import (
+    ENQUEUE_OPTION_NAMES,
+    FLOW_OPTION_NAMES,
+    NO_FLOW_LIMITS,
+    EnqueueOptionsDict,
+    FlowLimits,
+    FlowOptionsDict,
+)
 from aqueue._core.heartbeats import HEARTBEAT_INTERVAL
 from aqueue._core.retry import RetryPolicy
 from aqueue._core.topology import QueueType, validate_name
@@ -36,7 +44,7 @@ EXECUTORS: tuple[Executor, ...] = ("thread", "process")
 
 
 class TaskOverridesDict(TypedDict, total=False):
-    """The options `task.with_options(...)` accepts (see `TaskOptions`)."""
+    """The run-time options `task.with_options(...)` accepts (see `TaskOptions`)."""
 
     queue: str
     timeout: float | None
@@ -46,8 +54,8 @@ class TaskOverridesDict(TypedDict, total=False):
     jitter: float
 
 
-class TaskOptionsDict(TaskOverridesDict, total=False):
-    """The keyword options `@queue.task(...)` accepts: the overrides, a name and `retry_on`."""
+class TaskOptionsDict(TaskOverridesDict, FlowOptionsDict, total=False):
+    """The keyword options `@queue.task(...)` accepts: the overrides, a name, `retry_on`, flow."""
 
     name: str
     retry_on: tuple[type[BaseException], ...]
@@ -81,6 +89,9 @@ class TaskOptions:
             would hold the GIL; at most one per CPU at a time). A process job that times out
             or is cancelled has its process killed. Not per job: `with_options` cannot
             change it.
+        flow: rate limit, concurrency cap and fair share (given to ``@queue.task`` as
+            ``rate_limit=``, ``max_concurrency=``, ``fair_key=``, ...; see the flow-control
+            page). Not per job.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -92,6 +103,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     store_result: bool = True
     executor: Executor = "thread"
+    flow: FlowLimits = NO_FLOW_LIMITS
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
@@ -170,8 +182,16 @@ def check_option_names(given: Mapping[str, object], allowed: frozenset[str], *, 
             )
 
 
-TASK_OPTION_NAMES = frozenset({"name"} | {f.name for f in dataclasses.fields(TaskOptions)})
+class WithOptionsDict(TaskOverridesDict, EnqueueOptionsDict, total=False):
+    """Everything `task.with_options(...)` accepts: run-time options and enqueue options."""
+
+
+TASK_OPTION_NAMES = (
+    frozenset({"name"} | {f.name for f in dataclasses.fields(TaskOptions)}) - {"flow"}
+) | FLOW_OPTION_NAMES
 OVERRIDE_OPTION_NAMES = frozenset(TaskOverridesDict.__annotations__)
+#: Everything `with_options` accepts: the run-time overrides and the `EnqueueOptions`.
+WITH_OPTION_NAMES = OVERRIDE_OPTION_NAMES | ENQUEUE_OPTION_NAMES
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ Pure data (the transport declares it). Why each argument is there is on the topo
 from __future__ import annotations
 
 from aqueue._core.config import QueueSettings
-from aqueue._core.delays import delayed_delivery_binding
+from aqueue._core.delays import DELAY_LEVELS, delayed_delivery_binding
 from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
@@ -79,5 +79,33 @@ def queue_topology(names: TopologyNames, queue: str, settings: QueueSettings) ->
             # bound before any delayed publish: a delayed message for an unbound destination
             # would wait in the last delay level (see the RabbitMQ-behaviour page)
             delayed_delivery_binding(names, queue),
+        ),
+    )
+
+
+def deferred_destination(queue: str) -> str:
+    """What the delay levels spell after the bits to bring a deferred job back."""
+    return f"{queue}.deferred"
+
+
+def deferred_topology(names: TopologyNames, queue: str, settings: QueueSettings) -> Topology:
+    """The queue deferred jobs of `queue` come back to (see the flow-control page).
+
+    Beside the work queue, consumed by the same workers into the same runners, so a job
+    whose reserved start has come does not wait behind a flood of jobs not yet looked at.
+    Dead-lettered like the work queue, into the logical queue's dead-letter queue.
+    """
+    deferred = names.deferred_queue(queue)
+    destination = deferred_destination(queue)
+    return Topology(
+        exchanges=(
+            ExchangeSpec(names.exchange, "direct"),
+            ExchangeSpec(names.dead_letter_exchange, "direct"),
+            ExchangeSpec(names.delay_delivery_exchange, "topic"),
+        ),
+        queues=(QueueSpec(deferred, work_queue_arguments(names, queue, settings)),),
+        bindings=(
+            BindingSpec(deferred, names.exchange, destination),
+            BindingSpec(deferred, names.delay_delivery_exchange, "*." * DELAY_LEVELS + destination),
         ),
     )

@@ -23,7 +23,7 @@ ArgumentValue: TypeAlias = str | int | bool
 #: Longest logical queue name. AMQP short strings stop at 255 bytes; delayed messages
 #: (see the retries page) spell up to 28 delay bits before the destination in the routing key.
 MAX_QUEUE_NAME_BYTES = 199
-_RESERVED_ENDINGS = (".dlq", ".quarantine")
+_RESERVED_ENDINGS = (".dlq", ".quarantine", ".deferred")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 
@@ -113,6 +113,10 @@ class TopologyNames:
     def quarantine_queue(self, queue: str) -> str:
         """The broker name of a logical queue's quarantine: redelivered jobs, run alone."""
         return f"{self.prefix}.{queue}.quarantine"
+
+    def deferred_queue(self, queue: str) -> str:
+        """The broker name of a logical queue's deferred jobs (over a rate limit or a cap)."""
+        return f"{self.prefix}.{queue}.deferred"
 
     def delay_exchange(self, level: int) -> str:
         """The topic exchange of one delay level; delayed messages enter at the top level."""

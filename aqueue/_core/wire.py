@@ -42,6 +42,8 @@ HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, m
 HEADER_WORKFLOW = "aqueue-workflow"  # a workflow step's links (JSON text)
 HEADER_CRASHES = "aqueue-crashes"  # deliveries of this job that came back unacked
 HEADER_LEASE = "aqueue-lease"  # on a lease copy: the run whose lease it checks
+HEADER_DEFERRED = "aqueue-deferred"  # deferrals of this attempt by reason: {"rate": 1, ...}
+HEADER_RATE_RESERVED = "aqueue-rate-reserved"  # this attempt's start is reserved (rate limit)
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"
@@ -81,6 +83,8 @@ _OWN_HEADERS = frozenset(
         HEADER_VERSION,
         HEADER_CRASHES,
         HEADER_LEASE,
+        HEADER_DEFERRED,
+        HEADER_RATE_RESERVED,
     }
 )
 
@@ -495,13 +499,53 @@ def handback_message(
     return _copy(received, exchange, routing_key, fitted, now_ms)
 
 
+def deferral_message(
+    names: TopologyNames,
+    received: Received,
+    *,
+    destination: str,
+    reason: str,
+    delay_ms: int,
+    now_ms: int,
+) -> OutgoingMessage:
+    """A job over its rate limit or concurrency cap, back in `destination` after `delay_ms`.
+
+    The same attempt (a deferral is not a failure): the job unchanged, due at its new time,
+    its deferrals counted by `reason` (``"rate"`` or ``"concurrency"``). Deferred by its rate
+    limit it carries `HEADER_RATE_RESERVED`: its start was reserved for when it comes back,
+    so it does not take another.
+    """
+    headers = carried_headers(received.headers)
+    counts = deferral_counts(received.headers)
+    counts[reason] = counts.get(reason, 0) + 1
+    headers[HEADER_DEFERRED] = dict[str, HeaderValue](counts)
+    headers[HEADER_ETA] = now_ms + delay_ms
+    if reason == "rate":
+        headers[HEADER_RATE_RESERVED] = 1
+    fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
+    exchange, routing_key = job_route(names, destination, delay_ms)
+    return _copy(received, exchange, routing_key, fitted, now_ms)
+
+
+def deferral_counts(headers: Headers) -> dict[str, int]:
+    """How often this attempt was deferred, by reason (empty if never, or unreadable)."""
+    value = headers.get(HEADER_DEFERRED)
+    if not isinstance(value, dict):
+        return {}
+    return {
+        key: count
+        for key, count in value.items()
+        if isinstance(count, int) and not isinstance(count, bool)
+    }
+
+
 def replay_message(
     names: TopologyNames, received: Received, *, queue: str, now_ms: int
 ) -> OutgoingMessage:
     """A dead letter sent back as a fresh job: attempt 1, due now, its history kept."""
     headers = carried_headers(received.headers)
-    headers.pop(HEADER_LEASE, None)
-    headers.pop(HEADER_CRASHES, None)
+    for name in (HEADER_LEASE, HEADER_CRASHES, HEADER_DEFERRED, HEADER_RATE_RESERVED):
+        headers.pop(name, None)
     headers[HEADER_ATTEMPT] = 1
     headers[HEADER_QUEUE] = queue
     # Due now: queue latency (due → started) measures the wait after the replay, not the

@@ -6,7 +6,7 @@ The producer and the job runner call these hooks and know nothing else about obs
 imported by the core. A `TaskQueue` holds its instrumentations in order (OpenTelemetry first,
 unless ``telemetry=False``); with none, publishing and running a job cost one tuple test more.
 
-Three hooks:
+Four hooks:
 
 - ``publish(message)`` wraps every confirmed publish: enqueue, `enqueue_many`, a worker's
   retry copies, dead letters and workflow continuations, dead-letter replays. It returns a
@@ -20,6 +20,8 @@ Three hooks:
   was settled: what a middleware cannot see, since the settling happens after it returns.
 - ``sample(stats)`` is called by a running worker about once a second with a `QueueStats`
   per queue: the wait signal and the gauges built on it (see docs/scaling.md).
+- ``deduplicated(task, queue, job_id)`` is called by the producer when a unique job was
+  enqueued already, so nothing was published (see the flow-control page).
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ from aqueue.exceptions import ConfigurationError
 #: How a delivery was settled: acked after success, moved to its next attempt, moved to the
 #: dead-letter queue, moved to its queue's quarantine (it came back unacked: it runs again
 #: alone), given back to the broker (it will be delivered again), or settled by its lease
-#: (a long job's lease copy sent round or dropped; see ``aqueue._worker.leases``).
+#: (a long job's lease copy sent round or dropped; see ``aqueue._worker.leases``), or deferred
+#: through the delay levels, not run, because it was over its task's rate limit or
+#: concurrency cap (not a failed attempt; see the flow-control page).
 Settlement: TypeAlias = Literal[
-    "succeeded", "retried", "dead-lettered", "quarantined", "requeued", "lease-checked"
+    "succeeded",
+    "retried",
+    "dead-lettered",
+    "quarantined",
+    "requeued",
+    "lease-checked",
+    "rate-limited",
+    "concurrency-limited",
 ]
 
 
@@ -157,6 +168,12 @@ class Instrumentation:
 
     def sample(self, stats: Sequence[QueueStats]) -> None:
         """A running worker's figures, one `QueueStats` per queue, about once a second."""
+
+    def deduplicated(self, task: str, queue: str, job_id: str) -> None:
+        """An enqueue of a unique job found it enqueued already (`job_id`): nothing was sent.
+
+        Added in 0.1.
+        """
 
 
 class Instruments:

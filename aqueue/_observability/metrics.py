@@ -16,7 +16,16 @@ from aqueue._tasks.context import JobContext
 from aqueue._transport import Delivery
 
 #: The job counters every metrics backend keeps, per task and queue.
-Counter: TypeAlias = Literal["started", "succeeded", "failed", "retried", "dead_lettered"]
+Counter: TypeAlias = Literal[
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "deferred_rate",
+    "deferred_concurrency",
+    "deduplicated",
+]
 #: The histograms, in seconds: a job's run time, and its wait from due to start.
 Histogram: TypeAlias = Literal["duration", "queue_wait"]
 #: What each counter counts (both metrics backends describe them with these words).
@@ -26,6 +35,9 @@ COUNTERS: Mapping[Counter, str] = {
     "failed": "Attempts that failed (each retried or dead-lettered).",
     "retried": "Failed attempts sent to a next attempt.",
     "dead_lettered": "Jobs sent to the dead-letter queue.",
+    "deferred_rate": "Jobs deferred through the delay levels by their task's rate limit.",
+    "deferred_concurrency": "Jobs deferred through the delay levels by a concurrency cap.",
+    "deduplicated": "Enqueues of a unique job already enqueued: nothing was published.",
 }
 #: What each histogram measures, in seconds.
 HISTOGRAMS: Mapping[Histogram, str] = {
@@ -120,6 +132,9 @@ class JobMetrics(Instrumentation):
     def sample(self, stats: Sequence[QueueStats]) -> None:
         record_gauges(self.sink, stats)
 
+    def deduplicated(self, task: str, queue: str, job_id: str) -> None:
+        self.sink.count("deduplicated", task, queue)
+
 
 def record_gauges(sink: MetricSink, stats: Sequence[QueueStats]) -> None:
     """Set every gauge of every queue's figures in `sink`."""
@@ -171,3 +186,7 @@ class JobMetricsObserver(JobObserver):
         elif settlement == "dead-lettered":
             sink.count("failed", task, queue)
             sink.count("dead_lettered", task, queue)
+        elif settlement == "rate-limited":
+            sink.count("deferred_rate", task, queue)
+        elif settlement == "concurrency-limited":
+            sink.count("deferred_concurrency", task, queue)

@@ -406,6 +406,11 @@ class Telemetry(Instrumentation):
         if sink is not None:
             record_gauges(sink, stats)
 
+    def deduplicated(self, task: str, queue: str, job_id: str) -> None:
+        sink = self._metrics_sink()
+        if sink is not None:
+            sink.count("deduplicated", task, queue)
+
 
 def _from_api(provider: object) -> bool:
     """Whether a provider is one of the API's own (a proxy or a no-op): no SDK behind it."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aqueue._core.types import JSONValue
+from aqueue._results.flow import FlowStore
 from aqueue._serialization import dumps, loads
 from aqueue.exceptions import DecodeError
 
@@ -30,6 +31,9 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     #: an attempt failed; the next one waits in the broker
     RETRYING = "retrying"
+    #: over its task's rate limit or concurrency cap: it waits in the broker for its turn
+    #: (not a failure; the state's ``extra`` says why and until when)
+    DEFERRED = "deferred"
     #: finished with a result
     SUCCEEDED = "succeeded"
     #: its last attempt failed; it is in the dead-letter queue
@@ -230,3 +234,11 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     async def lease(self, key: str) -> Lease | None:
         """Who holds the lease on `key`, and whether it ended; None once free or expired."""
+
+    def flow_store(self) -> FlowStore | None:
+        """Where unique jobs, rate limits and concurrency caps keep their state (open backend).
+
+        None (the default, for backends that have none): unique jobs are refused, and rate
+        limits and concurrency caps hold per worker.
+        """
+        return None

@@ -9,6 +9,7 @@ import anyio
 
 from aqueue._core.types import JSONValue
 from aqueue._results.base import JobState, JobStatus, Lease, ResultBackend
+from aqueue._results.flow import FlowStore, MemoryFlowStore
 
 
 class MemoryResultBackend(ResultBackend):
@@ -25,6 +26,7 @@ class MemoryResultBackend(ResultBackend):
         self._completers: dict[str, int] = {}
         self._claims: dict[str, str] = {}
         self._leases: dict[str, tuple[Lease, float]] = {}  # key -> (lease, monotonic expiry)
+        self._flow = MemoryFlowStore()
 
     async def open(self) -> None:
         return None
@@ -84,6 +86,9 @@ class MemoryResultBackend(ResultBackend):
             self._leases.pop(key, None)
             return None
         return held[0]
+
+    def flow_store(self) -> FlowStore:
+        return self._flow
 
     def _event(self, job_id: str) -> anyio.Event:
         return self._final.setdefault(job_id, anyio.Event())

@@ -8,7 +8,10 @@ Keys, all under one prefix:
   index of the member that completed it;
 - ``{prefix}:claim:{key}``: who claimed a run-once action (an error callback);
 - ``{prefix}:lease:{job_id}``: the run holding a long job's lease (``held:OWNER`` or
-  ``ended:OWNER``), expiring unless renewed.
+  ``ended:OWNER``), expiring unless renewed;
+- ``{prefix}:unique:…``, ``{prefix}:rate:…``, ``{prefix}:slots:…``: flow control (unique
+  jobs, rate limiters, running slots), written by the scripts of `aqueue._results.redis_flow`
+  through `script`.
 
 Writes that must be atomic (an initial state never replaces another, a final state is never
 replaced by a non-final one, first value wins in a barrier, one member completes it) are Lua
@@ -17,13 +20,15 @@ scripts, so a redelivered job racing its earlier copy cannot undo a result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 
 from aqueue._core.types import JSONValue
 from aqueue._results.base import JobState, Lease, ResultBackend
+from aqueue._results.flow import FlowStore
+from aqueue._results.redis_flow import RedisFlowStore
 from aqueue._serialization import dumps, loads
 from aqueue.exceptions import ConfigurationError, MissingDependency, TransportError
 
@@ -145,6 +150,7 @@ class RedisResultBackend(ResultBackend):
         self._claim: Any = None
         self._hold_lease: Any = None
         self._end_lease: Any = None
+        self._flow: RedisFlowStore | None = None
 
     async def open(self) -> None:
         if self._client is not None:
@@ -161,8 +167,10 @@ class RedisResultBackend(ResultBackend):
         self._claim = client.register_script(_CLAIM)
         self._hold_lease = client.register_script(_HOLD_LEASE)
         self._end_lease = client.register_script(_END_LEASE)
+        self._flow = RedisFlowStore(self)
 
     async def aclose(self) -> None:
+        self._flow = None
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -180,6 +188,37 @@ class RedisResultBackend(ResultBackend):
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{name}"
+
+    def key(self, kind: str, name: str) -> str:
+        """The Redis key of `name` of a `kind` (``job``, ``rate``, ...), under the prefix."""
+        return self._key(kind, name)
+
+    def flow_store(self) -> FlowStore | None:
+        return self._flow
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+        """A Lua script, registered (run by its SHA), errors translated to `TransportError`.
+
+        For `aqueue._results.redis_flow`, which keeps its scripts but imports no redis.
+        """
+        registered = self.client.register_script(source)
+
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            return await self._call(registered(keys=list(keys), args=list(args)))
+
+        return run
+
+    async def scan(self, pattern: str, *, limit: int = 1000) -> list[str]:
+        """Up to `limit` keys matching `pattern` (SCAN: never blocks Redis)."""
+        found: list[str] = []
+        try:
+            async for key in self.client.scan_iter(match=pattern, count=500):
+                found.append(key.decode() if isinstance(key, bytes) else str(key))
+                if len(found) >= limit:
+                    break
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"Redis at {self.url} failed: {exc}") from exc
+        return found
 
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         await self._call(self._set_state(**self._state_call(state, ttl)))

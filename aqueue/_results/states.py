@@ -126,6 +126,13 @@ class JobStates:
         if attempt.store:
             await self.record(attempt.state(JobStatus.RETRYING))
 
+    async def deferred(self, attempt: Attempt, reason: str, until: float, times: int) -> None:
+        """Record that the job waits in the broker for its turn (why, until when, how often)."""
+        if attempt.store:
+            state = attempt.state(JobStatus.DEFERRED)
+            extra: dict[str, JSONValue] = {"reason": reason, "until": until, "times": times}
+            await self.record(replace(state, extra=extra))
+
     async def failed(self, attempt: Attempt, error: RemoteError, *, dead: bool) -> None:
         """Record the failure for good (``dead``: it could not even be run)."""
         if attempt.store:

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from typing_extensions import Unpack
 
 from aqueue._core.config import (
-    OVERRIDE_OPTION_NAMES,
     TASK_OPTION_NAMES,
+    WITH_OPTION_NAMES,
     TaskOptions,
     TaskOptionsDict,
-    TaskOverridesDict,
+    WithOptionsDict,
     check_option_names,
 )
+from aqueue._core.flow import ENQUEUE_OPTION_NAMES, FLOW_OPTION_NAMES, EnqueueOptions, FlowLimits
 from aqueue._core.types import JSONScalar
 from aqueue._workflows import Signature
 from aqueue.exceptions import ConfigurationError
@@ -50,7 +52,7 @@ class Task(Generic[P, R]):
     result), so ``queue.enqueue(task, ...)`` is checked against the function's signature.
     """
 
-    __slots__ = ("fn", "is_async", "name", "options", "overrides")
+    __slots__ = ("enqueue_options", "fn", "is_async", "name", "options", "overrides")
 
     def __init__(
         self,
@@ -59,12 +61,15 @@ class Task(Generic[P, R]):
         name: str,
         options: TaskOptions,
         overrides: Mapping[str, JSONScalar] | None = None,
+        enqueue_options: EnqueueOptions | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.options = options
         #: options changed by `with_options` that the worker must see (sent with each job)
         self.overrides: Mapping[str, JSONScalar] = overrides or {}
+        #: how `with_options` set the enqueue itself: a job id, deduplication, a tenant
+        self.enqueue_options = enqueue_options or EnqueueOptions()
         self.is_async = inspect.iscoroutinefunction(fn)
 
     def __repr__(self) -> str:
@@ -99,19 +104,39 @@ class Task(Generic[P, R]):
             options=self.overrides,
         )
 
-    def with_options(self, **options: Unpack[TaskOverridesDict]) -> Task[P, R]:
+    def with_options(self, **options: Unpack[WithOptionsDict]) -> Task[P, R]:
         """A copy of this task with other options for the jobs enqueued through it.
 
         The copy has the same name, so the same worker code runs it; changed run-time options
-        (timeout, retries, backoff) travel with each job.
+        (timeout, retries, backoff) travel with each job. The enqueue options set the enqueue
+        itself: ``job_id`` (the job's id, instead of a fresh one), ``unique_for`` and
+        ``unique_key`` (deduplication: see the flow-control page), ``tenant`` (fair share).
 
         Raises:
             ConfigurationError: an unknown option, or a bad value.
         """
-        check_option_names(options, OVERRIDE_OPTION_NAMES, where="with_options()")
-        changed = dataclasses.replace(self.options, **options)
-        overrides = {**self.overrides, **changed.overrides(options)}
-        return Task(self.fn, name=self.name, options=changed, overrides=overrides)
+        check_option_names(options, WITH_OPTION_NAMES, where="with_options()")
+        run: dict[str, Any] = {
+            key: value for key, value in options.items() if key not in ENQUEUE_OPTION_NAMES
+        }
+        enqueue: dict[str, Any] = {
+            key: value for key, value in options.items() if key in ENQUEUE_OPTION_NAMES
+        }
+        changed = dataclasses.replace(self.options, **run)
+        overrides = {**self.overrides, **changed.overrides(run)}
+        enqueue_options = dataclasses.replace(self.enqueue_options, **enqueue)
+        if enqueue_options.tenant is not None and self.options.flow.fair_key is None:
+            raise ConfigurationError(
+                f"with_options(tenant=...): task {self.name} has no fair share; give "
+                "@queue.task(fair_key=...) the parameter that names the tenant"
+            )
+        return Task(
+            self.fn,
+            name=self.name,
+            options=changed,
+            overrides=overrides,
+            enqueue_options=enqueue_options,
+        )
 
 
 def task_name(fn: Callable[..., Any]) -> str:
@@ -132,14 +157,59 @@ def make_task(fn: Callable[P, Any], options: TaskOptionsDict) -> Task[P, Any]:
         raise ConfigurationError(f"@queue.task() needs a function, not {fn!r}")
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         raise ConfigurationError(f"{task_name(fn)} is a generator; tasks must return a value")
-    settings = {key: value for key, value in options.items() if key != "name"}
+    settings = {
+        key: value
+        for key, value in options.items()
+        if key != "name" and key not in FLOW_OPTION_NAMES
+    }
     name: object = options.get("name") or task_name(fn)
     if not isinstance(name, str):
         raise ConfigurationError(f"task name must be a string, not {name!r}")
-    task_options = TaskOptions(**settings)  # type: ignore[arg-type]
+    flow = FlowLimits.from_options(options)
+    check_key_parameters(fn, flow)
+    task_options = TaskOptions(**settings, flow=flow)  # type: ignore[arg-type]
     if task_options.executor == "process":
         check_process_function(fn)
     return Task(fn, name=name, options=task_options)
+
+
+def check_key_parameters(fn: Callable[..., Any], flow: FlowLimits) -> None:
+    """Check that every key option names a parameter of `fn`.
+
+    Raises:
+        ConfigurationError: a key names no parameter (and `fn` takes no ``**kwargs``).
+    """
+    names = flow.key_names()
+    if not names:
+        return
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for option, name in names.items():
+        if name not in parameters or parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            known = ", ".join(parameters) or "none"
+            raise ConfigurationError(
+                f"{option}={name!r} names no parameter of {task_name(fn)} (its parameters: {known})"
+            )
+
+
+def key_argument(
+    fn: Callable[..., Any], name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> object:
+    """The value a job passes for parameter `name` (its default if not passed); None if unbound."""
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        bound = _signature(fn).bind(*args, **kwargs)
+    except TypeError:  # the call itself would fail: it fails in the task, keyed as None
+        return None
+    bound.apply_defaults()
+    return bound.arguments.get(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
 
 
 def check_process_function(fn: Callable[..., Any]) -> None:

@@ -45,6 +45,19 @@ class Intake:
         else:
             self._ready.append(delivery)
 
+    def put_first(self, delivery: Delivery) -> None:
+        """`put`, but ahead of every queued delivery: a deferred job whose time has come.
+
+        A job deferred by its rate limit holds a reserved start; behind a flood of deliveries
+        not yet looked at, it would start late and the next ones would bunch up.
+        """
+        if self._closed:
+            return
+        if self._idle:
+            self.put(delivery)
+        else:
+            self._ready.appendleft(delivery)
+
     async def get(self) -> Delivery | None:
         """The next delivery; None once closed (queued deliveries are then left unstarted)."""
         if self._closed:

@@ -27,6 +27,7 @@ import anyio.to_process
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
+from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
     HEADER_TASK,
@@ -34,6 +35,7 @@ from aqueue._core.wire import (
     JobHeaders,
     OutgoingMessage,
     dead_letter_message,
+    deferral_message,
     handback_message,
     quarantine_message,
     read_headers,
@@ -46,6 +48,7 @@ from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
+from aqueue._worker.flow import Deferral, FlowGate, Slot
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
 from aqueue._worker.threads import ThreadBudgets
@@ -110,6 +113,8 @@ class JobRunner:
         self._crash_limit = crash_limit
         self._leases = Leases(session, after=lease_after, ttl=lease_ttl)
         self._lease_copies = LeaseCopies(session, ttl=lease_ttl)
+        #: rate limits and concurrency caps (slots leased like long jobs, for `lease_ttl`)
+        self.flow = FlowGate(session.states, slot_ttl=lease_ttl)
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -149,12 +154,19 @@ class JobRunner:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
                 return await self._undecodable(delivery, queue, exc, observer)
+            slot: Slot | None = None
+            if job.task.options.flow.active:
+                admission = await self._admit(delivery, job, observer)
+                if isinstance(admission, str):
+                    return admission
+                slot = admission
             observer.started(job.context)
             # current until settled, not only while it runs: the log lines about its retry or
             # dead letter carry the job's fields too (see `aqueue._observability.logs`)
             token = set_current_job(job.context)
             try:
-                return await self._run_and_settle(delivery, job, observer)
+                async with self.flow.holding(slot):
+                    return await self._run_and_settle(delivery, job, observer)
             finally:
                 reset_current_job(token)
 
@@ -311,6 +323,79 @@ class JobRunner:
             except TransportError as error:  # the dead letter itself still carries why
                 logger.warning("could not record %s as dead: %s", attempt.job_id, error)
         return await self._dead_letter(delivery, queue, dead, observer, attempts=1)
+
+    # -- flow control ----------------------------------------------------------------------
+
+    async def _admit(
+        self, delivery: Delivery, job: _Job, observer: JobObserver
+    ) -> Slot | Settlement | None:
+        """Ask the job's limits: a `Slot` (or None) to run it; how it was settled if not."""
+        context = job.context
+        try:
+            # before a start is reserved: a deferral must not wait for the first declaration
+            # of the delay levels (seconds, on quorum queues) and miss its reserved time
+            await self._session.producer.declare_delays()
+            admission = await self.flow.admit(
+                job.task, context.args, context.kwargs, delivery.headers
+            )
+        except TransportError as exc:
+            logger.warning(
+                "job %s: its limits could not be read (%s); requeueing it", context.job_id, exc
+            )
+            await _reject_quietly(delivery)
+            return _settled(observer, "requeued", exc)
+        if not isinstance(admission, Deferral):
+            return admission
+        return await self._defer(delivery, job, admission, observer)
+
+    async def _defer(
+        self, delivery: Delivery, job: _Job, deferral: Deferral, observer: JobObserver
+    ) -> Settlement | None:
+        """Publish the job again, due after the deferral (confirmed), then ack: not an attempt.
+
+        None: the copy cannot be built (headers over a frame, which its own publish would
+        have hit already): the job runs now rather than never.
+        """
+        due_ms = time.time_ns() // 1_000_000 + math.ceil(deferral.delay * 1000)
+        delay_ms = max(1, min(math.ceil(deferral.delay * 1000), MAX_DELAY_MS))
+        context = job.context
+        logger.info(
+            "job %s deferred %.3fs by its %s (deferral %d of this attempt)",
+            context.job_id,
+            delay_ms / 1000,
+            "rate limit" if deferral.reason == "rate" else "concurrency cap",
+            deferral.times,
+        )
+
+        def build() -> OutgoingMessage:
+            # due at the reserved time, whenever the copy is built
+            now_ms = time.time_ns() // 1_000_000
+            return deferral_message(
+                self._session.names,
+                delivery,
+                destination=deferred_destination(context.queue),
+                reason=deferral.reason,
+                delay_ms=max(1, min(due_ms - now_ms, MAX_DELAY_MS)),
+                now_ms=now_ms,
+            )
+
+        try:
+            await self._session.states.deferred(
+                job.attempt, deferral.reason, time.time() + delay_ms / 1000, deferral.times
+            )
+        except TransportError as exc:  # the state is for show: the deferral goes on
+            logger.warning("could not record job %s as deferred: %s", context.job_id, exc)
+        try:
+            moved = await self._publish_then_ack(delivery, build, delayed=True)
+        except EncodeError as exc:  # its headers cannot fit a frame: run it now instead
+            logger.error("job %s cannot be deferred (%s); running it now", context.job_id, exc)
+            return None
+        if not moved:
+            return _settled(observer, "requeued", None)
+        settlement: Settlement = (
+            "rate-limited" if deferral.reason == "rate" else "concurrency-limited"
+        )
+        return _settled(observer, settlement, None)
 
     # -- run -------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
 from aqueue._core.heartbeats import QueueFigures
-from aqueue._core.queues import queue_topology
+from aqueue._core.queues import deferred_topology, queue_topology
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
@@ -53,15 +53,28 @@ class WorkerStatistics:
     retried: int
     dead_lettered: int
     in_flight: int
+    #: jobs deferred through the delay levels by their rate limit (not failures)
+    deferred_rate: int = 0
+    #: jobs deferred through the delay levels by a concurrency cap (not failures)
+    deferred_concurrency: int = 0
 
 
 class _Counters:
     """The worker's own counts, bumped once per delivery as it is received and settled."""
 
-    __slots__ = ("dead_lettered", "in_flight", "received", "retried", "succeeded")
+    __slots__ = (
+        "dead_lettered",
+        "deferred_concurrency",
+        "deferred_rate",
+        "in_flight",
+        "received",
+        "retried",
+        "succeeded",
+    )
 
     def __init__(self) -> None:
         self.received = self.succeeded = self.retried = self.dead_lettered = self.in_flight = 0
+        self.deferred_rate = self.deferred_concurrency = 0
 
     def settled(self, settlement: Settlement) -> None:
         if settlement == "succeeded":
@@ -70,6 +83,10 @@ class _Counters:
             self.retried += 1
         elif settlement == "dead-lettered":
             self.dead_lettered += 1
+        elif settlement == "rate-limited":
+            self.deferred_rate += 1
+        elif settlement == "concurrency-limited":
+            self.deferred_concurrency += 1
 
     def snapshot(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -79,6 +96,8 @@ class _Counters:
             retried=self.retried,
             dead_lettered=self.dead_lettered,
             in_flight=self.in_flight,
+            deferred_rate=self.deferred_rate,
+            deferred_concurrency=self.deferred_concurrency,
         )
 
 
@@ -124,6 +143,8 @@ class Worker:
         self._jobs: anyio.abc.TaskGroup | None = None
         self._loop_lag = 0.0  # mean over the last sample
         self._consumers: dict[str, Consumer] = {}
+        #: consumers of the queues beside a work queue (deferred jobs), by logical queue
+        self._side_consumers: dict[str, list[Consumer]] = {}
         self._runner: JobRunner | None = None
         self._quarantine: Quarantine | None = None
 
@@ -271,6 +292,10 @@ class Worker:
                 await transport.declare(
                     queue_topology(session.names, queue, session.queue_settings)
                 )
+                if queue in self._flow_queues():
+                    deferred = deferred_topology(session.names, queue, session.queue_settings)
+                    await session.producer.declare(deferred)
+                    await transport.declare(deferred)
             await self.resume()
             runner = JobRunner(
                 session,
@@ -285,6 +310,7 @@ class Worker:
                 self.queue.tasks,
                 leases=session.states.active and self.settings.lease_after is not None,
             )
+            runner.flow.warn_if_per_worker(self.queue.tasks)
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
             heartbeats = self.heartbeats = HeartbeatSender(
@@ -340,9 +366,29 @@ class Worker:
                     on_delivery=intake.put,
                 )
 
+        flow_queues = self._flow_queues()
+        for queue, intake in self._intakes.items():
+            if queue in flow_queues and queue not in self._side_consumers:
+                self._side_consumers[queue] = [
+                    await transport.consume(
+                        session.names.deferred_queue(queue),
+                        prefetch=self._runners[queue].prefetch,
+                        on_delivery=intake.put_first,
+                    )
+                ]
+
+    def _flow_queues(self) -> set[str]:
+        """The logical queues with a flow-limited task: they have a deferred queue beside."""
+        return {
+            task.options.queue for task in self.queue.tasks.values() if task.options.flow.active
+        }
+
     async def pause(self) -> None:
         """Cancel every consumer; what they delivered stays held until it is settled."""
         consumers, self._consumers = list(self._consumers.values()), {}
+        for side in self._side_consumers.values():
+            consumers.extend(side)
+        self._side_consumers = {}
         await self._cancel_consumers(consumers)
 
     async def wait_idle(self) -> None:
