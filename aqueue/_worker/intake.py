@@ -51,7 +51,8 @@ class Intake:
         A job deferred by its rate limit holds a reserved start; behind a flood of deliveries
         not yet looked at, it would start late and the next ones would bunch up.
         """
-        if self._closed:
+        if self._closed:  # stopping: kept for `unstarted`, like `put`
+            self._ready.appendleft(delivery)
             return
         if self._idle:
             self.put(delivery)
