@@ -10,7 +10,7 @@ from aqueue._worker.intake import Intake
 
 def delivery(name: str) -> Delivery:
     """A stand-in: the intake only passes deliveries along."""
-    return cast(Delivery, name)
+    return cast("Delivery", name)
 
 
 async def test_a_closed_intake_keeps_late_deliveries_for_the_hand_back() -> None:
