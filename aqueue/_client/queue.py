@@ -31,12 +31,14 @@ from aqueue._core.config import (
     TaskOptionsDict,
 )
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
+from aqueue._core.schedules import Misfire, Schedule, ScheduleBook
 from aqueue._core.topology import QueueType, TopologyNames, validate_name
 from aqueue._core.wire import Envelope
 from aqueue._observability.hooks import Instrumentation, Instruments
 from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
+from aqueue._tasks.periodic import make_schedule
 from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
 from aqueue._transport import check_urls, connector, redact_url
 from aqueue._workflows import (
@@ -138,6 +140,7 @@ class TaskQueue:
         self._urls = tuple(map(redact_url, urls))
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._registry = TaskRegistry()
+        self._schedules = ScheduleBook()
         self._instruments = Instruments()
         if telemetry:
             # imported here: a TaskQueue(telemetry=False) never loads OpenTelemetry
@@ -162,6 +165,11 @@ class TaskQueue:
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
         """The registered tasks, by name."""
         return self._registry
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """The schedules (`periodic`, `schedule`), by name."""
+        return self._schedules
 
     @property
     def middleware(self) -> tuple[Middleware, ...]:
@@ -199,6 +207,98 @@ class TaskQueue:
             decorator.check()
             return decorator
         return decorator(fn)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: float | dt.timedelta | None = None,
+        timezone: str | None = None,
+        name: str | None = None,
+        misfire: Misfire = "once",
+        overlap: bool = True,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Run a task without required arguments on a schedule: ``@queue.periodic("0 3 * * *")``.
+
+        Put it above ``@queue.task(...)``. The schedule is named after the task unless
+        `name` says otherwise; see `schedule` for the other arguments.
+
+        Raises:
+            ConfigurationError: as for `schedule`, or the task has required arguments.
+        """
+
+        def decorate(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(
+                task,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                name=name,
+                misfire=misfire,
+                overlap=overlap,
+            )
+            return task
+
+        return decorate
+
+    def schedule(
+        self,
+        task: Task[Any, Any],
+        /,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        misfire: Misfire = "once",
+        overlap: bool = True,
+    ) -> Schedule:
+        """Enqueue a job of `task` on a schedule, from whichever scheduler leads.
+
+        Args:
+            task: a registered task.
+            cron: a cron expression (5 fields, or 6 with seconds first), parsed by cronsim.
+            every: an interval in seconds or a timedelta, aligned to the Unix epoch.
+            timezone: the IANA time zone of `cron` (default UTC).
+            args: positional arguments of every job.
+            kwargs: keyword arguments of every job.
+            name: unique among the schedules (default: the task's name); with the tick time
+                it makes each job's id, so a tick published twice runs once.
+            misfire: ticks missed while no scheduler ran: ``"once"`` runs the latest of them
+                once, ``"skip"`` none.
+            overlap: False skips a tick while the previous run has not finished (needs a
+                result backend).
+
+        Raises:
+            ConfigurationError: both or neither of `cron` and `every`; a bad expression,
+                interval, time zone or name; arguments that do not fit the task or are not
+                JSON; a name already taken; ``overlap=False`` without a result backend.
+        """
+        schedule = make_schedule(
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            misfire=misfire,
+            overlap=overlap,
+        )
+        if not overlap and self._backend is None:
+            raise ConfigurationError(
+                "overlap=False needs a result backend (it reads the previous run's state): "
+                "pass results=RedisResultBackend(...) to TaskQueue"
+            )
+        if task.name not in self._registry:
+            raise ConfigurationError(f"{task.name} is not a task of this TaskQueue")
+        self._schedules.add(schedule)
+        return schedule
 
     # -- lifecycle -------------------------------------------------------------------------
 

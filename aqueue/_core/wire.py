@@ -42,6 +42,7 @@ HEADER_HISTORY = "aqueue-history"  # earlier failed attempts: [{attempt, type, m
 HEADER_WORKFLOW = "aqueue-workflow"  # a workflow step's links (JSON text)
 HEADER_CRASHES = "aqueue-crashes"  # deliveries of this job that came back unacked
 HEADER_LEASE = "aqueue-lease"  # on a lease copy: the run whose lease it checks
+HEADER_TICK = "aqueue-tick"  # on a scheduled job: this publish of the tick (text, unique)
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"

@@ -40,7 +40,14 @@ from aqueue.exceptions import ConfigurationError
 #: alone), given back to the broker (it will be delivered again), or settled by its lease
 #: (a long job's lease copy sent round or dropped; see ``aqueue._worker.leases``).
 Settlement: TypeAlias = Literal[
-    "succeeded", "retried", "dead-lettered", "quarantined", "requeued", "lease-checked"
+    "succeeded",
+    "retried",
+    "dead-lettered",
+    "quarantined",
+    "requeued",
+    "lease-checked",
+    # acked without running: a second copy of a scheduled tick
+    "duplicate",
 ]
 
 

@@ -45,6 +45,7 @@ from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
+from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
 from aqueue._worker.threads import ThreadBudgets
@@ -109,6 +110,7 @@ class JobRunner:
         self._crash_limit = crash_limit
         self._leases = Leases(session, after=lease_after, ttl=lease_ttl)
         self._lease_copies = LeaseCopies(session, ttl=lease_ttl)
+        self._gates = Gates(session)
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -148,6 +150,9 @@ class JobRunner:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
                 return await self._undecodable(delivery, queue, exc, observer)
+            refused = await self._gate(delivery, job)
+            if refused is not None:
+                return _settled(observer, refused, None)
             observer.started(job.context)
             # current until settled, not only while it runs: the log lines about its retry or
             # dead letter carry the job's fields too (see `aqueue._observability.logs`)
@@ -156,6 +161,22 @@ class JobRunner:
                 return await self._run_and_settle(delivery, job, observer)
             finally:
                 reset_current_job(token)
+
+    async def _gate(self, delivery: Delivery, job: _Job) -> Settlement | None:
+        """Settle a job that must not run (see `Gates`) and say how; None: run it."""
+        try:
+            duplicate = await self._gates.duplicate_tick(job.context.job_id, job.headers.extra)
+        except TransportError as exc:  # the backend is down: let the job wait for it
+            logger.warning(
+                "job %s: cannot check its tick (%s); requeueing it", job.context.job_id, exc
+            )
+            await _reject_quietly(delivery)
+            return "requeued"
+        if not duplicate:
+            return None
+        with contextlib.suppress(ConnectionLost):
+            await delivery.ack()
+        return "duplicate"
 
     # -- resolve ---------------------------------------------------------------------------
 

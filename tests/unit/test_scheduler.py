@@ -1,0 +1,65 @@
+"""The scheduler on the in-memory broker: one leader, ticks enqueued once, hand-over."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from aqueue import TaskQueue
+from aqueue._results import MemoryResultBackend
+from aqueue._scheduler.scheduler import Scheduler
+from aqueue.testing import running_worker
+from tests.helpers.polling import wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    await wait_for(condition, timeout=timeout, what="the condition")
+
+
+def _app(url: str, ran: list[str]) -> TaskQueue:
+    queue = TaskQueue(url, telemetry=False, results=MemoryResultBackend())
+
+    @queue.periodic(every=0.2, name="tick")
+    @queue.task()
+    async def tick() -> None:
+        from aqueue import current_job
+
+        ran.append(current_job().job_id)
+
+    return queue
+
+
+async def test_one_of_two_schedulers_leads_and_each_tick_runs_once() -> None:
+    """Two schedulers on one broker: one leads, its ticks have deterministic ids, each runs once;
+    when the leader stops, the other takes over."""
+    url = f"memory://{uuid.uuid4().hex}"
+    ran: list[str] = []
+    queue = _app(url, ran)
+    async with queue.session() as session, running_worker(queue):
+        first, second = Scheduler(session, queue.schedules), Scheduler(session, queue.schedules)
+        async with anyio.create_task_group() as tg:
+            scope_first = anyio.CancelScope()
+
+            async def run_first() -> None:
+                with scope_first:
+                    await first.run()
+
+            tg.start_soon(run_first)
+            await _until(lambda: first.leading)
+            tg.start_soon(second.run)
+            await _until(lambda: len(ran) >= 3)
+            assert first.leading
+            assert not second.leading
+            scope_first.cancel()
+            await _until(lambda: second.leading)
+            count = len(ran)
+            await _until(lambda: len(ran) >= count + 3)
+            tg.cancel_scope.cancel()
+    assert all(job_id.startswith("tick@") for job_id in ran)
+    assert len(ran) == len(set(ran))
+    assert not set(first.fired) & set(second.fired)  # the hand-over passes the marks
