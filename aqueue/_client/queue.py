@@ -29,6 +29,7 @@ from aqueue._core.config import (
     ProducerSettings,
     QueueSettings,
     TaskOptionsDict,
+    expiry_ms,
 )
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
 from aqueue._core.schedules import Misfire, Schedule, ScheduleBook
@@ -482,7 +483,9 @@ class TaskQueue:
         await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
-            await session.states.record(JobState(envelope.job_id, status, task=envelope.task))
+            await session.states.record(
+                JobState(envelope.job_id, status, task=envelope.task), ttl=task.options.result_ttl
+            )
         return Job(envelope.job_id, envelope.task, envelope.queue, self._backend)
 
     async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
@@ -505,22 +508,27 @@ class TaskQueue:
         *,
         delay: float | dt.timedelta | None = None,
         eta: dt.datetime | None = None,
+        expires: float | dt.datetime | None = None,
     ) -> BatchResult[R]:
         """Send many jobs of one task with pipelined confirms; return when all are settled.
 
         Each item of `calls` is ``task.call(...)`` (its arguments checked by a type checker,
         as `enqueue`'s are), a sequence of positional arguments, or a mapping of keyword
         arguments. Every job is encoded before the first is published, so bad input publishes
-        nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`.
+        nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`;
+        `expires` gives them all a deadline, as ``task.with_options(expires=...)`` does.
 
         Returns:
             Every job's handle and the jobs the broker did not confirm (``result.failures``).
 
         Raises:
             EncodeError: an argument is not JSON (naming the call and the argument).
-            ConfigurationError: a bad delay or eta, or both given; the queue is not open.
+            ConfigurationError: a bad delay or eta, or both given; a bad or past `expires`;
+                the queue is not open.
         """
         _check_task(task, "enqueue_many()")
+        if expires is not None:
+            task = task.with_options(expires=expires)
         if delay is not None and eta is not None:
             raise ConfigurationError("give delay or eta, not both")
         delay_ms = _delay_ms(delay or 0, eta)
@@ -540,7 +548,12 @@ class TaskQueue:
             lost = {failure.job_id for failure in failures}
             status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
             await session.states.record_many(
-                [JobState(e.job_id, status, task=e.task) for e in envelopes if e.job_id not in lost]
+                [
+                    JobState(e.job_id, status, task=e.task)
+                    for e in envelopes
+                    if e.job_id not in lost
+                ],
+                ttl=task.options.result_ttl,
             )
         jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self._backend) for e in envelopes]
         return BatchResult(jobs, failures)
@@ -593,8 +606,18 @@ def _delay_ms(delay: object, eta: object) -> int:
 def _envelope(
     task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any], delay_ms: int
 ) -> Envelope:
-    """A new job of `task`, stamped now."""
+    """A new job of `task`, stamped now.
+
+    Raises:
+        ConfigurationError: its ``expires`` deadline is in the past, or not after it is due.
+    """
     now_ms = time.time_ns() // 1_000_000
+    expires_at_ms = expiry_ms(task.options.expires, now_ms)
+    if expires_at_ms is not None and delay_ms > 0 and expires_at_ms <= now_ms + delay_ms:
+        raise ConfigurationError(
+            f"job of {task.name} would expire before it is due (expires={task.options.expires!r}, "
+            f"due in {delay_ms / 1000:g}s): it could never run"
+        )
     return Envelope(
         job_id=uuid.uuid4().hex,
         task=task.name,
@@ -604,6 +627,7 @@ def _envelope(
         enqueued_at_ms=now_ms,
         eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
         options=task.overrides,
+        expires_at_ms=expires_at_ms,
     )
 
 

@@ -192,6 +192,10 @@ class Schedule:
     overlap: bool = True
     #: the task's per-job options (`Task.with_options`), sent with every job
     options: Mapping[str, JSONScalar] = field(default_factory=dict)
+    #: the task's ``store_result`` and ``result_ttl``: whether (and how long) the scheduler
+    #: records each job as queued
+    store_result: bool = True
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         name: object = self.name

@@ -16,7 +16,9 @@ from aqueue._tasks.context import JobContext
 from aqueue._transport import Delivery
 
 #: The job counters every metrics backend keeps, per task and queue.
-Counter: TypeAlias = Literal["started", "succeeded", "failed", "retried", "dead_lettered"]
+Counter: TypeAlias = Literal[
+    "started", "succeeded", "failed", "retried", "dead_lettered", "expired", "cancelled"
+]
 #: The histograms, in seconds: a job's run time, and its wait from due to start.
 Histogram: TypeAlias = Literal["duration", "queue_wait"]
 #: What each counter counts (both metrics backends describe them with these words).
@@ -26,6 +28,8 @@ COUNTERS: Mapping[Counter, str] = {
     "failed": "Attempts that failed (each retried or dead-lettered).",
     "retried": "Failed attempts sent to a next attempt.",
     "dead_lettered": "Jobs sent to the dead-letter queue.",
+    "expired": "Jobs delivered after their deadline (expires), not run: dead-lettered or dropped.",
+    "cancelled": "Jobs cancelled: never started, or their run was stopped.",
 }
 #: What each histogram measures, in seconds.
 HISTOGRAMS: Mapping[Histogram, str] = {
@@ -171,3 +175,5 @@ class JobMetricsObserver(JobObserver):
         elif settlement == "dead-lettered":
             sink.count("failed", task, queue)
             sink.count("dead_lettered", task, queue)
+        elif settlement in ("expired", "cancelled"):
+            sink.count(settlement, task, queue)

@@ -374,9 +374,11 @@ class Scheduler:
         await producer.ensure_route(schedule.queue, 0)
         await producer.publish(producer.message(envelope, body))
         self._marks[schedule.name] = mark
-        await self._session.states.record(
-            JobState(envelope.job_id, JobStatus.QUEUED, task=schedule.task)
-        )
+        if schedule.store_result:
+            await self._session.states.record(
+                JobState(envelope.job_id, JobStatus.QUEUED, task=schedule.task),
+                ttl=schedule.result_ttl,
+            )
         logger.info("schedule %s: enqueued %s", schedule.name, envelope.job_id)
 
     # -- notices ---------------------------------------------------------------------------

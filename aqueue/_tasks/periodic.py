@@ -57,4 +57,6 @@ def make_schedule(
         misfire=misfire,
         overlap=overlap,
         options=dict(task.overrides),
+        store_result=task.options.store_result,
+        result_ttl=task.options.result_ttl,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -103,13 +105,19 @@ class Task(Generic[P, R]):
         """A copy of this task with other options for the jobs enqueued through it.
 
         The copy has the same name, so the same worker code runs it; changed run-time options
-        (timeout, retries, backoff) travel with each job.
+        (timeout, retries, backoff, on_expire) travel with each job. ``expires`` (seconds
+        after each enqueue, or an aware datetime) becomes each job's deadline.
 
         Raises:
-            ConfigurationError: an unknown option, or a bad value.
+            ConfigurationError: an unknown option, or a bad value (an ``expires`` in the past).
         """
         check_option_names(options, OVERRIDE_OPTION_NAMES, where="with_options()")
         changed = dataclasses.replace(self.options, **options)
+        expires = options.get("expires")
+        if isinstance(expires, dt.datetime) and expires.timestamp() <= time.time():
+            raise ConfigurationError(
+                f"expires={expires.isoformat()} is in the past: the job could never run"
+            )
         overrides = {**self.overrides, **changed.overrides(options)}
         return Task(self.fn, name=self.name, options=changed, overrides=overrides)
 

@@ -56,6 +56,7 @@ from aqueue.exceptions import (
     DecodeError,
     EncodeError,
     JobCrashed,
+    JobExpired,
     TransportError,
     UnknownTaskError,
 )
@@ -150,9 +151,9 @@ class JobRunner:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
                 return await self._undecodable(delivery, queue, exc, observer)
-            refused = await self._gate(delivery, job)
+            refused = await self._gate(delivery, job, observer)
             if refused is not None:
-                return _settled(observer, refused, None)
+                return refused
             observer.started(job.context)
             # current until settled, not only while it runs: the log lines about its retry or
             # dead letter carry the job's fields too (see `aqueue._observability.logs`)
@@ -162,8 +163,15 @@ class JobRunner:
             finally:
                 reset_current_job(token)
 
-    async def _gate(self, delivery: Delivery, job: _Job) -> Settlement | None:
-        """Settle a job that must not run (see `Gates`) and say how; None: run it."""
+    async def _gate(
+        self, delivery: Delivery, job: _Job, observer: JobObserver
+    ) -> Settlement | None:
+        """Settle a job that must not run (expired, a second tick copy); None: run it."""
+        expires_at_ms = job.headers.expires_at_ms
+        if expires_at_ms is not None and time.time_ns() // 1_000_000 > expires_at_ms:
+            late = time.time() - expires_at_ms / 1000
+            expired = JobExpired(f"delivered {late:.3f}s after its deadline (expires)")
+            return await self._expired(delivery, job, Outcome("expired", expired), observer)
         try:
             duplicate = await self._gates.duplicate_tick(job.context.job_id, job.headers.extra)
         except TransportError as exc:  # the backend is down: let the job wait for it
@@ -171,12 +179,37 @@ class JobRunner:
                 "job %s: cannot check its tick (%s); requeueing it", job.context.job_id, exc
             )
             await _reject_quietly(delivery)
-            return "requeued"
+            return _settled(observer, "requeued", exc)
         if not duplicate:
             return None
         with contextlib.suppress(ConnectionLost):
             await delivery.ack()
-        return "duplicate"
+        return _settled(observer, "duplicate", None)
+
+    async def _expired(
+        self, delivery: Delivery, job: _Job, outcome: Outcome, observer: JobObserver
+    ) -> Settlement:
+        """Settle a job past its deadline: record it expired, then dead-letter or drop it."""
+        try:
+            await self._session.states.expired(job.attempt, outcome.remote_error())
+        except TransportError as exc:  # the dead letter still says why
+            logger.warning("could not record %s as expired: %s", job.context.job_id, exc)
+        if job.options.on_expire == "drop":
+            logger.info("job %s dropped: %s", job.context.job_id, outcome.message)
+            try:
+                await delivery.ack()
+            except ConnectionLost as exc:
+                return _settled(observer, "requeued", exc)
+            return _settled(observer, "expired", outcome.error)
+        return await self._dead_letter(
+            delivery,
+            job.context.queue,
+            outcome,
+            observer,
+            attempts=job.context.attempt,
+            history=job.headers.history,
+            settlement="expired",
+        )
 
     # -- resolve ---------------------------------------------------------------------------
 
@@ -207,7 +240,7 @@ class JobRunner:
         )
         options = _with_overrides(task.options, headers)
         store = options.store_result and self._session.states.active
-        attempt = Attempt(context.job_id, context.task, context.attempt, store)
+        attempt = Attempt(context.job_id, context.task, context.attempt, store, options.result_ttl)
         if store:
             context.reporter = functools.partial(self._session.states.progress, attempt)
         links = WorkflowLinks.of(headers.extra)
@@ -339,6 +372,9 @@ class JobRunner:
             return await self._settle_success(delivery, job.context, observer)
         policy = job.options.retry_policy()
         delay = policy.next_delay(outcome.error, job.context.attempt, self._random.random())
+        if delay is not None and _past_deadline(job.headers, delay):
+            # a retry never outlives the deadline: this failure is the last
+            outcome, delay = Outcome("expired", outcome.error), None
         if not await self._record_failure(delivery, job, outcome, retrying=delay is not None):
             return _settled(observer, "requeued", outcome.error)
         if delay is None:
@@ -349,6 +385,7 @@ class JobRunner:
                 observer,
                 attempts=job.context.attempt,
                 history=job.headers.history,
+                settlement="expired" if outcome.reason == "expired" else "dead-lettered",
             )
         return await self._retry(delivery, job, outcome, delay, observer)
 
@@ -589,6 +626,7 @@ class JobRunner:
         *,
         attempts: int,
         history: tuple[Failure, ...] = (),
+        settlement: Settlement = "dead-lettered",
     ) -> Settlement:
         """Publish the dead-letter copy (confirmed), then ack the original."""
         task = delivery.headers.get(HEADER_TASK)
@@ -627,7 +665,7 @@ class JobRunner:
                 exc,
             )
             moved = await _reject_to_dead_letters(delivery)
-        return _settled(observer, "dead-lettered" if moved else "requeued", outcome.error)
+        return _settled(observer, settlement if moved else "requeued", outcome.error)
 
     async def _publish_then_ack(
         self, delivery: Delivery, build: Callable[[], OutgoingMessage], *, delayed: bool
@@ -655,6 +693,12 @@ class JobRunner:
             await _reject_quietly(delivery)
             return False
         return True
+
+
+def _past_deadline(headers: JobHeaders, delay: float) -> bool:
+    """Whether a retry `delay` seconds from now would be due after the job's deadline."""
+    deadline = headers.expires_at_ms
+    return deadline is not None and time.time_ns() // 1_000_000 + math.ceil(delay * 1000) > deadline
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:

@@ -53,15 +53,31 @@ class WorkerStatistics:
     retried: int
     dead_lettered: int
     in_flight: int
+    #: jobs delivered after their deadline and not run (dead-lettered as expired, or dropped)
+    expired: int = 0
+    #: jobs cancelled: acked without running, or their run stopped
+    cancelled: int = 0
+    #: second copies of a scheduled tick, acked without running
+    duplicates: int = 0
 
 
 class _Counters:
     """The worker's own counts, bumped once per delivery as it is received and settled."""
 
-    __slots__ = ("dead_lettered", "in_flight", "received", "retried", "succeeded")
+    __slots__ = (
+        "cancelled",
+        "dead_lettered",
+        "duplicates",
+        "expired",
+        "in_flight",
+        "received",
+        "retried",
+        "succeeded",
+    )
 
     def __init__(self) -> None:
         self.received = self.succeeded = self.retried = self.dead_lettered = self.in_flight = 0
+        self.expired = self.cancelled = self.duplicates = 0
 
     def settled(self, settlement: Settlement) -> None:
         if settlement == "succeeded":
@@ -70,6 +86,12 @@ class _Counters:
             self.retried += 1
         elif settlement == "dead-lettered":
             self.dead_lettered += 1
+        elif settlement == "expired":
+            self.expired += 1
+        elif settlement == "cancelled":
+            self.cancelled += 1
+        elif settlement == "duplicate":
+            self.duplicates += 1
 
     def snapshot(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -79,6 +101,9 @@ class _Counters:
             retried=self.retried,
             dead_lettered=self.dead_lettered,
             in_flight=self.in_flight,
+            expired=self.expired,
+            cancelled=self.cancelled,
+            duplicates=self.duplicates,
         )
 
 
