@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from typing_extensions import Unpack
 
+from aqueue._client.cancel import cancel_job
 from aqueue._client.deadletters import DeadLetterQueue
 from aqueue._client.producer import BatchResult
 from aqueue._client.session import Session
@@ -392,7 +393,34 @@ class TaskQueue:
 
     def job(self, job_id: str) -> Job[Any]:
         """A handle on any job by its id, e.g. in another process (``GET /jobs/{id}``)."""
-        return Job(job_id, "", "", self._backend)
+        return self._handle(job_id)
+
+    def _handle(
+        self, job_id: str, task: str = "", queue: str = "", *, root: str | None = None
+    ) -> Job[Any]:
+        return Job(job_id, task, queue, self._backend, canceller=self.cancel, root=root)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job by its id, or a whole workflow by its root id.
+
+        Every worker hears of it through the broker (the control exchange). A queued or
+        delayed job never starts; a running async job gets ``CancelledError`` and is settled
+        as ``cancelled``; a sync job sees ``current_job().cancelled`` become true; a job in a
+        process pool has its process killed. With a result backend the cancellation is stored
+        (the state reads ``cancelled``), so a worker that starts later honours it too;
+        without one, only the workers running now know it (see the cancellation page).
+
+        Returns:
+            False when the result backend knows the job finished already; True otherwise.
+
+        Raises:
+            ConfigurationError: the queue is not open, or `job_id` is not a non-empty string.
+            ConnectionLost, TransportError: the notice or the stored state could not be written.
+        """
+        given: object = job_id  # run-time input: not every caller runs mypy
+        if not isinstance(given, str) or not given:
+            raise ConfigurationError(f"cancel() needs a job id, not {job_id!r}")
+        return await cancel_job(self._require_session(), job_id)
 
     def dead_letters(self, queue: str = DEFAULT_QUEUE) -> DeadLetterQueue:
         """The dead-letter queue of a logical queue: list, find, replay and purge its jobs.
@@ -486,7 +514,7 @@ class TaskQueue:
             await session.states.record(
                 JobState(envelope.job_id, status, task=envelope.task), ttl=task.options.result_ttl
             )
-        return Job(envelope.job_id, envelope.task, envelope.queue, self._backend)
+        return self._handle(envelope.job_id, envelope.task, envelope.queue)
 
     async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
         session = self._require_session()
@@ -495,7 +523,7 @@ class TaskQueue:
         root = uuid.uuid4().hex
         flow = assign_ids(flow, root)
         await session.flows.start(flow, root=root)
-        handles: list[Job[Any]] = [Job(job_id, "", "", self._backend) for job_id in final_ids(flow)]
+        handles: list[Job[Any]] = [self._handle(job_id, root=root) for job_id in final_ids(flow)]
         if isinstance(flow, Group) or len(handles) != 1:
             return GroupJob(handles)
         return handles[0]
@@ -555,7 +583,7 @@ class TaskQueue:
                 ],
                 ttl=task.options.result_ttl,
             )
-        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self._backend) for e in envelopes]
+        jobs: list[Job[R]] = [self._handle(e.job_id, e.task, e.queue) for e in envelopes]
         return BatchResult(jobs, failures)
 
 

@@ -135,6 +135,11 @@ class JobStates:
         if attempt.store:
             await self.record(attempt.state(JobStatus.EXPIRED, error=error), ttl=attempt.ttl)
 
+    async def cancelled(self, attempt: Attempt, error: RemoteError) -> None:
+        """Record that the job was cancelled (before it started, or while it ran)."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.CANCELLED, error=error), ttl=attempt.ttl)
+
     async def failed(self, attempt: Attempt, error: RemoteError, *, dead: bool) -> None:
         """Record the failure for good (``dead``: it could not even be run)."""
         if attempt.store:

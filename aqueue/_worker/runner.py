@@ -39,12 +39,14 @@ from aqueue._core.wire import (
     retry_message,
 )
 from aqueue._observability.hooks import JobObserver, Settlement, observe_job
+from aqueue._results import JobStatus
 from aqueue._results.states import Attempt
 from aqueue._serialization import decode_arguments, dumps
 from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
+from aqueue._worker.cancels import Cancellations
 from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
@@ -55,6 +57,7 @@ from aqueue.exceptions import (
     ConnectionLost,
     DecodeError,
     EncodeError,
+    JobCancelled,
     JobCrashed,
     JobExpired,
     TransportError,
@@ -103,8 +106,10 @@ class JobRunner:
         crash_limit: int = 3,
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
+        cancellations: Cancellations | None = None,
     ) -> None:
         self._session = session
+        self._cancels = cancellations if cancellations is not None else Cancellations(session)
         self._tasks = tasks
         self._middleware = tuple(middleware)
         self._threads = threads
@@ -173,10 +178,16 @@ class JobRunner:
             expired = JobExpired(f"delivered {late:.3f}s after its deadline (expires)")
             return await self._expired(delivery, job, Outcome("expired", expired), observer)
         try:
+            root = job.links.root if job.links is not None else None
+            if await self._cancels.cancelled(job.context.job_id, root):
+                cancelled = JobCancelled("cancelled before it started")
+                return await self._settle_cancelled(
+                    delivery, job, Outcome("cancelled", cancelled), observer
+                )
             duplicate = await self._gates.duplicate_tick(job.context.job_id, job.headers.extra)
         except TransportError as exc:  # the backend is down: let the job wait for it
             logger.warning(
-                "job %s: cannot check its tick (%s); requeueing it", job.context.job_id, exc
+                "job %s: cannot check it may run (%s); requeueing it", job.context.job_id, exc
             )
             await _reject_quietly(delivery)
             return _settled(observer, "requeued", exc)
@@ -185,6 +196,30 @@ class JobRunner:
         with contextlib.suppress(ConnectionLost):
             await delivery.ack()
         return _settled(observer, "duplicate", None)
+
+    async def _settle_cancelled(
+        self, delivery: Delivery, job: _Job, outcome: Outcome, observer: JobObserver
+    ) -> Settlement:
+        """Record a cancelled job, fail its workflow (error callbacks see why), then ack it."""
+        error = outcome.remote_error()
+        try:
+            await self._session.states.cancelled(job.attempt, error)
+            if job.links is not None:
+                await self._session.flows.failed(
+                    job.links, job.context.job_id, error, status=JobStatus.CANCELLED
+                )
+        except TransportError as exc:
+            logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
+            await _reject_quietly(delivery)
+            return _settled(observer, "requeued", exc)
+        except ConfigurationError as exc:  # e.g. an error callback and no result backend
+            logger.error("job %s: its workflow cannot go on here: %s", job.context.job_id, exc)
+        logger.info("job %s cancelled: %s", job.context.job_id, outcome.message)
+        try:
+            await delivery.ack()
+        except ConnectionLost as exc:
+            return _settled(observer, "requeued", exc)
+        return _settled(observer, "cancelled", outcome.error)
 
     async def _expired(
         self, delivery: Delivery, job: _Job, outcome: Outcome, observer: JobObserver
@@ -370,6 +405,8 @@ class JobRunner:
             return _settled(observer, "requeued", exc)
         if outcome is None:
             return await self._settle_success(delivery, job.context, observer)
+        if outcome.reason == "cancelled":
+            return await self._settle_cancelled(delivery, job, outcome, observer)
         policy = job.options.retry_policy()
         delay = policy.next_delay(outcome.error, job.context.attempt, self._random.random())
         if delay is not None and _past_deadline(job.headers, delay):
@@ -453,14 +490,21 @@ class JobRunner:
         Raises:
             _Lost: the delivery was lost during the run.
         """
+        result: tuple[Outcome | None, object] = None, None
+        root = job.links.root if job.links is not None else None
+        cooperative = not job.task.is_async and job.options.executor == "thread"
         with anyio.CancelScope() as lost:
             job.delivery.on_lost(lost.cancel)
             try:
-                result = await self._run_chain(job)
+                with self._cancels.running(job.context, root, cooperative=cooperative) as scope:
+                    result = await self._run_chain(job)
             finally:
                 job.delivery.on_lost(None)
         if lost.cancel_called:
             raise _Lost(job.context.job_id)
+        if scope.cancel_called or job.context.cancelled:
+            # a sync function that returned after the cancellation: its result is discarded
+            return Outcome("cancelled", JobCancelled("cancelled while it ran")), None
         return result
 
     async def _run_chain(self, job: _Job) -> tuple[Outcome | None, object]:

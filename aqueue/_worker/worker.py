@@ -26,6 +26,7 @@ from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
 from aqueue._worker.autoscale import Measurements, ScaleState, decide
+from aqueue._worker.cancels import Cancellations
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
@@ -291,6 +292,8 @@ class Worker:
                 await transport.declare(
                     queue_topology(session.names, queue, session.queue_settings)
                 )
+            cancellations = Cancellations(session)
+            await cancellations.listen(transport)  # before the first delivery can start
             await self.resume()
             runner = JobRunner(
                 session,
@@ -300,6 +303,7 @@ class Worker:
                 crash_limit=self.settings.crash_limit,
                 lease_after=self.settings.lease_after,
                 lease_ttl=self.settings.lease_ttl,
+                cancellations=cancellations,
             )
             warn_about_long_tasks(
                 self.queue.tasks,
