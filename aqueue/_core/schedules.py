@@ -125,14 +125,22 @@ class Every:
     def __str__(self) -> str:
         return f"every {self.seconds:g}s"
 
+    # in whole milliseconds: float multiples of 0.2 s do not land on the ticks they name
+
+    @property
+    def _step_ms(self) -> int:
+        return max(1, round(self.seconds * 1000))
+
     def next_after(self, instant: float) -> float:
         """The first tick strictly after `instant`."""
-        return (math.floor(instant / self.seconds) + 1) * self.seconds
+        step = self._step_ms
+        return (round(instant * 1000) // step + 1) * step / 1000
 
     def latest_at_or_before(self, instant: float, *, after: float) -> float | None:
         """The latest tick in (`after`, `instant`], or None."""
-        latest = math.floor(instant / self.seconds) * self.seconds
-        return latest if latest > after else None
+        step = self._step_ms
+        latest = round(instant * 1000) // step * step
+        return latest / 1000 if latest > round(after * 1000) else None
 
 
 Trigger: TypeAlias = Cron | Every

@@ -320,7 +320,7 @@ class Scheduler:
         for name, schedule in self._schedules.items():
             mark = self._marks[name]
             plan = schedule.plan(mark.cursor / 1000, now)
-            if plan.cursor * 1000 <= mark.cursor:
+            if round(plan.cursor * 1000) <= mark.cursor:
                 continue
             changed = True
             if plan.missed:

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from aqueue import TaskQueue
+from aqueue._core.schedules import Mark
 from aqueue._results import MemoryResultBackend
 from aqueue._scheduler.scheduler import Scheduler
 from aqueue.testing import running_worker
@@ -63,3 +64,39 @@ async def test_one_of_two_schedulers_leads_and_each_tick_runs_once() -> None:
     assert all(job_id.startswith("tick@") for job_id in ran)
     assert len(ran) == len(set(ran))
     assert not set(first.fired) & set(second.fired)  # the hand-over passes the marks
+
+
+@pytest.mark.parametrize("backend", [True, False])
+async def test_a_tick_published_twice_runs_once_only_with_a_result_backend(backend: bool) -> None:
+    """Two leaders for a moment publish the same tick twice (same job id, two copy tokens):
+    with a result backend the second copy is acked without running; without one both run
+    (what the schedules page says can happen during a failover)."""
+    ran: list[str] = []
+    queue = TaskQueue(
+        "memory://", telemetry=False, results=MemoryResultBackend() if backend else None
+    )
+
+    @queue.periodic(every=3600, name="hourly")
+    @queue.task()
+    async def hourly() -> None:
+        from aqueue import current_job
+
+        ran.append(current_job().job_id)
+
+    async with queue.session() as session, running_worker(queue) as worker:
+        one, two = Scheduler(session, queue.schedules), Scheduler(session, queue.schedules)
+        tick = 1_800_000_000.0
+        mark = one.marks.get("hourly")
+        await one._enqueue(queue.schedules["hourly"], tick, mark or _mark())
+        await two._enqueue(queue.schedules["hourly"], tick, mark or _mark())
+        await wait_for(
+            lambda: worker.statistics().succeeded + worker.statistics().duplicates == 2,
+            timeout=5,
+            what="both copies settled",
+        )
+    assert ran == (["hourly@2027-01-15T08:00:00Z"] * (1 if backend else 2))
+    assert worker.statistics().duplicates == (1 if backend else 0)
+
+
+def _mark() -> Mark:
+    return Mark()

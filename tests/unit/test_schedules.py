@@ -176,3 +176,16 @@ def test_marks_merge_to_the_latest_and_round_trip() -> None:
     status = SchedulerStatus("id", "h", 1, "p", True, 2.0, 5.0, merged)
     assert SchedulerStatus.from_payload(status.to_payload()) == status
     assert read_marks({"a": {"cursor": -1, "fired": 0}, "b": "x"}) == {}
+
+
+def test_sub_second_intervals_land_on_whole_milliseconds() -> None:
+    """every=0.2: the latest tick after a tick is never that tick again (no float drift)."""
+    every = Every(0.2)
+    tick = 1796306748.6
+    assert every.latest_at_or_before(tick + 0.1, after=tick) is None
+    assert every.next_after(tick) == 1796306748.8
+    assert _schedule_every(0.2).plan(cursor=tick, now=tick + 0.1).fire is None
+
+
+def _schedule_every(seconds: float) -> Schedule:
+    return Schedule("s", "t", "default", Every(seconds))
