@@ -123,7 +123,16 @@ class Flows:
             once = f"{links.root}:error:{first_id(node)}"
             if await backend.claim(once, job_id, ttl=self._states.ttl):
                 resume = Resume(result=payload, has_result=True)
-                await self.start(node, root=links.root, resume=resume)
+                await self.start(node, root=error_root(links.root), resume=resume)
+
+
+def error_root(root: str) -> str:
+    """The workflow id an error callback of workflow `root` runs under.
+
+    A workflow of its own: cancelling a workflow cancels its steps by their root, and the
+    error callbacks the cancellation starts must still run.
+    """
+    return f"{root}:on-error"
 
 
 def _envelope(job: PlannedJob, now_ms: int) -> Envelope:

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from aqueue import JobStatus, MemoryResultBackend, TaskQueue, WorkerSettings, chord, current_job
+from aqueue import (
+    JobStatus,
+    MemoryResultBackend,
+    TaskQueue,
+    WorkerSettings,
+    chain,
+    chord,
+    current_job,
+)
 from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
 from tests.helpers.workers import wait_until
@@ -24,6 +32,7 @@ class CancelApp:
     ran: list[str] = field(default_factory=list)
     started: dict[str, anyio.Event] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)
+    errors: list[dict[str, object]] = field(default_factory=list)
 
 
 def cancel_app(url: str, prefix: str, *, backend: bool = True) -> CancelApp:
@@ -58,6 +67,10 @@ def cancel_app(url: str, prefix: str, *, backend: bool = True) -> CancelApp:
         while not current_job().cancelled:
             pause.wait(0.01)
         return "stopped"
+
+    @queue.task(name="on_error")
+    async def on_error(error: dict[str, object]) -> None:
+        app.errors.append(error)
 
     @queue.task(name="gather")
     async def gather(values: list[int]) -> int:
@@ -143,3 +156,20 @@ async def check_cancelling_a_chord_prevents_its_callback(url: str, prefix: str) 
         assert await handle.status() is JobStatus.CANCELLED
     assert handle.job_id not in app.ran
     assert app.finished == []
+
+
+async def check_cancelling_a_chain_stops_it_and_tells_its_error_callback(
+    url: str, prefix: str
+) -> None:
+    """A chain cancelled while its first step runs: that step stops, the next never runs, its
+    handle reads cancelled, and its on_error callback receives the cancellation."""
+    app = cancel_app(url, prefix)
+    sleepy, quick, on_error = (app.queue.tasks[n] for n in ("sleepy", "quick", "on_error"))
+    async with app.queue, running_worker(app.queue) as worker:
+        handle = await app.queue.enqueue(chain(sleepy.s(1), quick.s(), on_error=on_error.s()))
+        await wait_until(worker, lambda s: s.in_flight == 1)
+        await handle.cancel()
+        await wait_for(lambda: bool(app.errors), timeout=10, what="the error callback")
+        assert await handle.status() is JobStatus.CANCELLED
+    assert len(app.ran) == 1
+    assert app.errors[0]["type"] == "aqueue.exceptions.JobCancelled"

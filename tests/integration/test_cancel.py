@@ -54,6 +54,15 @@ async def test_cancelling_a_chord_prevents_its_callback(
     await cancelling.check_cancelling_a_chord_prevents_its_callback(amqp_url, prefix)
 
 
+async def test_cancelling_a_chain_stops_it_and_tells_its_error_callback(
+    amqp_url: str, prefix: str, cleanup: None
+) -> None:
+    """See `check_cancelling_a_chain_stops_it_and_tells_its_error_callback`."""
+    await cancelling.check_cancelling_a_chain_stops_it_and_tells_its_error_callback(
+        amqp_url, prefix
+    )
+
+
 async def test_cancel_command_stops_a_running_job(
     amqp_url: str, prefix: str, tmp_path: Path, cleanup: None
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from aqueue import TaskQueue
@@ -72,4 +73,30 @@ async def test_the_election_outlives_the_consumer_timeout(
                     )
                 assert first.leading
                 assert not second.leading
+            tg.cancel_scope.cancel()
+
+
+async def test_after_close_all_connections_one_leads_and_the_other_follows(
+    short_timeout_node: RabbitNode, prefix: str
+) -> None:
+    """``rabbitmqctl close_all_connections`` on the node: both schedulers reconnect, one of
+    them leads again and the other follows."""
+    url = short_timeout_node.url
+    first_queue, second_queue = _app(url, prefix, "one"), _app(url, prefix, "two")
+    async with first_queue.session() as one, second_queue.session() as two:
+        first = Scheduler(one, first_queue.schedules, renew_interval=1.0)
+        second = Scheduler(two, second_queue.schedules, renew_interval=1.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(first.run)
+            await wait_for(lambda: first.leading, timeout=10, what="the first scheduler leads")
+            await tg.start(second.run)
+            await anyio.to_thread.run_sync(
+                short_timeout_node.ctl, "close_all_connections", "test: all closed"
+            )
+            await wait_for(
+                lambda: not first.leading, timeout=10, what="the leader notices its loss"
+            )
+            await wait_for(
+                lambda: first.leading != second.leading, timeout=20, what="one leader again"
+            )
             tg.cancel_scope.cancel()

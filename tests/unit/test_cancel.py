@@ -30,6 +30,13 @@ async def test_cancelling_a_chord_prevents_its_callback() -> None:
     await cancelling.check_cancelling_a_chord_prevents_its_callback("memory://", "t")
 
 
+async def test_cancelling_a_chain_stops_it_and_tells_its_error_callback() -> None:
+    """See `check_cancelling_a_chain_stops_it_and_tells_its_error_callback`."""
+    await cancelling.check_cancelling_a_chain_stops_it_and_tells_its_error_callback(
+        "memory://", "t"
+    )
+
+
 def test_cancel_memory_is_bounded_in_number_and_time() -> None:
     """The oldest cancellation goes first past the size; each one is forgotten after its ttl."""
     memory = CancelMemory(size=2, ttl=10)
