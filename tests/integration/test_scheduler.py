@@ -188,7 +188,8 @@ async def test_a_leader_whose_connection_the_broker_closes_is_replaced_and_follo
     cleanup: None,
 ) -> None:
     """The broker closes the leader's scheduler connection: the other worker leads within
-    TAKEOVER_LIMIT, the old leader reconnects as a follower, and no tick runs twice."""
+    TAKEOVER_LIMIT, the old leader reconnects as a follower, no tick runs twice, and
+    ``aqueue schedules`` names the new leader."""
     env = {**apps_env(amqp_url, prefix, records), "AQUEUE_TEST_REDIS_URL": redis_url}
     async with listening(amqp_url, prefix) as heard:
         workers = [await _start(spawn, env, tmp_path / f"w{i}.log") for i in range(2)]
@@ -197,7 +198,7 @@ async def test_a_leader_whose_connection_the_broker_closes_is_replaced_and_follo
         name = f"{prefix}-{leader.pid}-scheduler"
         assert await anyio.to_thread.run_sync(close_connections, name, "test: leader cut") == 1
         closed_at = time.monotonic()
-        await _leader(heard, pids - {leader.pid}, since=closed_at)
+        successor = await _leader(heard, pids - {leader.pid}, since=closed_at)
         assert time.monotonic() - closed_at <= TAKEOVER_LIMIT + 1
 
         def follows() -> bool:
@@ -208,27 +209,15 @@ async def test_a_leader_whose_connection_the_broker_closes_is_replaced_and_follo
         await wait_for(follows, timeout=20, what="the old leader's notice as a follower")
         count = len(_ticks(records))
         await wait_for(lambda: len(_ticks(records)) >= count + 2, timeout=10, what="more ticks")
-        assert not heard.leaders(since=time.monotonic() - 1.5) or all(
-            s.pid != leader.pid for _, s in heard.leaders(since=closed_at)
-        )
+        assert all(s.pid != leader.pid for _, s in heard.leaders(since=closed_at))
+        await _check_schedules_command(env, successor.pid)
         for worker in workers:
             await worker.terminate()
     _ticks(records)  # no tick ran twice
 
 
-async def test_schedules_command_lists_schedules_and_the_leader(
-    amqp_url: str,
-    prefix: str,
-    redis_url: str,
-    records: Path,
-    tmp_path: Path,
-    spawn: list[WorkerProcess],
-    cleanup: None,
-) -> None:
+async def _check_schedules_command(env: dict[str, str], leader_pid: int) -> None:
     """``aqueue schedules --json`` names the schedule, its next and last run and the leader."""
-    env = {**apps_env(amqp_url, prefix, records), "AQUEUE_TEST_REDIS_URL": redis_url}
-    worker = await _start(spawn, env, tmp_path / "w.log")
-    await wait_for(lambda: bool(_ticks(records)), timeout=10, what="a tick")
     result = await anyio.to_thread.run_sync(
         lambda: subprocess.run(
             aqueue_command("schedules", APP, "--json", "--interval", "1.5"),
@@ -242,10 +231,41 @@ async def test_schedules_command_lists_schedules_and_the_leader(
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["leader"]["pid"] == worker.pid
+    assert doc["leader"]["pid"] == leader_pid
+    assert {s["pid"] for s in doc["schedulers"]} >= {leader_pid}
     (row,) = doc["schedules"]
     assert row["name"] == "second"
     assert row["trigger"] == "every 1s"
     assert row["last_job_id"].startswith("second@")
     assert row["next_run"] > row["last_run"]
-    await worker.terminate()
+
+
+async def test_scheduler_command_leads_for_a_worker_without_one(
+    amqp_url: str,
+    prefix: str,
+    redis_url: str,
+    records: Path,
+    tmp_path: Path,
+    spawn: list[WorkerProcess],
+    cleanup: None,
+) -> None:
+    """``aqueue scheduler`` leads while the only worker runs ``--no-scheduler``: its ticks run
+    there; SIGTERM stops the scheduler cleanly (exit 0), and then no tick is enqueued."""
+    env = {**apps_env(amqp_url, prefix, records), "AQUEUE_TEST_REDIS_URL": redis_url}
+    async with listening(amqp_url, prefix) as heard:
+        worker = WorkerProcess(APP, ("--no-scheduler",), env=env, log=tmp_path / "w.log")
+        spawn.append(worker)
+        worker.start()
+        await worker.wait_started()
+        scheduler = WorkerProcess(APP, (), env=env, log=tmp_path / "s.log")
+        scheduler.argv = aqueue_command("scheduler", APP)
+        spawn.append(scheduler)
+        scheduler.start()
+        leader = await _leader(heard, {scheduler.pid, worker.pid})
+        assert leader.pid == scheduler.pid
+        await wait_for(lambda: len(_ticks(records)) >= 2, timeout=10, what="two ticks")
+        await scheduler.terminate()
+        stopped = len(_ticks(records))
+        assert all(s.pid != worker.pid for _, s in heard.items)  # it runs no scheduler
+        await worker.terminate()
+    assert len(_ticks(records)) <= stopped + 1  # at most the tick under way at the stop
