@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from aqueue._client.session import Session
 from aqueue._core.heartbeats import control_exchange
@@ -149,9 +150,7 @@ class Scheduler:
         """The marks this scheduler knows, by schedule name."""
         return dict(self._marks)
 
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Take part in the election on a connection of its own, and lead when elected.
 
         Runs until cancelled; then it hands its tokens (with its marks) back at once, so the
