@@ -3,7 +3,7 @@
 Three workers with schedulers and an every-second schedule: each tick runs once, through a
 SIGKILL of the leader; a leader whose connection the broker closes is replaced and rejoins
 as a follower. Who leads is read from the schedulers' notices on the control exchange, as
-``aqueue schedules`` reads it. The run lasts ``AQUEUE_TEST_SCHEDULE_SECONDS`` (12 by
+``aqueue schedules`` reads it. The run lasts ``AQUEUE_TEST_SCHEDULE_SECONDS`` (10 by
 default; the issue's 60 with ``AQUEUE_TEST_SCHEDULE_SECONDS=60``).
 """
 
@@ -148,7 +148,7 @@ async def test_three_schedulers_run_each_tick_once_through_a_sigkill_of_the_lead
     """Three workers, an every-second schedule: each tick runs exactly once; after a SIGKILL of
     the leader at a third of the run, another takes over within TAKEOVER_LIMIT, and the only
     gap in the ticks is the takeover, closed by running the latest missed tick (misfire once)."""
-    duration = float(os.environ.get("AQUEUE_TEST_SCHEDULE_SECONDS", "12"))
+    duration = float(os.environ.get("AQUEUE_TEST_SCHEDULE_SECONDS", "10"))
     env = {**apps_env(amqp_url, prefix, records), "AQUEUE_TEST_REDIS_URL": redis_url}
     async with listening(amqp_url, prefix) as heard:
         workers = [await _start(spawn, env, tmp_path / f"w{i}.log") for i in range(3)]

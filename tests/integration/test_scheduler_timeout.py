@@ -1,4 +1,5 @@
-"""The scheduler election and RabbitMQ's ``consumer_timeout``, on a private node (2 s).
+"""The scheduler election through faults: RabbitMQ's ``consumer_timeout`` on a private node
+(2 s), ``close_all_connections`` there, and a network cut (a proxy that drops every byte).
 
 A leader that renews its token (every second here) never holds a delivery long enough for
 the broker's timeout: it leads on. One that renews too rarely has its channel closed by the
@@ -8,6 +9,7 @@ broker, and the other scheduler takes over: either way one scheduler leads.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -100,3 +102,58 @@ async def test_after_close_all_connections_one_leads_and_the_other_follows(
                 lambda: first.leading != second.leading, timeout=20, what="one leader again"
             )
             tg.cancel_scope.cancel()
+
+
+async def test_a_leader_cut_off_by_the_network_is_replaced_and_no_tick_runs_twice(
+    amqp_url: str, prefix: str
+) -> None:
+    """The leader's link is cut silently (heartbeat 1 s): the broker drops it and the other
+    scheduler leads; once the link is back the old leader follows; with a result backend no
+    tick of the every-second schedule runs twice."""
+    from aqueue import MemoryResultBackend, WorkerSettings, current_job
+    from aqueue.testing import running_worker
+    from tests.helpers.blackhole import blackhole
+
+    backend = MemoryResultBackend()  # shared by the three queues: they are one app
+    ran: list[str] = []
+
+    def app(url: str, name: str) -> TaskQueue:
+        queue = TaskQueue(
+            url, prefix=prefix, telemetry=False, name=f"{prefix}-{name}", results=backend
+        )
+
+        @queue.periodic(every=1, name="second")
+        @queue.task(name="tick")
+        async def tick() -> None:
+            ran.append(current_job().job_id)
+
+        return queue
+
+    parts = urlsplit(amqp_url)
+    async with blackhole(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
+        cut_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=1"
+        first_queue = app(cut_url, "cut")
+        second_queue = app(f"{amqp_url.rstrip('/')}/?heartbeat=1", "direct")
+        async with (
+            first_queue.session() as one,
+            second_queue.session() as two,
+            running_worker(second_queue, WorkerSettings(concurrency=4)),
+            anyio.create_task_group() as tg,
+        ):
+            first = Scheduler(one, first_queue.schedules)
+            second = Scheduler(two, second_queue.schedules)
+            await tg.start(first.run)
+            await wait_for(lambda: first.leading, timeout=10, what="the first scheduler leads")
+            await tg.start(second.run)
+            await wait_for(lambda: len(ran) >= 2, timeout=10, what="two ticks")
+            proxy.cut = True
+            took = await wait_for(lambda: second.leading, timeout=30, what="a takeover")
+            await wait_for(lambda: not first.leading, timeout=30, what="the cut leader stops")
+            proxy.cut = False
+            count = len(ran)
+            await wait_for(lambda: len(ran) >= count + 2, timeout=15, what="more ticks")
+            assert second.leading
+            assert not first.leading
+            tg.cancel_scope.cancel()
+    print(f"takeover after the cut: {took:.2f} s")
+    assert len(ran) == len(set(ran)), ran
