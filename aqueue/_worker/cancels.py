@@ -81,8 +81,10 @@ class Cancellations:
             root is not None and self._memory.holds(root, now)
         )
 
-    async def cancelled(self, job_id: str, root: str | None) -> bool:
-        """Whether the job, or its workflow, was cancelled (heard, or stored in the backend).
+    async def cancelled(self, job_id: str, root: str | None, *, stored: bool = True) -> bool:
+        """Whether the job, or its workflow, was cancelled: heard, or stored.
+
+        The stored state is read only with `stored` and a result backend.
 
         Raises:
             TransportError: the result backend failed.
@@ -90,7 +92,7 @@ class Cancellations:
         if self.heard(job_id, root):
             return True
         backend = self._states.backend
-        if backend is None:
+        if backend is None or not stored:
             return False
         for key in (job_id,) if root is None else (job_id, root):
             state = await backend.get_state(key)

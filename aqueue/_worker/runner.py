@@ -179,7 +179,10 @@ class JobRunner:
             return await self._expired(delivery, job, Outcome("expired", expired), observer)
         try:
             root = job.links.root if job.links is not None else None
-            if await self._cancels.cancelled(job.context.job_id, root):
+            # a task that keeps no states (store_result=False) costs no backend read either:
+            # its jobs are checked against the notices this worker heard
+            stored = job.options.store_result or job.links is not None
+            if await self._cancels.cancelled(job.context.job_id, root, stored=stored):
                 cancelled = JobCancelled("cancelled before it started")
                 return await self._settle_cancelled(
                     delivery, job, Outcome("cancelled", cancelled), observer
