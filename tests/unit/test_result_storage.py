@@ -18,6 +18,11 @@ class TtlRecorder(MemoryResultBackend):
     def __init__(self) -> None:
         super().__init__()
         self.ttls: dict[str, list[float]] = {}
+        self.reads: list[str] = []
+
+    async def get_state(self, job_id: str) -> JobState | None:
+        self.reads.append(job_id)
+        return await super().get_state(job_id)
 
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         self.ttls.setdefault(state.job_id, []).append(ttl)
@@ -25,7 +30,7 @@ class TtlRecorder(MemoryResultBackend):
 
 
 async def test_store_result_false_and_result_ttl_per_task() -> None:
-    """A fire-and-forget task writes no state at all, even with a backend; a task's
+    """A fire-and-forget task writes (and reads) no state at all, even with a backend; a task's
     result_ttl is the ttl of every state of its jobs; others keep the queue's."""
     backend = TtlRecorder()
     queue = TaskQueue("memory://", telemetry=False, results=backend, result_ttl=600)
@@ -48,6 +53,7 @@ async def test_store_result_false_and_result_ttl_per_task() -> None:
         await wait_until(worker, lambda s: s.succeeded == 3)
         assert await short.result(timeout=5) == 1
     assert ignored.job_id not in backend.ttls
+    assert ignored.job_id not in backend.reads  # not even the check for a cancellation
     assert set(backend.ttls[short.job_id]) == {30}
     assert set(backend.ttls[normal.job_id]) == {600}
     assert len(backend.ttls[short.job_id]) == 3  # queued, running, succeeded
