@@ -100,3 +100,31 @@ async def test_a_tick_published_twice_runs_once_only_with_a_result_backend(backe
 
 def _mark() -> Mark:
     return Mark()
+
+
+async def test_overlap_false_skips_ticks_while_the_previous_run_is_unfinished() -> None:
+    """overlap=False: while the first run blocks, later ticks are skipped, not enqueued; once
+    it finished, the next tick runs."""
+    release = anyio.Event()
+    ran: list[str] = []
+    queue = TaskQueue("memory://", telemetry=False, results=MemoryResultBackend())
+
+    @queue.periodic(every=0.2, name="blocking", overlap=False)
+    @queue.task()
+    async def blocking() -> None:
+        from aqueue import current_job
+
+        ran.append(current_job().job_id)
+        if len(ran) == 1:
+            await release.wait()
+
+    async with queue.session() as session, running_worker(queue):
+        scheduler = Scheduler(session, queue.schedules)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler.run)
+            await _until(lambda: len(scheduler.skipped) >= 2)
+            assert len(ran) == 1
+            release.set()
+            await _until(lambda: len(ran) >= 2)
+            tg.cancel_scope.cancel()
+    assert not set(scheduler.skipped) & set(ran)
