@@ -9,12 +9,14 @@ from aqueue._client.deadletters import DeadLetter, DeadLetterQueue, ReplayResult
 from aqueue._client.producer import BatchResult, PublishFailure
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import Autoscale, QueueLimits, TaskOptions, WorkerSettings
+from aqueue._core.schedules import Cron, Every, Schedule
 from aqueue._core.wire import Failure
 from aqueue._observability.hooks import Instrumentation, JobObserver
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._observability.metrics import JobMetrics, MetricSink
 from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
 from aqueue._results.handles import GroupJob, Job
+from aqueue._scheduler.scheduler import Scheduler
 from aqueue._tasks.context import JobContext, current_job
 from aqueue._tasks.middleware import CallNext, Middleware
 from aqueue._tasks.task import Call, Task
@@ -36,8 +38,10 @@ __all__ = [
     "CallNext",
     "Chain",
     "Chord",
+    "Cron",
     "DeadLetter",
     "DeadLetterQueue",
+    "Every",
     "Failure",
     "Group",
     "GroupJob",
@@ -60,6 +64,8 @@ __all__ = [
     "ReplayResult",
     "ResultBackend",
     "Retry",
+    "Schedule",
+    "Scheduler",
     "Signature",
     "Task",
     "TaskOptions",

@@ -9,6 +9,8 @@ AqueueError
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
 ├── JobCrashed                  a job's deliveries came back unacked too often (dead-lettered)
+├── JobExpired                  a job was delivered after its deadline (``expires``): not run
+├── JobCancelled                a job was cancelled (``job.cancel()``): not run, or stopped
 ├── TransportError              anything between aqueue and the broker
 │   ├── ConnectionFailed        the broker could not be reached, or refused the login, vhost or TLS
 │   ├── ConnectionLost          the connection or channel dropped under an operation
@@ -41,7 +43,9 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "EncodeError",
+    "JobCancelled",
     "JobCrashed",
+    "JobExpired",
     "JobFailed",
     "MissingDependency",
     "PublishError",
@@ -103,6 +107,18 @@ class JobCrashed(AqueueError):
 
     Each time, the worker holding it died or lost its connection.
     """
+
+
+class JobExpired(AqueueError):
+    """A job was delivered after its ``expires`` deadline, so it was not run.
+
+    It is dead-lettered with reason ``expired`` (or dropped, with ``on_expire="drop"``).
+    Also why a retry that would be due after the deadline is not sent.
+    """
+
+
+class JobCancelled(AqueueError):
+    """A job was cancelled: it never started, or its run was stopped; it is not retried."""
 
 
 class TransportError(AqueueError):

@@ -18,6 +18,7 @@ PUBLIC_MODULES = ("aqueue", "aqueue.exceptions", "aqueue.telemetry", "aqueue.tes
 #: What users call on a TaskQueue; plumbing lives on its Session.
 TASK_QUEUE_API = {
     "aclose",
+    "cancel",
     "dead_letters",
     "enqueue",
     "enqueue_at",
@@ -29,6 +30,9 @@ TASK_QUEUE_API = {
     "middleware",
     "name",
     "open",
+    "periodic",
+    "schedule",
+    "schedules",
     "session",
     "task",
     "tasks",

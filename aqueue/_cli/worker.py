@@ -28,6 +28,7 @@ from aqueue._cli.common import (
     queue_names,
 )
 from aqueue._cli.output import JSON_VERSION, print_json
+from aqueue._cli.schedules import run_schedules
 from aqueue._cli.supervisor import Supervisor
 from aqueue._cli.telemetry import (
     LOG_FORMATS,
@@ -160,6 +161,14 @@ def worker(
     metrics_address: Annotated[
         str, typer.Option(help="The address the metrics endpoint listens on.")
     ] = "0.0.0.0",  # noqa: S104 - a worker in a container is scraped from outside
+    no_scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--no-scheduler",
+            help="Do not run the app's schedules in this worker (by default every worker "
+            "takes part in the scheduler election; exactly one leads).",
+        ),
+    ] = False,
     processes: Annotated[
         str,
         typer.Option(
@@ -207,7 +216,11 @@ def worker(
     running = Worker(queue, settings)
     try:
         _observed_run(
-            running, otel=otel, metrics_port=metrics_port, metrics_address=metrics_address
+            running,
+            otel=otel,
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
+            scheduler=not no_scheduler and bool(queue.schedules),
         )
     except typer.Exit as exc:
         _exit_now_if_threads_abandoned(running, exc.exit_code)
@@ -331,7 +344,12 @@ def _autoscale(bounds: str | None, target_wait: float | None) -> Autoscale | Non
 
 
 def _observed_run(
-    worker: Worker, *, otel: bool, metrics_port: int | None, metrics_address: str
+    worker: Worker,
+    *,
+    otel: bool,
+    metrics_port: int | None,
+    metrics_address: str,
+    scheduler: bool,
 ) -> None:
     """Run `worker` until it stops, with the observability the options ask for around it."""
     with ExitStack() as stack:  # its exit flushes the spans still to export
@@ -352,7 +370,7 @@ def _observed_run(
             print_error(exc)
             raise typer.Exit(2) from exc
         try:
-            anyio.run(_run_worker, worker)
+            anyio.run(_run_worker, worker, scheduler)
         except (AqueueError, BaseExceptionGroup) as exc:
             error = aqueue_error(exc)
             if error is None:
@@ -395,11 +413,19 @@ def _exit_now_if_threads_abandoned(worker: Worker, code: int) -> None:
     os._exit(code)
 
 
-async def _run_worker(worker: Worker) -> None:
+async def _run_worker(worker: Worker, scheduler: bool) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, worker)
+        if scheduler:
+            tg.start_soon(_schedules_once_started, worker)
         await worker.run()
         tg.cancel_scope.cancel()
+
+
+async def _schedules_once_started(worker: Worker) -> None:
+    """Run the app's schedules beside the worker, on its session, once it consumes."""
+    await worker.wait_started()  # its session is open: the scheduler shares it
+    await run_schedules(worker.queue)
 
 
 async def _stop_on_signals(worker: Worker) -> None:

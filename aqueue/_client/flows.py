@@ -89,8 +89,17 @@ class Flows:
             await self.start(head.node, root=links.root, resume=resume)
             return
 
-    async def failed(self, links: WorkflowLinks, job_id: str, error: RemoteError) -> None:
+    async def failed(
+        self,
+        links: WorkflowLinks,
+        job_id: str,
+        error: RemoteError,
+        *,
+        status: JobStatus = JobStatus.FAILED,
+    ) -> None:
         """A step failed for good: fail the handles that wait on it; run error callbacks once.
+
+        `status` is what the handles become: failed, or cancelled (a cancelled step).
 
         Each error callback is claimed in the backend by the first step that fails (and by
         that step's redeliveries, which publish it again with the same id): a group whose
@@ -99,7 +108,7 @@ class Flows:
         for target in links.fail:
             if target != job_id:
                 await self._states.record(
-                    JobState(target, JobStatus.FAILED, error=error, extra={"failed_job": job_id})
+                    JobState(target, status, error=error, extra={"failed_job": job_id})
                 )
         if not links.on_error:
             return
@@ -114,7 +123,16 @@ class Flows:
             once = f"{links.root}:error:{first_id(node)}"
             if await backend.claim(once, job_id, ttl=self._states.ttl):
                 resume = Resume(result=payload, has_result=True)
-                await self.start(node, root=links.root, resume=resume)
+                await self.start(node, root=error_root(links.root), resume=resume)
+
+
+def error_root(root: str) -> str:
+    """The workflow id an error callback of workflow `root` runs under.
+
+    A workflow of its own: cancelling a workflow cancels its steps by their root, and the
+    error callbacks the cancellation starts must still run.
+    """
+    return f"{root}:on-error"
 
 
 def _envelope(job: PlannedJob, now_ms: int) -> Envelope:

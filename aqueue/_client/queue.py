@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, Self, TypeVar, overload
 import anyio
 from typing_extensions import Unpack
 
+from aqueue._client.cancel import cancel_job
 from aqueue._client.deadletters import DeadLetterQueue
 from aqueue._client.producer import BatchResult
 from aqueue._client.session import Session
@@ -31,14 +32,17 @@ from aqueue._core.config import (
     ProducerSettings,
     QueueSettings,
     TaskOptionsDict,
+    expiry_ms,
 )
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
+from aqueue._core.schedules import Misfire, Schedule, ScheduleBook
 from aqueue._core.topology import QueueType, TopologyNames, validate_name
 from aqueue._core.wire import Envelope
 from aqueue._observability.hooks import Instrumentation, Instruments
 from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
+from aqueue._tasks.periodic import make_schedule
 from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
 from aqueue._transport import check_urls, connector, redact_url
 from aqueue._workflows import (
@@ -140,6 +144,7 @@ class TaskQueue:
         self._urls = tuple(map(redact_url, urls))
         self._middleware: tuple[Middleware, ...] = tuple(middleware)
         self._registry = TaskRegistry()
+        self._schedules = ScheduleBook()
         self._instruments = Instruments()
         if telemetry:
             # imported here: a TaskQueue(telemetry=False) never loads OpenTelemetry
@@ -164,6 +169,11 @@ class TaskQueue:
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
         """The registered tasks, by name."""
         return self._registry
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """The schedules (`periodic`, `schedule`), by name."""
+        return self._schedules
 
     @property
     def middleware(self) -> tuple[Middleware, ...]:
@@ -201,6 +211,98 @@ class TaskQueue:
             decorator.check()
             return decorator
         return decorator(fn)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: float | dt.timedelta | None = None,
+        timezone: str | None = None,
+        name: str | None = None,
+        misfire: Misfire = "once",
+        overlap: bool = True,
+    ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Run a task without required arguments on a schedule: ``@queue.periodic("0 3 * * *")``.
+
+        Put it above ``@queue.task(...)``. The schedule is named after the task unless
+        `name` says otherwise; see `schedule` for the other arguments.
+
+        Raises:
+            ConfigurationError: as for `schedule`, or the task has required arguments.
+        """
+
+        def decorate(task: Task[P, R]) -> Task[P, R]:
+            self.schedule(
+                task,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                name=name,
+                misfire=misfire,
+                overlap=overlap,
+            )
+            return task
+
+        return decorate
+
+    def schedule(
+        self,
+        task: Task[Any, Any],
+        /,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        timezone: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        misfire: Misfire = "once",
+        overlap: bool = True,
+    ) -> Schedule:
+        """Enqueue a job of `task` on a schedule, from whichever scheduler leads.
+
+        Args:
+            task: a registered task.
+            cron: a cron expression (5 fields, or 6 with seconds first), parsed by cronsim.
+            every: an interval in seconds or a timedelta, aligned to the Unix epoch.
+            timezone: the IANA time zone of `cron` (default UTC).
+            args: positional arguments of every job.
+            kwargs: keyword arguments of every job.
+            name: unique among the schedules (default: the task's name); with the tick time
+                it makes each job's id, so a tick published twice runs once.
+            misfire: ticks missed while no scheduler ran: ``"once"`` runs the latest of them
+                once, ``"skip"`` none.
+            overlap: False skips a tick while the previous run has not finished (needs a
+                result backend).
+
+        Raises:
+            ConfigurationError: both or neither of `cron` and `every`; a bad expression,
+                interval, time zone or name; arguments that do not fit the task or are not
+                JSON; a name already taken; ``overlap=False`` without a result backend.
+        """
+        schedule = make_schedule(
+            task,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            misfire=misfire,
+            overlap=overlap,
+        )
+        if not overlap and self._backend is None:
+            raise ConfigurationError(
+                "overlap=False needs a result backend (it reads the previous run's state): "
+                "pass results=RedisResultBackend(...) to TaskQueue"
+            )
+        if task.name not in self._registry:
+            raise ConfigurationError(f"{task.name} is not a task of this TaskQueue")
+        self._schedules.add(schedule)
+        return schedule
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -293,7 +395,34 @@ class TaskQueue:
 
     def job(self, job_id: str) -> Job[Any]:
         """A handle on any job by its id, e.g. in another process (``GET /jobs/{id}``)."""
-        return Job(job_id, "", "", self._backend)
+        return self._handle(job_id)
+
+    def _handle(
+        self, job_id: str, task: str = "", queue: str = "", *, root: str | None = None
+    ) -> Job[Any]:
+        return Job(job_id, task, queue, self._backend, canceller=self.cancel, root=root)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job by its id, or a whole workflow by its root id.
+
+        Every worker hears of it through the broker (the control exchange). A queued or
+        delayed job never starts; a running async job gets ``CancelledError`` and is settled
+        as ``cancelled``; a sync job sees ``current_job().cancelled`` become true; a job in a
+        process pool has its process killed. With a result backend the cancellation is stored
+        (the state reads ``cancelled``), so a worker that starts later honours it too;
+        without one, only the workers running now know it (see the cancellation page).
+
+        Returns:
+            False when the result backend knows the job finished already; True otherwise.
+
+        Raises:
+            ConfigurationError: the queue is not open, or `job_id` is not a non-empty string.
+            ConnectionLost, TransportError: the notice or the stored state could not be written.
+        """
+        given: object = job_id  # run-time input: not every caller runs mypy
+        if not isinstance(given, str) or not given:
+            raise ConfigurationError(f"cancel() needs a job id, not {job_id!r}")
+        return await cancel_job(self._require_session(), job_id)
 
     def dead_letters(self, queue: str = DEFAULT_QUEUE) -> DeadLetterQueue:
         """The dead-letter queue of a logical queue: list, find, replay and purge its jobs.
@@ -414,8 +543,10 @@ class TaskQueue:
         await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
-            await session.states.record(JobState(envelope.job_id, status, task=envelope.task))
-        return Job(envelope.job_id, envelope.task, envelope.queue, self._backend)
+            await session.states.record(
+                JobState(envelope.job_id, status, task=envelope.task), ttl=task.options.result_ttl
+            )
+        return self._handle(envelope.job_id, envelope.task, envelope.queue)
 
     async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
         session = self._require_session()
@@ -424,7 +555,7 @@ class TaskQueue:
         root = uuid.uuid4().hex
         flow = assign_ids(flow, root)
         await session.flows.start(flow, root=root)
-        handles: list[Job[Any]] = [Job(job_id, "", "", self._backend) for job_id in final_ids(flow)]
+        handles: list[Job[Any]] = [self._handle(job_id, root=root) for job_id in final_ids(flow)]
         if isinstance(flow, Group) or len(handles) != 1:
             return GroupJob(handles)
         return handles[0]
@@ -437,20 +568,23 @@ class TaskQueue:
         *,
         delay: float | dt.timedelta | None = None,
         eta: dt.datetime | None = None,
+        expires: float | dt.datetime | None = None,
     ) -> BatchResult[R]:
         """Send many jobs of one task with pipelined confirms; return when all are settled.
 
         Each item of `calls` is ``task.call(...)`` (its arguments checked by a type checker,
         as `enqueue`'s are), a sequence of positional arguments, or a mapping of keyword
         arguments. Every job is encoded before the first is published, so bad input publishes
-        nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`.
+        nothing. `delay` or `eta` delay them all, as in `enqueue_in` / `enqueue_at`;
+        `expires` gives them all a deadline, as ``task.with_options(expires=...)`` does.
 
         Returns:
             Every job's handle and the jobs the broker did not confirm (``result.failures``).
 
         Raises:
             EncodeError: an argument is not JSON (naming the call and the argument).
-            ConfigurationError: a bad delay or eta, or both given; the queue is not open.
+            ConfigurationError: a bad delay or eta, or both given; a bad or past `expires`;
+                the queue is not open.
         """
         _check_task(task, "enqueue_many()")
         if task.enqueue_options.job_id is not None or task.enqueue_options.unique_for is not None:
@@ -458,6 +592,8 @@ class TaskQueue:
                 "enqueue_many() gives every job a fresh id: a task with_options(job_id=...) "
                 "or with_options(unique_for=...) is for one enqueue() at a time"
             )
+        if expires is not None:
+            task = task.with_options(expires=expires)
         if delay is not None and eta is not None:
             raise ConfigurationError("give delay or eta, not both")
         delay_ms = _delay_ms(delay or 0, eta)
@@ -477,9 +613,14 @@ class TaskQueue:
             lost = {failure.job_id for failure in failures}
             status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
             await session.states.record_many(
-                [JobState(e.job_id, status, task=e.task) for e in envelopes if e.job_id not in lost]
+                [
+                    JobState(e.job_id, status, task=e.task)
+                    for e in envelopes
+                    if e.job_id not in lost
+                ],
+                ttl=task.options.result_ttl,
             )
-        jobs: list[Job[R]] = [Job(e.job_id, e.task, e.queue, self._backend) for e in envelopes]
+        jobs: list[Job[R]] = [self._handle(e.job_id, e.task, e.queue) for e in envelopes]
         return BatchResult(jobs, failures)
 
 
@@ -535,8 +676,18 @@ def _envelope(
     *,
     job_id: str | None = None,
 ) -> Envelope:
-    """A new job of `task`, stamped now (with a fresh id unless `job_id` is given)."""
+    """A new job of `task`, stamped now (with a fresh id unless `job_id` is given).
+
+    Raises:
+        ConfigurationError: its ``expires`` deadline is in the past, or not after it is due.
+    """
     now_ms = time.time_ns() // 1_000_000
+    expires_at_ms = expiry_ms(task.options.expires, now_ms)
+    if expires_at_ms is not None and delay_ms > 0 and expires_at_ms <= now_ms + delay_ms:
+        raise ConfigurationError(
+            f"job of {task.name} would expire before it is due (expires={task.options.expires!r}, "
+            f"due in {delay_ms / 1000:g}s): it could never run"
+        )
     return Envelope(
         job_id=job_id or uuid.uuid4().hex,
         task=task.name,
@@ -546,6 +697,7 @@ def _envelope(
         enqueued_at_ms=now_ms,
         eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
         options=task.overrides,
+        expires_at_ms=expires_at_ms,
     )
 
 

@@ -7,7 +7,9 @@ these classes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypedDict
@@ -38,6 +40,10 @@ MAX_RETRIES = 10_000
 MAX_TIMEOUT = 1e9
 
 
+#: What a worker does with a job delivered after its deadline (``expires``).
+OnExpire = Literal["dead-letter", "drop"]
+ON_EXPIRE: tuple[OnExpire, ...] = ("dead-letter", "drop")
+
 #: Where a plain (sync) task function runs: a thread of the worker, or a process of its pool.
 Executor = Literal["thread", "process"]
 EXECUTORS: tuple[Executor, ...] = ("thread", "process")
@@ -52,6 +58,8 @@ class TaskOverridesDict(TypedDict, total=False):
     backoff: float
     max_backoff: float
     jitter: float
+    expires: float | dt.datetime | None
+    on_expire: OnExpire
 
 
 class TaskOptionsDict(TaskOverridesDict, FlowOptionsDict, total=False):
@@ -60,6 +68,7 @@ class TaskOptionsDict(TaskOverridesDict, FlowOptionsDict, total=False):
     name: str
     retry_on: tuple[type[BaseException], ...]
     store_result: bool
+    result_ttl: float | None
     executor: Executor
 
 
@@ -92,6 +101,13 @@ class TaskOptions:
         flow: rate limit, concurrency cap and fair share (given to ``@queue.task`` as
             ``rate_limit=``, ``max_concurrency=``, ``fair_key=``, ...; see the flow-control
             page). Not per job.
+        expires: a deadline for every job: seconds after it is enqueued, or an aware
+            datetime. A job delivered after it is not run (see `on_expire`), and a retry that
+            would be due after it is not sent. ``None``: never.
+        on_expire: ``"dead-letter"`` (the job goes to the dead-letter queue with reason
+            ``expired``) or ``"drop"`` (acked and counted in the ``expired`` metric).
+        result_ttl: seconds this task's states and results are kept; ``None``: the
+            `TaskQueue`'s ``result_ttl``.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -104,9 +120,17 @@ class TaskOptions:
     store_result: bool = True
     executor: Executor = "thread"
     flow: FlowLimits = NO_FLOW_LIMITS
+    expires: float | dt.datetime | None = None
+    on_expire: OnExpire = "dead-letter"
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
+        _check_expiry(self.expires, self.on_expire)
+        if self.result_ttl is not None and not is_number(self.result_ttl, above=0):
+            raise ConfigurationError(
+                f"result_ttl must be a positive number of seconds or None, not {self.result_ttl!r}"
+            )
         if self.executor not in EXECUTORS:
             raise ConfigurationError(
                 f"executor must be 'thread' or 'process', not {self.executor!r}"
@@ -164,7 +188,47 @@ class TaskOptions:
 
 #: Options the worker needs to see per job when `with_options` changed them at enqueue; they
 #: travel in the ``aqueue-options`` header (the worker otherwise uses the registered task's).
-PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter")
+#: (``expires`` travels as a deadline of its own, the ``aqueue-expires`` header.)
+PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter", "on_expire")
+
+
+def _check_expiry(expires: object, on_expire: object) -> None:
+    """Check `expires` (a number of seconds or an aware datetime) and `on_expire`; no clock.
+
+    Raises:
+        ConfigurationError: a bad value (a deadline in the past is caught where the clock is
+            read: `with_options` and enqueue).
+    """
+    if isinstance(expires, dt.datetime):
+        if expires.tzinfo is None or expires.utcoffset() is None:
+            raise ConfigurationError(
+                f"expires must be a timezone-aware datetime, not the naive {expires!r}"
+            )
+    elif expires is not None and not is_number(expires, above=0, at_most=MAX_DELAY_SECONDS):
+        raise ConfigurationError(
+            f"expires must be a positive number of seconds (at most {MAX_DELAY_SECONDS:g}), "
+            f"an aware datetime or None, not {expires!r}"
+        )
+    if on_expire not in ON_EXPIRE:
+        raise ConfigurationError(f"on_expire must be 'dead-letter' or 'drop', not {on_expire!r}")
+
+
+def expiry_ms(expires: float | dt.datetime | None, now_ms: int) -> int | None:
+    """The deadline in ms since the Unix epoch of a job enqueued at `now_ms`; None: none.
+
+    Raises:
+        ConfigurationError: the deadline is not after `now_ms` (in the past).
+    """
+    if expires is None:
+        return None
+    if isinstance(expires, dt.datetime):
+        deadline = math.floor(expires.timestamp() * 1000)
+        if deadline <= now_ms:
+            raise ConfigurationError(
+                f"expires={expires.isoformat()} is in the past: the job could never run"
+            )
+        return deadline
+    return now_ms + math.ceil(expires * 1000)
 
 
 def check_option_names(given: Mapping[str, object], allowed: frozenset[str], *, where: str) -> None:

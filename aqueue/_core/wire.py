@@ -44,6 +44,8 @@ HEADER_CRASHES = "aqueue-crashes"  # deliveries of this job that came back unack
 HEADER_LEASE = "aqueue-lease"  # on a lease copy: the run whose lease it checks
 HEADER_DEFERRED = "aqueue-deferred"  # deferrals of this attempt by reason: {"rate": 1, ...}
 HEADER_RATE_RESERVED = "aqueue-rate-reserved"  # this attempt's start is reserved (rate limit)
+HEADER_EXPIRES = "aqueue-expires"  # integer ms since the Unix epoch: not run after this
+HEADER_TICK = "aqueue-tick"  # on a scheduled job: this publish of the tick (text, unique)
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"
@@ -85,6 +87,7 @@ _OWN_HEADERS = frozenset(
         HEADER_LEASE,
         HEADER_DEFERRED,
         HEADER_RATE_RESERVED,
+        HEADER_EXPIRES,
     }
 )
 
@@ -258,6 +261,8 @@ class Envelope:
         extra_headers: propagated headers (W3C trace context, workflow links).
         options: run-time options changed at enqueue (``timeout``, ``retries``, ...).
         history: the earlier failed attempts, oldest first (at most `MAX_HISTORY`).
+        expires_at_ms: the job is not run when delivered after this (ms since the Unix
+            epoch); ``None``: never expires.
     """
 
     job_id: str
@@ -271,6 +276,7 @@ class Envelope:
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, JSONScalar] = field(default_factory=dict)
     history: tuple[Failure, ...] = ()
+    expires_at_ms: int | None = None
 
     def headers(self) -> dict[str, HeaderValue]:
         """The AMQP headers of this envelope."""
@@ -286,6 +292,8 @@ class Envelope:
             headers[HEADER_OPTIONS] = dict(self.options)
         if self.history:
             headers[HEADER_HISTORY] = [failure.as_header() for failure in self.history]
+        if self.expires_at_ms is not None:
+            headers[HEADER_EXPIRES] = self.expires_at_ms
         return headers
 
     def due_at_ms(self) -> int:
@@ -399,6 +407,7 @@ def retry_message(
         extra_headers=headers.extra,
         options=headers.options,
         history=with_failure(headers.history, failure),
+        expires_at_ms=headers.expires_at_ms,
     )
     exchange, routing_key = job_route(names, queue, delay_ms)
     fitted = _fit(envelope.headers(), _OWN_HEADERS | {HEADER_WORKFLOW})
@@ -591,6 +600,8 @@ class JobHeaders:
     history: tuple[Failure, ...]
     #: deliveries that came back unacked before this one (counted by the quarantine)
     crashes: int = 0
+    #: not run when delivered after this (ms since the Unix epoch); None: never expires
+    expires_at_ms: int | None = None
 
 
 def read_headers(headers: Headers) -> JobHeaders:
@@ -629,6 +640,9 @@ def read_headers(headers: Headers) -> JobHeaders:
         options=_options_header(headers),
         history=_history_header(headers),
         crashes=max(0, _int_header(headers, HEADER_CRASHES, default=0)),
+        expires_at_ms=None
+        if headers.get(HEADER_EXPIRES) is None
+        else _int_header(headers, HEADER_EXPIRES, default=0),
     )
 
 

@@ -52,6 +52,12 @@ Settlement: TypeAlias = Literal[
     "lease-checked",
     "rate-limited",
     "concurrency-limited",
+    # acked without running: a second copy of a scheduled tick
+    "duplicate",
+    # delivered after its deadline: dead-lettered as expired, or dropped (on_expire="drop")
+    "expired",
+    # cancelled: never started, or its run stopped; acked, not retried
+    "cancelled",
 ]
 
 

@@ -25,6 +25,8 @@ Counter: TypeAlias = Literal[
     "deferred_rate",
     "deferred_concurrency",
     "deduplicated",
+    "expired",
+    "cancelled",
 ]
 #: The histograms, in seconds: a job's run time, and its wait from due to start.
 Histogram: TypeAlias = Literal["duration", "queue_wait"]
@@ -38,6 +40,8 @@ COUNTERS: Mapping[Counter, str] = {
     "deferred_rate": "Jobs deferred through the delay levels by their task's rate limit.",
     "deferred_concurrency": "Jobs deferred through the delay levels by a concurrency cap.",
     "deduplicated": "Enqueues of a unique job already enqueued: nothing was published.",
+    "expired": "Jobs delivered after their deadline (expires), not run: dead-lettered or dropped.",
+    "cancelled": "Jobs cancelled: never started, or their run was stopped.",
 }
 #: What each histogram measures, in seconds.
 HISTOGRAMS: Mapping[Histogram, str] = {
@@ -190,3 +194,5 @@ class JobMetricsObserver(JobObserver):
             sink.count("deferred_rate", task, queue)
         elif settlement == "concurrency-limited":
             sink.count("deferred_concurrency", task, queue)
+        elif settlement in ("expired", "cancelled"):
+            sink.count(settlement, task, queue)

@@ -5,7 +5,8 @@ The same job metrics as the OpenTelemetry ones (`aqueue._observability.hooks.Job
 Prometheus names, each labelled ``task`` and ``queue``:
 
 - ``aqueue_jobs_started_total``, ``aqueue_jobs_succeeded_total``, ``aqueue_jobs_failed_total``,
-  ``aqueue_jobs_retried_total``, ``aqueue_jobs_dead_lettered_total`` (counters);
+  ``aqueue_jobs_retried_total``, ``aqueue_jobs_dead_lettered_total``,
+  ``aqueue_jobs_expired_total``, ``aqueue_jobs_cancelled_total`` (counters);
 - ``aqueue_jobs_in_flight`` (gauge);
 - ``aqueue_job_duration_seconds`` and ``aqueue_job_queue_wait_seconds`` (histograms).
 

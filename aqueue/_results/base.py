@@ -40,11 +40,21 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     #: dead-lettered without a result for another reason (undecodable, unknown task)
     DEAD = "dead"
+    #: delivered after its deadline (``expires``): never run
+    EXPIRED = "expired"
+    #: cancelled: never started, or its run was stopped
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        """True for succeeded, failed and dead."""
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD)
+        """True for succeeded, failed, dead, expired and cancelled."""
+        return self in (
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.DEAD,
+            JobStatus.EXPIRED,
+            JobStatus.CANCELLED,
+        )
 
     @property
     def is_initial(self) -> bool:

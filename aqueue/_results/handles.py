@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -35,6 +35,30 @@ class Job(Generic[R]):
     task: str
     queue: str
     backend: ResultBackend | None = field(default=None, repr=False, compare=False)
+    #: cancels a job id (`TaskQueue.cancel`); None for a handle made without a queue
+    canceller: Callable[[str], Awaitable[bool]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    #: the workflow this job ends (its result handle), if any: `cancel` cancels all of it
+    root: str | None = field(default=None, repr=False, compare=False)
+
+    async def cancel(self) -> bool:
+        """Cancel the job; for a workflow's handle, every step of it that has not finished.
+
+        A queued or delayed job never starts; a running async job gets ``CancelledError``
+        and is settled as ``cancelled`` (acked, not retried); a running sync job sees
+        ``current_job().cancelled`` become true (threads cannot be stopped from outside); a
+        job in a process pool has its process killed. See the cancellation page.
+
+        Returns:
+            False when the result backend knows the job finished already.
+
+        Raises:
+            ConfigurationError: the queue is not open, or this handle has no queue.
+        """
+        if self.canceller is None:
+            raise ConfigurationError("this handle cannot cancel: use queue.cancel(job_id)")
+        return await self.canceller(self.root or self.job_id)
 
     def _require_backend(self) -> ResultBackend:
         if self.backend is None:
@@ -90,6 +114,15 @@ class GroupJob:
     """A handle on a group's members; its result is theirs, in order."""
 
     jobs: Sequence[Job[Any]]
+
+    async def cancel(self) -> bool:
+        """Cancel the group's workflow: every member that has not finished (see `Job.cancel`).
+
+        Raises:
+            ConfigurationError: the queue is not open, or the handles have no queue.
+        """
+        cancelled = [await job.cancel() for job in self.jobs[:1]]  # they share one root
+        return any(cancelled)
 
     async def result(self, *, timeout: float | None = None) -> list[Any]:
         """Every member's result, in member order.

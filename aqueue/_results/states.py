@@ -27,12 +27,14 @@ class Attempt:
         attempt: 1 for the first run.
         store: whether its states are written (a backend is configured and the task keeps
             its results).
+        ttl: seconds its states are kept; None: the queue's ``result_ttl``.
     """
 
     job_id: str
     task: str
     attempt: int
     store: bool
+    ttl: float | None = None
 
     def state(
         self,
@@ -83,17 +85,19 @@ class JobStates:
             )
         return self.backend
 
-    async def record(self, state: JobState) -> None:
-        """Store a job state, when a backend is configured."""
+    async def record(self, state: JobState, *, ttl: float | None = None) -> None:
+        """Store a job state for `ttl` seconds (None: the queue's), when a backend exists."""
         if self.backend is not None:
-            await self.backend.set_state(replace(state, updated_at=time.time()), ttl=self.ttl)
+            await self.backend.set_state(
+                replace(state, updated_at=time.time()), ttl=self.ttl if ttl is None else ttl
+            )
 
-    async def record_many(self, states: Sequence[JobState]) -> None:
+    async def record_many(self, states: Sequence[JobState], *, ttl: float | None = None) -> None:
         """Store job states in one round trip, when a backend is configured."""
         if self.backend is not None and states:
             now = time.time()
             stamped = [replace(state, updated_at=now) for state in states]
-            await self.backend.set_states(stamped, ttl=self.ttl)
+            await self.backend.set_states(stamped, ttl=self.ttl if ttl is None else ttl)
 
     # -- one attempt -----------------------------------------------------------------------
 
@@ -109,22 +113,32 @@ class JobStates:
     async def running(self, attempt: Attempt) -> None:
         """Record that an attempt is running."""
         if attempt.store:
-            await self.record(attempt.state(JobStatus.RUNNING))
+            await self.record(attempt.state(JobStatus.RUNNING), ttl=attempt.ttl)
 
     async def progress(self, attempt: Attempt, progress: JSONValue) -> None:
         """Record a progress value the running task reported."""
         if attempt.store:
-            await self.record(attempt.state(JobStatus.RUNNING, progress=progress))
+            await self.record(attempt.state(JobStatus.RUNNING, progress=progress), ttl=attempt.ttl)
 
     async def succeeded(self, attempt: Attempt, result: JSONValue) -> None:
         """Record the result."""
         if attempt.store:
-            await self.record(attempt.state(JobStatus.SUCCEEDED, result=result))
+            await self.record(attempt.state(JobStatus.SUCCEEDED, result=result), ttl=attempt.ttl)
 
     async def retrying(self, attempt: Attempt) -> None:
         """Record that the job waits for its next attempt."""
         if attempt.store:
-            await self.record(attempt.state(JobStatus.RETRYING))
+            await self.record(attempt.state(JobStatus.RETRYING), ttl=attempt.ttl)
+
+    async def expired(self, attempt: Attempt, error: RemoteError) -> None:
+        """Record that the job was delivered after its deadline and will not run."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.EXPIRED, error=error), ttl=attempt.ttl)
+
+    async def cancelled(self, attempt: Attempt, error: RemoteError) -> None:
+        """Record that the job was cancelled (before it started, or while it ran)."""
+        if attempt.store:
+            await self.record(attempt.state(JobStatus.CANCELLED, error=error), ttl=attempt.ttl)
 
     async def deferred(self, attempt: Attempt, reason: str, until: float, times: int) -> None:
         """Record that the job waits in the broker for its turn (why, until when, how often)."""
@@ -137,4 +151,4 @@ class JobStates:
         """Record the failure for good (``dead``: it could not even be run)."""
         if attempt.store:
             status = JobStatus.DEAD if dead else JobStatus.FAILED
-            await self.record(attempt.state(status, error=error))
+            await self.record(attempt.state(status, error=error), ttl=attempt.ttl)

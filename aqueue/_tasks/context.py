@@ -26,6 +26,9 @@ class JobContext:
         redelivered: the broker delivered this message before (a worker died or lost its
             connection while running it).
         headers: propagated headers (trace context, workflow links).
+        cancelled: becomes True when the job is cancelled while it runs. An async task is
+            stopped with ``CancelledError`` anyway; a plain (sync) function in a thread cannot
+            be stopped from outside and should check this flag and return.
     """
 
     job_id: str
@@ -39,6 +42,7 @@ class JobContext:
     started_at: float
     redelivered: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
+    cancelled: bool = False
     reporter: Callable[[JSONValue], Awaitable[None]] | None = field(default=None, repr=False)
 
     async def report_progress(self, progress: JSONValue) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import importlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -108,12 +110,14 @@ class Task(Generic[P, R]):
         """A copy of this task with other options for the jobs enqueued through it.
 
         The copy has the same name, so the same worker code runs it; changed run-time options
-        (timeout, retries, backoff) travel with each job. The enqueue options set the enqueue
-        itself: ``job_id`` (the job's id, instead of a fresh one), ``unique_for`` and
-        ``unique_key`` (deduplication: see the flow-control page), ``tenant`` (fair share).
+        (timeout, retries, backoff, on_expire) travel with each job. ``expires`` (seconds
+        after each enqueue, or an aware datetime) becomes each job's deadline. The enqueue
+        options set the enqueue itself: ``job_id`` (the job's id, instead of a fresh one),
+        ``unique_for`` and ``unique_key`` (deduplication: see the flow-control page),
+        ``tenant`` (fair share).
 
         Raises:
-            ConfigurationError: an unknown option, or a bad value.
+            ConfigurationError: an unknown option, or a bad value (an ``expires`` in the past).
         """
         check_option_names(options, WITH_OPTION_NAMES, where="with_options()")
         run: dict[str, Any] = {
@@ -123,6 +127,11 @@ class Task(Generic[P, R]):
             key: value for key, value in options.items() if key in ENQUEUE_OPTION_NAMES
         }
         changed = dataclasses.replace(self.options, **run)
+        expires = run.get("expires")
+        if isinstance(expires, dt.datetime) and expires.timestamp() <= time.time():
+            raise ConfigurationError(
+                f"expires={expires.isoformat()} is in the past: the job could never run"
+            )
         overrides = {**self.overrides, **changed.overrides(run)}
         enqueue_options = dataclasses.replace(self.enqueue_options, **enqueue)
         if enqueue_options.tenant is not None and self.options.flow.fair_key is None:

@@ -18,8 +18,8 @@ class Outcome:
     """How an attempt failed.
 
     Attributes:
-        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task`` or
-            ``undecodable-properties``.
+        reason: ``failed``, ``timeout``, ``decode-error``, ``unknown-task``,
+            ``undecodable-properties``, ``expired`` or ``cancelled``.
         error: the exception.
     """
 

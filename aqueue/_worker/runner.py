@@ -42,13 +42,16 @@ from aqueue._core.wire import (
     retry_message,
 )
 from aqueue._observability.hooks import JobObserver, Settlement, observe_job
+from aqueue._results import JobStatus
 from aqueue._results.states import Attempt
 from aqueue._serialization import decode_arguments, dumps
 from aqueue._tasks.context import JobContext, reset_current_job, set_current_job
 from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
+from aqueue._worker.cancels import Cancellations
 from aqueue._worker.flow import Deferral, FlowGate, Slot
+from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
 from aqueue._worker.threads import ThreadBudgets
@@ -58,7 +61,9 @@ from aqueue.exceptions import (
     ConnectionLost,
     DecodeError,
     EncodeError,
+    JobCancelled,
     JobCrashed,
+    JobExpired,
     TransportError,
     UnknownTaskError,
 )
@@ -105,8 +110,10 @@ class JobRunner:
         crash_limit: int = 3,
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
+        cancellations: Cancellations | None = None,
     ) -> None:
         self._session = session
+        self._cancels = cancellations if cancellations is not None else Cancellations(session)
         self._tasks = tasks
         self._middleware = tuple(middleware)
         self._threads = threads
@@ -115,6 +122,7 @@ class JobRunner:
         self._lease_copies = LeaseCopies(session, ttl=lease_ttl)
         #: rate limits and concurrency caps (slots leased like long jobs, for `lease_ttl`)
         self.flow = FlowGate(session.states, slot_ttl=lease_ttl)
+        self._gates = Gates(session)
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -154,6 +162,9 @@ class JobRunner:
                 job = self._resolve(delivery, queue)
             except (DecodeError, UnknownTaskError) as exc:
                 return await self._undecodable(delivery, queue, exc, observer)
+            refused = await self._gate(delivery, job, observer)
+            if refused is not None:
+                return refused
             slot: Slot | None = None
             if job.task.options.flow.active:
                 admission = await self._admit(delivery, job, observer)
@@ -169,6 +180,87 @@ class JobRunner:
                     return await self._run_and_settle(delivery, job, observer)
             finally:
                 reset_current_job(token)
+
+    async def _gate(
+        self, delivery: Delivery, job: _Job, observer: JobObserver
+    ) -> Settlement | None:
+        """Settle a job that must not run (expired, a second tick copy); None: run it."""
+        expires_at_ms = job.headers.expires_at_ms
+        if expires_at_ms is not None and time.time_ns() // 1_000_000 > expires_at_ms:
+            late = time.time() - expires_at_ms / 1000
+            expired = JobExpired(f"delivered {late:.3f}s after its deadline (expires)")
+            return await self._expired(delivery, job, Outcome("expired", expired), observer)
+        try:
+            root = job.links.root if job.links is not None else None
+            # a task that keeps no states (store_result=False) costs no backend read either:
+            # its jobs are checked against the notices this worker heard
+            stored = job.options.store_result or job.links is not None
+            if await self._cancels.cancelled(job.context.job_id, root, stored=stored):
+                cancelled = JobCancelled("cancelled before it started")
+                return await self._settle_cancelled(
+                    delivery, job, Outcome("cancelled", cancelled), observer
+                )
+            duplicate = await self._gates.duplicate_tick(job.context.job_id, job.headers.extra)
+        except TransportError as exc:  # the backend is down: let the job wait for it
+            logger.warning(
+                "job %s: cannot check it may run (%s); requeueing it", job.context.job_id, exc
+            )
+            await _reject_quietly(delivery)
+            return _settled(observer, "requeued", exc)
+        if not duplicate:
+            return None
+        with contextlib.suppress(ConnectionLost):
+            await delivery.ack()
+        return _settled(observer, "duplicate", None)
+
+    async def _settle_cancelled(
+        self, delivery: Delivery, job: _Job, outcome: Outcome, observer: JobObserver
+    ) -> Settlement:
+        """Record a cancelled job, fail its workflow (error callbacks see why), then ack it."""
+        error = outcome.remote_error()
+        try:
+            await self._session.states.cancelled(job.attempt, error)
+            if job.links is not None:
+                await self._session.flows.failed(
+                    job.links, job.context.job_id, error, status=JobStatus.CANCELLED
+                )
+        except TransportError as exc:
+            logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
+            await _reject_quietly(delivery)
+            return _settled(observer, "requeued", exc)
+        except ConfigurationError as exc:  # e.g. an error callback and no result backend
+            logger.error("job %s: its workflow cannot go on here: %s", job.context.job_id, exc)
+        logger.info("job %s cancelled: %s", job.context.job_id, outcome.message)
+        try:
+            await delivery.ack()
+        except ConnectionLost as exc:
+            return _settled(observer, "requeued", exc)
+        return _settled(observer, "cancelled", outcome.error)
+
+    async def _expired(
+        self, delivery: Delivery, job: _Job, outcome: Outcome, observer: JobObserver
+    ) -> Settlement:
+        """Settle a job past its deadline: record it expired, then dead-letter or drop it."""
+        try:
+            await self._session.states.expired(job.attempt, outcome.remote_error())
+        except TransportError as exc:  # the dead letter still says why
+            logger.warning("could not record %s as expired: %s", job.context.job_id, exc)
+        if job.options.on_expire == "drop":
+            logger.info("job %s dropped: %s", job.context.job_id, outcome.message)
+            try:
+                await delivery.ack()
+            except ConnectionLost as exc:
+                return _settled(observer, "requeued", exc)
+            return _settled(observer, "expired", outcome.error)
+        return await self._dead_letter(
+            delivery,
+            job.context.queue,
+            outcome,
+            observer,
+            attempts=job.context.attempt,
+            history=job.headers.history,
+            settlement="expired",
+        )
 
     # -- resolve ---------------------------------------------------------------------------
 
@@ -199,7 +291,7 @@ class JobRunner:
         )
         options = _with_overrides(task.options, headers)
         store = options.store_result and self._session.states.active
-        attempt = Attempt(context.job_id, context.task, context.attempt, store)
+        attempt = Attempt(context.job_id, context.task, context.attempt, store, options.result_ttl)
         if store:
             context.reporter = functools.partial(self._session.states.progress, attempt)
         links = WorkflowLinks.of(headers.extra)
@@ -428,8 +520,13 @@ class JobRunner:
             return _settled(observer, "requeued", exc)
         if outcome is None:
             return await self._settle_success(delivery, job.context, observer)
+        if outcome.reason == "cancelled":
+            return await self._settle_cancelled(delivery, job, outcome, observer)
         policy = job.options.retry_policy()
         delay = policy.next_delay(outcome.error, job.context.attempt, self._random.random())
+        if delay is not None and _past_deadline(job.headers, delay):
+            # a retry never outlives the deadline: this failure is the last
+            outcome, delay = Outcome("expired", outcome.error), None
         if not await self._record_failure(delivery, job, outcome, retrying=delay is not None):
             return _settled(observer, "requeued", outcome.error)
         if delay is None:
@@ -440,6 +537,7 @@ class JobRunner:
                 observer,
                 attempts=job.context.attempt,
                 history=job.headers.history,
+                settlement="expired" if outcome.reason == "expired" else "dead-lettered",
             )
         return await self._retry(delivery, job, outcome, delay, observer)
 
@@ -507,14 +605,21 @@ class JobRunner:
         Raises:
             _Lost: the delivery was lost during the run.
         """
+        result: tuple[Outcome | None, object] = None, None
+        root = job.links.root if job.links is not None else None
+        cooperative = not job.task.is_async and job.options.executor == "thread"
         with anyio.CancelScope() as lost:
             job.delivery.on_lost(lost.cancel)
             try:
-                result = await self._run_chain(job)
+                with self._cancels.running(job.context, root, cooperative=cooperative) as scope:
+                    result = await self._run_chain(job)
             finally:
                 job.delivery.on_lost(None)
         if lost.cancel_called:
             raise _Lost(job.context.job_id)
+        if scope.cancel_called or job.context.cancelled:
+            # a sync function that returned after the cancellation: its result is discarded
+            return Outcome("cancelled", JobCancelled("cancelled while it ran")), None
         return result
 
     async def _run_chain(self, job: _Job) -> tuple[Outcome | None, object]:
@@ -680,6 +785,7 @@ class JobRunner:
         *,
         attempts: int,
         history: tuple[Failure, ...] = (),
+        settlement: Settlement = "dead-lettered",
     ) -> Settlement:
         """Publish the dead-letter copy (confirmed), then ack the original."""
         task = delivery.headers.get(HEADER_TASK)
@@ -718,7 +824,7 @@ class JobRunner:
                 exc,
             )
             moved = await _reject_to_dead_letters(delivery)
-        return _settled(observer, "dead-lettered" if moved else "requeued", outcome.error)
+        return _settled(observer, settlement if moved else "requeued", outcome.error)
 
     async def _publish_then_ack(
         self, delivery: Delivery, build: Callable[[], OutgoingMessage], *, delayed: bool
@@ -746,6 +852,12 @@ class JobRunner:
             await _reject_quietly(delivery)
             return False
         return True
+
+
+def _past_deadline(headers: JobHeaders, delay: float) -> bool:
+    """Whether a retry `delay` seconds from now would be due after the job's deadline."""
+    deadline = headers.expires_at_ms
+    return deadline is not None and time.time_ns() // 1_000_000 + math.ceil(delay * 1000) > deadline
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:

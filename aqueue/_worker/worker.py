@@ -24,6 +24,7 @@ from aqueue._core.queues import deferred_topology, queue_topology
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
+from aqueue._worker.cancels import Cancellations
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
@@ -57,15 +58,24 @@ class WorkerStatistics:
     deferred_rate: int = 0
     #: jobs deferred through the delay levels by a concurrency cap (not failures)
     deferred_concurrency: int = 0
+    #: jobs delivered after their deadline and not run (dead-lettered as expired, or dropped)
+    expired: int = 0
+    #: jobs cancelled: acked without running, or their run stopped
+    cancelled: int = 0
+    #: second copies of a scheduled tick, acked without running
+    duplicates: int = 0
 
 
 class _Counters:
     """The worker's own counts, bumped once per delivery as it is received and settled."""
 
     __slots__ = (
+        "cancelled",
         "dead_lettered",
         "deferred_concurrency",
         "deferred_rate",
+        "duplicates",
+        "expired",
         "in_flight",
         "received",
         "retried",
@@ -75,6 +85,7 @@ class _Counters:
     def __init__(self) -> None:
         self.received = self.succeeded = self.retried = self.dead_lettered = self.in_flight = 0
         self.deferred_rate = self.deferred_concurrency = 0
+        self.expired = self.cancelled = self.duplicates = 0
 
     def settled(self, settlement: Settlement) -> None:
         if settlement == "succeeded":
@@ -87,6 +98,12 @@ class _Counters:
             self.deferred_rate += 1
         elif settlement == "concurrency-limited":
             self.deferred_concurrency += 1
+        elif settlement == "expired":
+            self.expired += 1
+        elif settlement == "cancelled":
+            self.cancelled += 1
+        elif settlement == "duplicate":
+            self.duplicates += 1
 
     def snapshot(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -98,6 +115,9 @@ class _Counters:
             in_flight=self.in_flight,
             deferred_rate=self.deferred_rate,
             deferred_concurrency=self.deferred_concurrency,
+            expired=self.expired,
+            cancelled=self.cancelled,
+            duplicates=self.duplicates,
         )
 
 
@@ -296,6 +316,8 @@ class Worker:
                     deferred = deferred_topology(session.names, queue, session.queue_settings)
                     await session.producer.declare(deferred)
                     await transport.declare(deferred)
+            cancellations = Cancellations(session)
+            await cancellations.listen(transport)  # before the first delivery can start
             await self.resume()
             runner = JobRunner(
                 session,
@@ -305,6 +327,7 @@ class Worker:
                 crash_limit=self.settings.crash_limit,
                 lease_after=self.settings.lease_after,
                 lease_ttl=self.settings.lease_ttl,
+                cancellations=cancellations,
             )
             warn_about_long_tasks(
                 self.queue.tasks,

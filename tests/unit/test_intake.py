@@ -22,5 +22,5 @@ async def test_a_closed_intake_keeps_late_deliveries_for_the_hand_back() -> None
     intake.put(delivery("late"))
     intake.put_first(delivery("deferred"))
     assert await intake.get() is None
-    assert intake.unstarted() == ["deferred", "held", "late"]
+    assert intake.unstarted() == [delivery("deferred"), delivery("held"), delivery("late")]
     assert intake.unstarted() == []

@@ -110,3 +110,22 @@ def test_a_module_level_function_is_accepted_and_thread_stays_the_default() -> N
 
 
 def _plain() -> None: ...
+
+
+async def test_a_cancelled_process_task_has_its_process_killed(tmp_path: Path) -> None:
+    """Cancelling a job that runs in a pool process kills that process; it reads cancelled."""
+    pid_file = tmp_path / "pid"
+    long_spin = spin.with_options(timeout=None)
+    async with queue, running_worker(queue) as worker:
+        job = await queue.enqueue(long_spin, str(pid_file))
+        await wait_for(
+            lambda: pid_file.exists() and bool(pid_file.read_text()),
+            timeout=WAIT * 2,
+            what="the pool process's pid file",
+        )
+        child = int(pid_file.read_text())
+        await job.cancel()
+        with anyio.fail_after(WAIT):
+            await worker.wait_until(lambda s: s.cancelled == 1)
+        assert await job.status() is JobStatus.CANCELLED
+    await wait_for(lambda: not _alive(child), timeout=WAIT, what="the pool process's death")
