@@ -36,7 +36,7 @@ class Environment:
             python=platform.python_version(),
             aio_pika=version("aio-pika"),
             aiormq=version("aiormq"),
-            aqueue=version("aqueue"),
+            aqueue=version("aqueue-rabbitmq"),
             broker=f"{product} {broker_version}",
             machine=f"{platform.system()} {platform.machine()}, {cores} cores",
         )
