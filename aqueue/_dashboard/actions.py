@@ -81,7 +81,10 @@ def _refusal(board: Dashboard, request: Request, body: _Body) -> Response | None
         return JSONResponse({"error": message}, status_code=403)
     if verdict == "csrf":
         return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
-    headers = {"WWW-Authenticate": 'Basic realm="aqueue dashboard"'} if board.admin.basic else {}
+    # a form is a browser that can ask its user for Basic credentials; a script (JSON) is
+    # told the scheme without a challenge a browser would turn into a prompt
+    scheme = "Basic" if body.form and board.admin.basic else "Bearer"
+    headers = {"WWW-Authenticate": f'{scheme} realm="aqueue dashboard"'}
     return JSONResponse(
         {"error": "the admin credential is needed"}, status_code=401, headers=headers
     )

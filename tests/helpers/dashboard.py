@@ -21,6 +21,8 @@ import uvicorn
 from playwright.async_api import Browser, async_playwright
 from starlette.types import ASGIApp
 
+from tests.helpers.polling import wait_for
+
 CHROMIUM = Path(os.environ.get("AQUEUE_TEST_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
@@ -33,6 +35,16 @@ def free_port() -> int:
         return port
 
 
+def require_chromium() -> None:
+    """Fail the test, with the fix, when Debian's chromium is not installed."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"no chromium at {CHROMIUM}: the browser tests need Debian's "
+            "(apt-get install -y chromium; scripts/setup installs it)",
+            pytrace=False,
+        )
+
+
 @asynccontextmanager
 async def serving(web: ASGIApp) -> AsyncIterator[str]:
     """Serve `web` on a free loopback port for the block; yield its base URL."""
@@ -40,26 +52,24 @@ async def serving(web: ASGIApp) -> AsyncIterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(web, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
     )
+    failure: BaseException | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while not server.started:  # uvicorn has no event for it: poll, briefly
-                await anyio.sleep(0.01)
+        # uvicorn has no event for it
+        await wait_for(lambda: server.started, timeout=10, what="uvicorn to listen")
         try:
             yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
+        except BaseException as exc:  # let the server stop cleanly first, then raise it
+            failure = exc
+        server.should_exit = True
+    if failure is not None:
+        raise failure
 
 
 @asynccontextmanager
 async def browser() -> AsyncIterator[Browser]:
     """Debian's chromium, headless, for the block."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"no chromium at {CHROMIUM}: the browser tests need Debian's "
-            "(apt-get install -y chromium; scripts/setup installs it)",
-            pytrace=False,
-        )
+    require_chromium()
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
