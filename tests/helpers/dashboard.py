@@ -52,14 +52,14 @@ async def serving(web: ASGIApp) -> AsyncIterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(web, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
     )
-    failure: BaseException | None = None
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(server.serve)
         # uvicorn has no event for it
         await wait_for(lambda: server.started, timeout=10, what="uvicorn to listen")
         try:
             yield f"http://127.0.0.1:{port}"
-        except BaseException as exc:  # let the server stop cleanly first, then raise it
+        except Exception as exc:  # let the server stop cleanly first, then raise it
             failure = exc
         server.should_exit = True
     if failure is not None:
