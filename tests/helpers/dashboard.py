@@ -59,7 +59,7 @@ async def serving(web: ASGIApp) -> AsyncIterator[str]:
         await wait_for(lambda: server.started, timeout=10, what="uvicorn to listen")
         try:
             yield f"http://127.0.0.1:{port}"
-        except Exception as exc:  # let the server stop cleanly first, then raise it
+        except Exception as exc:  # noqa: BLE001 - the server stops cleanly first, then it is raised
             failure = exc
         server.should_exit = True
     if failure is not None:
