@@ -104,7 +104,7 @@ async def _replay(request: Request) -> Response:
         return body
     if (refused := _refusal(board, request, body)) is not None:
         return refused
-    job_ids = [str(x) for x in body.all("job_id") if x]
+    job_ids = [str(x) for x in [*body.all("job_id"), *body.all("job_ids")] if x]
     everything = body.get("all") in (True, "1", "true")
     if not job_ids and not everything:
         return JSONResponse(
