@@ -41,7 +41,7 @@ class History:
     def record(self, view: StatsView, now: float) -> None:
         """Add a point for every queue of `view`."""
         self._last = now
-        size = max(2, int(self.span / self.step))
+        size = int(self.span / self.step) + 1
         for row in view.queues:
             points = self._points.setdefault(row.queue, deque(maxlen=size))
             points.append(Point(now, row.ready, row.out_per_s, row.wait_p95))

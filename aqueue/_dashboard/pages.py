@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from aqueue._core.heartbeats import live_workers
 from aqueue._core.topology import validate_name
 from aqueue._dashboard.monitor import Letter, Overview
 from aqueue._dashboard.present import arguments_text, trace_id
@@ -224,7 +225,11 @@ def _overview_context(board: Dashboard, overview: Overview) -> dict[str, Any]:
         row.queue: board.monitor.history.points(row.queue, overview.at)
         for row in overview.view.queues
     }
-    return {"overview": overview, "history": history}
+    beats = {
+        worker_id: seen.heartbeat
+        for worker_id, seen in live_workers(board.monitor.collector.seen, now=overview.at).items()
+    }
+    return {"overview": overview, "history": history, "beats": beats}
 
 
 async def _job_context(board: Dashboard, job_id: str) -> dict[str, Any]:
