@@ -58,7 +58,7 @@ async def test_overview_lists_a_queue_with_its_backlog(
             row = page.locator('tr[data-queue="emails"]')
             await expect(row.locator("td.ready")).to_have_text("3", timeout=WAIT_MS)
             await expect(row.locator("td.consumers")).to_have_text("0")
-            await shoot(page, shots, "overview")
+            await shoot(page, shots, "overview-backlog")
 
 
 async def test_live_view_updates_when_jobs_run(mail: Mail, chromium: Browser, shots: Path) -> None:
@@ -80,6 +80,7 @@ async def test_live_view_updates_when_jobs_run(mail: Mail, chromium: Browser, sh
                 await expect(page.locator("p.updated")).to_contain_text(
                     "1 live worker", timeout=WAIT_MS
                 )
+                await shoot(page, shots, "overview")
                 workers = await chromium.new_page()
                 await workers.goto(url + "/workers")
                 await expect(workers.locator("tr[data-worker] td.pid")).to_have_text(
