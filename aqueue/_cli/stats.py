@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, console, load_queue, queue_names, run
-from aqueue._client.monitor import HeartbeatCollector, queue_facts, with_rates
+from aqueue._client.monitor import HeartbeatCollector, limiter_states, queue_facts, with_rates
 from aqueue._client.queue import TaskQueue
 from aqueue._core.heartbeats import (
     HEARTBEAT_BINDING,
@@ -117,39 +117,12 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
 
 
 async def limiter_rows(queue: TaskQueue, backend: ResultBackend | None) -> list[dict[str, Any]]:
-    """The state of every flow limit of the app's tasks, from the result backend's store.
-
-    One row per limiter in use: ``task``, ``key`` (a keyed limit's value, else None),
-    ``kind`` (``rate`` or ``concurrency``), ``limit`` (``"20/s"``, or the cap) and ``value``
-    (seconds of starts reserved ahead, or jobs running now). Empty without a shared store:
-    per-worker limits live in each worker's memory.
-    """
-    tasks = {name: task for name, task in queue.tasks.items() if task.options.flow.active}
-    store = backend.flow_store() if backend is not None else None
-    if not tasks or store is None:
-        return []
+    """The state of every flow limit of the app's tasks (`limiter_states`); [] if unreadable."""
     try:
-        states = await store.limiter_states(sorted(tasks))
+        return await limiter_states(queue, backend)
     except TransportError as exc:
         console.print(f"could not read the limiters: {escape(str(exc))}")
         return []
-    rows = []
-    for state in states:
-        name, _, key = state.key.partition("|")
-        flow = tasks[name].options.flow
-        limit: object = (
-            flow.rate.text if state.kind == "rate" and flow.rate else flow.max_concurrency
-        )
-        rows.append(
-            {
-                "task": name,
-                "key": key or None,
-                "kind": state.kind,
-                "limit": limit,
-                "value": round(state.value, 3),
-            }
-        )
-    return rows
 
 
 def stats_json(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from aqueue._client.deadletters import DeadLetter
-from aqueue._client.monitor import HeartbeatCollector, queue_facts, with_rates
+from aqueue._client.monitor import HeartbeatCollector, limiter_states, queue_facts, with_rates
 from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.heartbeats import (
@@ -32,11 +32,13 @@ from aqueue._core.heartbeats import (
     aggregate,
     control_exchange,
 )
+from aqueue._core.schedules import STATUS_BINDING, SchedulerStatus
 from aqueue._dashboard.history import History
 from aqueue._dashboard.present import trace_id
+from aqueue._serialization import loads
 from aqueue._transport import Consumer
 from aqueue._worker.heartbeats import control_topology
-from aqueue.exceptions import QueueNotFound
+from aqueue.exceptions import DecodeError, QueueNotFound, TransportError
 
 __all__ = ["INLINE_PASS", "Letter", "Monitor", "Overview", "Snapshot"]
 
@@ -99,6 +101,8 @@ class Overview:
     view: StatsView
     dead: dict[str, int | None]
     at: float
+    #: `limiter_states` rows; None when the store could not be read
+    limiters: list[dict[str, object]] | None = None
 
 
 class Monitor:
@@ -116,7 +120,9 @@ class Monitor:
         self._session: Session | None = None
         self._lock = anyio.Lock()
         self.collector = HeartbeatCollector("", on_heartbeat=self._heard)
-        self._listener: Consumer | None = None
+        self._listeners: list[Consumer] = []
+        #: the latest notice of each scheduler heard, by id
+        self.schedulers: dict[str, SchedulerStatus] = {}
         self._facts: tuple[float, dict[str, QueueFacts]] | None = None
         self.snapshots: dict[str, Snapshot] = {}
 
@@ -134,9 +140,11 @@ class Monitor:
                     names = session.names
                     self.collector.prefix = names.prefix
                     await session.transport.declare(control_topology(names))
-                    self._listener = await session.transport.listen(
-                        control_exchange(names.prefix), HEARTBEAT_BINDING, self.collector
-                    )
+                    exchange = control_exchange(names.prefix)
+                    self._listeners = [
+                        await session.transport.listen(exchange, HEARTBEAT_BINDING, self.collector),
+                        await session.transport.listen(exchange, STATUS_BINDING, self._scheduler),
+                    ]
                 except BaseException:
                     await stack.aclose()
                     raise
@@ -148,9 +156,17 @@ class Monitor:
         stack, self._stack, self._session = self._stack, None, None
         if stack is not None:
             with anyio.CancelScope(shield=True):
-                if self._listener is not None:
-                    await self._listener.cancel()
+                for listener in self._listeners:
+                    await listener.cancel()
                 await stack.aclose()
+
+    def _scheduler(self, _routing_key: str, body: bytes) -> None:
+        try:
+            status = SchedulerStatus.from_payload(loads(body))
+        except (ValueError, DecodeError):
+            return  # another version, or not a notice: not ours to show
+        if status.prefix == self.collector.prefix:
+            self.schedulers[status.scheduler_id] = status
 
     def _heard(self, seen: Seen) -> None:
         if self.history.due(seen.received_at):
@@ -185,7 +201,12 @@ class Monitor:
                 )
             except QueueNotFound:
                 dead[name] = None
-        return Overview(view, dead, now)
+        limits: list[dict[str, object]] | None
+        try:
+            limits = await limiter_states(self.queue, session.states.backend)
+        except TransportError:
+            limits = None  # shown as unreadable, not as "no limits"
+        return Overview(view, dead, now, limits)
 
     # -- dead letters ------------------------------------------------------------------------
 

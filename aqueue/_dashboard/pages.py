@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from aqueue._client.monitor import schedules_document
 from aqueue._core.heartbeats import live_workers
 from aqueue._core.topology import validate_name
 from aqueue._dashboard.monitor import Letter, Overview
@@ -167,7 +169,11 @@ async def _purge_form(request: Request) -> Response:
 
 async def _schedules(request: Request) -> Response:
     board = _board(request)
-    return board.render(request, "schedules.html", schedules=list(board.queue.schedules.values()))
+    await board.monitor.session()
+    document = schedules_document(
+        board.queue.schedules, list(board.monitor.schedulers.values()), now=time.time()
+    )
+    return board.render(request, "schedules.html", document=document)
 
 
 async def _login(request: Request) -> Response:

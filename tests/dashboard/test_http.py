@@ -10,14 +10,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
 
 import aqueue.dashboard
+from aqueue import RedisResultBackend, TaskQueue
 from aqueue._client.session import Session
 from aqueue._core import wire as t
 from aqueue._core.types import HeaderValue
+from aqueue._scheduler.scheduler import Scheduler
 from aqueue._transport import OutgoingMessage
 from aqueue.testing import running_worker
 from tests.dashboard.conftest import WORKER, Mail
@@ -290,4 +293,47 @@ async def test_the_command_serves_the_app(amqp_url: str, prefix: str, tmp_path: 
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=15)
+        await delete_topology(amqp_url, prefix)
+
+
+async def test_schedules_and_flow_limits_are_shown(
+    amqp_url: str, redis_url: str, prefix: str
+) -> None:
+    """The schedules screen names the leading scheduler and a schedule's last job; the
+    overview shows a rate limit's state once its task ran."""
+    queue = TaskQueue(
+        amqp_url,
+        prefix=prefix,
+        name=f"{prefix}-ticks",
+        results=RedisResultBackend(redis_url, prefix=prefix),
+    )
+
+    @queue.periodic(every=1, name="every-second")
+    @queue.task(name="tick", rate_limit="100/s")
+    async def tick() -> None: ...
+
+    try:
+        async with queue.session() as session, anyio.create_task_group() as group:
+            scheduler = Scheduler(session, queue.schedules, status_interval=0.2)
+            await group.start(scheduler.run)
+            web = aqueue.dashboard.app(queue)
+            async with serving(web) as url, httpx.AsyncClient(base_url=url) as http:
+
+                async def led_and_ticked() -> bool:
+                    page = (await http.get("/schedules")).text
+                    return f"leader: {scheduler.scheduler_id}" in page and "/jobs/" in page
+
+                await wait_for(led_and_ticked, timeout=20, what="a leader and a tick")
+                async with running_worker(queue, WORKER) as worker:
+                    await wait_until(worker, lambda stats: stats.succeeded >= 1)
+
+                    async def limited() -> bool:
+                        return "Flow limits" in (await http.get("/")).text
+
+                    await wait_for(limited, timeout=10, what="the rate limit on the overview")
+                    page = (await http.get("/")).text
+                    assert "100/s" in page
+                    assert "s reserved ahead" in page
+            group.cancel_scope.cancel()
+    finally:
         await delete_topology(amqp_url, prefix)
