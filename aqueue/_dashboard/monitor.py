@@ -44,6 +44,11 @@ __all__ = ["INLINE_PASS", "Letter", "Monitor", "Overview", "Snapshot"]
 
 #: Dead-letter queues up to this many are read while the request waits; bigger ones after it.
 INLINE_PASS = 500
+#: Seconds a summary of at most `INLINE_PASS` dead letters is shown before it is read again
+#: (sooner when the count changed): another reader may have replayed one and a new one come.
+SMALL_MAX_AGE = 10.0
+#: The same for a bigger queue, whose pass takes long (about 300 dead letters a second here).
+BIG_MAX_AGE = 300.0
 #: Characters of an exception message kept in a summary.
 MESSAGE_CHARS = 300
 
@@ -125,6 +130,7 @@ class Monitor:
         self.schedulers: dict[str, SchedulerStatus] = {}
         self._facts: tuple[float, dict[str, QueueFacts]] | None = None
         self.snapshots: dict[str, Snapshot] = {}
+        self._passes: dict[str, anyio.Lock] = {}
 
     async def session(self) -> Session:
         """The open session (the queue is opened, and heartbeats listened to, the first time).
@@ -213,44 +219,48 @@ class Monitor:
     async def snapshot(self, name: str) -> tuple[Snapshot, bool]:
         """The summary of queue `name`'s dead letters, and whether a pass must still run.
 
-        Read again when the count changed since the last read; a small queue is read at
-        once, a big one by `fill` after the response (the old summary is shown meanwhile).
+        Read again when the count changed since the last read, or the summary is older than
+        `SMALL_MAX_AGE` (`BIG_MAX_AGE` for a big queue); a small queue is read at once, a big
+        one by `fill` after the response (the old summary is shown meanwhile). One pass per
+        queue at a time: two at once would each see only what the other does not hold.
 
         Raises:
             QueueNotFound: the dead-letter queue does not exist.
         """
         dlq = self.queue.dead_letters(name)
         await self.session()
-        count = await dlq.count()
-        current = self.snapshots.get(name)
-        if current is not None and (current.reading or current.count == count):
-            return current, False
-        fresh = Snapshot(count)
-        if count <= INLINE_PASS:
-            await self.fill(name, fresh)
-            return self.snapshots[name], False
-        if current is None:
-            self.snapshots[name] = fresh
-            return fresh, True
-        current.reading = True  # no second pass: this one is about to start
-        return current, True
+        async with self._passes.setdefault(name, anyio.Lock()):
+            count = await dlq.count()
+            current = self.snapshots.get(name)
+            if current is not None and (current.reading or not _stale(current, count)):
+                return current, False
+            if count <= INLINE_PASS:
+                await self.fill(name)
+                return self.snapshots[name], False
+            if current is None:  # shown while it fills, growing
+                current = self.snapshots[name] = Snapshot(count)
+            current.reading = True  # no second pass: this one is about to start
+            return current, True
 
-    async def fill(self, name: str, into: Snapshot | None = None) -> None:
-        """Read queue `name`'s dead letters into a summary (a full pass)."""
-        target = into or self.snapshots.get(name) or Snapshot(0)
+    async def fill(self, name: str) -> None:
+        """Read queue `name`'s dead letters into a new summary (a full pass).
+
+        A summary being read that has no letters yet grows as the pass goes, so the first
+        pages show something before the pass ends.
+        """
+        showing = self.snapshots.get(name)
+        growing = showing if showing is not None and not showing.letters else None
         letters: list[Letter] = []
-        into_view = target if into is None and target.letters == [] else None
 
         def keep(letter: DeadLetter) -> None:
             letters.append(Letter.of(letter))
-            if into_view is not None:
-                into_view.letters = letters
+            if growing is not None:
+                growing.letters = letters
 
         try:
             await self.queue.dead_letters(name).scan(keep)
         finally:
-            done = Snapshot(len(letters), letters, time.time(), reading=False)
-            self.snapshots[name] = done
+            self.snapshots[name] = Snapshot(len(letters), letters, time.time(), reading=False)
 
     def forget(self, name: str, job_ids: set[str] | None = None) -> None:
         """Drop replayed or purged dead letters from the summary (all with None)."""
@@ -262,3 +272,9 @@ class Monitor:
         else:
             snapshot.letters = [x for x in snapshot.letters if x.job_id not in job_ids]
         snapshot.count = len(snapshot.letters)
+
+
+def _stale(snapshot: Snapshot, count: int) -> bool:
+    """Whether a summary must be read again, the queue holding `count` dead letters now."""
+    age = time.time() - snapshot.read_at
+    return snapshot.count != count or age > (SMALL_MAX_AGE if count <= INLINE_PASS else BIG_MAX_AGE)
