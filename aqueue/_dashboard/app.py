@@ -60,6 +60,7 @@ class Dashboard:
         context.update(
             request=request,
             admin_enabled=self.admin.enabled,
+            basic_enabled=self.admin.basic is not None,
             csrf=self.admin.csrf_token if self.admin.enabled else "",
             refresh_ms=int(self.refresh * 1000),
             app_name=self.queue.name,
