@@ -71,23 +71,38 @@ async def _read(request: Request) -> _Body | Response:
 def _refusal(board: Dashboard, request: Request, body: _Body) -> Response | None:
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+        return _error(request, body, 403, "cross-origin request refused")
     csrf = request.headers.get("x-csrf-token") or body.get("csrf")
     verdict = board.admin.verdict(request.headers.get("authorization"), csrf)
     if verdict == "ok":
         return None
     if verdict == "read-only":
         message = "this dashboard is read-only: start it with --auth or a token to act"
-        return JSONResponse({"error": message}, status_code=403)
+        return _error(request, body, 403, message)
     if verdict == "csrf":
-        return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+        return _error(request, body, 403, "missing or wrong CSRF token")
     # a form is a browser that can ask its user for Basic credentials; a script (JSON) is
     # told the scheme without a challenge a browser would turn into a prompt
     scheme = "Basic" if body.form and board.admin.basic else "Bearer"
     headers = {"WWW-Authenticate": f'{scheme} realm="aqueue dashboard"'}
-    return JSONResponse(
-        {"error": "the admin credential is needed"}, status_code=401, headers=headers
-    )
+    return _error(request, body, 401, "the admin credential is needed", headers)
+
+
+def _error(
+    request: Request,
+    body: _Body,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A refusal: a page for the dashboard's forms, JSON for scripts."""
+    if body.form:
+        response = _board(request).render(
+            request, "error.html", status=status, status_code=status, message=message
+        )
+        response.headers.update(headers or {})
+        return response
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _answer(request: Request, body: _Body, page: str, document: dict[str, Any]) -> Response:
@@ -107,9 +122,8 @@ async def _replay(request: Request) -> Response:
     job_ids = [str(x) for x in [*body.all("job_id"), *body.all("job_ids")] if x]
     everything = body.get("all") in (True, "1", "true")
     if not job_ids and not everything:
-        return JSONResponse(
-            {"error": "name the dead letters (job_id) or ask for all (all=true)"},
-            status_code=400,
+        return _error(
+            request, body, 400, "name the dead letters (job_id) or ask for all (all=true)"
         )
     await board.monitor.session()
     dlq = board.queue.dead_letters(name)
@@ -128,10 +142,8 @@ async def _purge(request: Request) -> Response:
     if (refused := _refusal(board, request, body)) is not None:
         return refused
     if body.get("confirm") != name:
-        return JSONResponse(
-            {"error": f"confirm the purge: send confirm={name!r} (the queue's name)"},
-            status_code=400,
-        )
+        message = f"confirm the purge: send confirm={name!r} (the queue's name)"
+        return _error(request, body, 400, message)
     await board.monitor.session()
     purged = await board.queue.dead_letters(name).purge()
     board.monitor.forget(name)

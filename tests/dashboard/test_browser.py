@@ -160,3 +160,30 @@ async def test_an_action_without_credentials_is_refused(mail: Mail, chromium: Br
             )
             assert statuses == [401, 401]
             assert await mail.queue.dead_letters("emails").count() == 1
+
+
+async def test_purge_asks_for_the_queue_name_first(mail: Mail, chromium: Browser) -> None:
+    """Purge is a second page: a wrong name is refused and purges nothing; the right one does."""
+    async with mail.queue:
+        mail.broken = True
+        async with running_worker(mail.queue, WORKER) as worker:
+            for to in ("a@example.com", "b@example.com"):
+                await mail.queue.enqueue(mail.send, to, "pw")
+            await wait_until(worker, lambda stats: stats.dead_lettered == 2)
+        web = aqueue.dashboard.app(mail.queue, auth=":".join(ADMIN))
+        async with serving(web) as url:
+            context = await chromium.new_context(
+                http_credentials={"username": ADMIN[0], "password": ADMIN[1]}
+            )
+            page = await context.new_page()
+            await page.goto(f"{url}/queues/emails/dead-letters")
+            await page.get_by_role("link", name="Purge…").click()
+            await page.get_by_label("queue name").fill("email")  # not quite
+            await page.get_by_role("button", name="Purge").click()
+            await expect(page.locator("body")).to_contain_text("confirm the purge")
+            assert await mail.queue.dead_letters("emails").count() == 2
+            await page.go_back()
+            await page.get_by_label("queue name").fill("emails")
+            await page.get_by_role("button", name="Purge").click()
+            await expect(page.locator("table.dead-letters")).to_contain_text("no dead letters")
+            assert await mail.queue.dead_letters("emails").count() == 0

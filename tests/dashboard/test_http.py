@@ -109,6 +109,11 @@ async def test_unauthenticated_replay_purge_and_cancel_are_refused_and_change_no
     assert state is not None
     assert state.status.value == "failed"  # not cancelled either
 
+    login = await client.get("/login")
+    assert login.status_code == 401
+    assert login.headers["www-authenticate"].startswith("Basic ")
+    assert (await client.get("/login", headers=basic(AUTH))).status_code == 303
+    assert (await client.get("/api/csrf")).status_code == 401
     csrf = (await client.get("/api/csrf", headers=basic(AUTH))).json()["csrf_token"]
     unconfirmed = await client.post(
         "/api/queues/emails/purge", json={}, headers={**basic(AUTH), "X-CSRF-Token": csrf}
