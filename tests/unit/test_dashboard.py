@@ -11,10 +11,10 @@ import aqueue.dashboard
 from aqueue import TaskQueue
 from aqueue._core import wire as t
 from aqueue._core.config import TaskOptions
-from aqueue._core.heartbeats import QueueRow, StatsView
+from aqueue._core.heartbeats import Heartbeat, QueueFigures, QueueRow, Seen, StatsView
 from aqueue._dashboard.auth import Admin, parse_auth
 from aqueue._dashboard.history import History, sparkline
-from aqueue._dashboard.monitor import Letter, Snapshot
+from aqueue._dashboard.monitor import Letter, Monitor, Snapshot
 from aqueue._dashboard.present import REDACTED, arguments_text, trace_id
 from aqueue._transport import OutgoingMessage
 from aqueue.exceptions import ConfigurationError
@@ -185,3 +185,26 @@ async def test_replay_takes_only_the_named_jobs_and_scan_reads_all(
         for bad in ("job-0", [""], 3):
             with pytest.raises(ConfigurationError, match="job_ids"):
                 await dlq.replay(job_ids=bad)  # type: ignore[arg-type]
+
+
+def test_heartbeats_feed_the_history_one_point_per_step() -> None:
+    """Each heartbeat due a point records every queue's ready, out/s and wait p95."""
+    queue = TaskQueue("memory://")
+    monitor = Monitor(queue, History(span=60, step=5))
+    monitor.collector.prefix = "aqueue"
+
+    def seen(at: float, ready: int) -> Seen:
+        figures = QueueFigures(concurrency=4, ready=ready, settled_per_s=2.0, wait_p95=0.25)
+        beat = Heartbeat("w1", "host", 1, "aqueue", 4, 0.0, at, 1.0, {"emails": figures})
+        return Seen(beat, at)
+
+    for at, ready in ((100.0, 7), (102.0, 6), (105.0, 3), (110.0, 0)):
+        item = seen(at, ready)
+        monitor.collector.seen.append(item)
+        monitor._heard(item)
+    points = monitor.history.points("emails", 110.0)
+    assert [(p.at, p.ready, p.out_per_s, p.wait_p95) for p in points] == [
+        (100.0, 7, 2.0, 0.25),
+        (105.0, 3, 2.0, 0.25),
+        (110.0, 0, 2.0, 0.25),
+    ]
