@@ -178,7 +178,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if PHASE not in ("parallel", "serial"):
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         serial = item.get_closest_marker("serial") is not None
         (keep if serial == (PHASE == "serial") else drop).append(item)
