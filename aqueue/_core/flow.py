@@ -29,6 +29,11 @@ _JOB_ID = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 #: Shards of a fair-share queue (see `fair_shards`): 16 sub-queues, each tenant on 2 of them.
 FAIR_SHARDS = 16
 FAIR_CHOICES = 2
+#: Seconds before its reserved start that a rate-deferred copy is due back from the delay
+#: levels: it waits the rest in the worker that receives it (`aqueue._worker.parking`), so
+#: that the delay levels' lateness under load (up to a second measured on a busy 2-core
+#: machine) does not move its start.
+RATE_LANDING_LEAD = 2.0
 #: The deferral of a job over a concurrency cap: from the first delay, doubling per deferral
 #: of the same job, up to the longest (jittered by the caller).
 CONCURRENCY_DEFER_MIN = 0.1

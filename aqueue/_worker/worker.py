@@ -28,6 +28,7 @@ from aqueue._worker.cancels import Cancellations
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
+from aqueue._worker.parking import Parking
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
 from aqueue._worker.scaling import Scaler
@@ -159,6 +160,8 @@ class Worker:
         self._session: Session | None = None
         self._transport: Transport | None = None
         self._intakes: dict[str, Intake] = {}
+        #: rate-deferred jobs back before their reserved start, by logical queue
+        self._parkings: dict[str, Parking] = {}
         self._runners: dict[str, QueueRunners] = {}
         self._jobs: anyio.abc.TaskGroup | None = None
         self._loop_lag = 0.0  # mean over the last sample
@@ -281,6 +284,8 @@ class Worker:
             # must not start another delivery
             for intake in self._intakes.values():
                 intake.close()
+            for parking in self._parkings.values():
+                parking.close()
 
     async def run(self) -> None:
         """Consume until `stop` is called; return once every job is settled or cancelled.
@@ -298,6 +303,11 @@ class Worker:
             for intake in intakes.values():
                 stack.callback(intake.close)
             self._session, self._transport, self._intakes = session, transport, intakes
+            self._parkings = {
+                queue: Parking(intakes[queue].put_first)
+                for queue in self._flow_queues()
+                if queue in intakes
+            }
             limits = {queue: self.settings.limits(queue) for queue in intakes}
             self._runners = {
                 queue: QueueRunners(
@@ -334,6 +344,7 @@ class Worker:
                 leases=session.states.active and self.settings.lease_after is not None,
             )
             runner.flow.warn_if_per_worker(self.queue.tasks)
+            runner.parkings = self._parkings
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
             heartbeats = self.heartbeats = HeartbeatSender(
@@ -389,14 +400,13 @@ class Worker:
                     on_delivery=intake.put,
                 )
 
-        flow_queues = self._flow_queues()
-        for queue, intake in self._intakes.items():
-            if queue in flow_queues and queue not in self._side_consumers:
+        for queue, parking in self._parkings.items():
+            if queue not in self._side_consumers:
                 self._side_consumers[queue] = [
                     await transport.consume(
                         session.names.deferred_queue(queue),
                         prefetch=self._runners[queue].prefetch,
-                        on_delivery=intake.put_first,
+                        on_delivery=parking.put,
                     )
                 ]
 
@@ -418,7 +428,11 @@ class Worker:
         """Return once no delivery waits in an intake and no job runs."""
         self._watchers += 1
         try:
-            while self._counters.in_flight or any(i.waiting() for i in self._intakes.values()):
+            while (
+                self._counters.in_flight
+                or any(i.waiting() for i in self._intakes.values())
+                or any(p.parked() for p in self._parkings.values())
+            ):
                 await self._changed.wait()
         finally:
             self._watchers -= 1
@@ -463,6 +477,8 @@ class Worker:
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(self._sample)
                     loops.start_soon(self._read_ready)
+                    for parking in self._parkings.values():
+                        loops.start_soon(parking.run)
                     if self._quarantine is not None:
                         await self._quarantine.run()
             self._intake = None
@@ -470,6 +486,8 @@ class Worker:
             # go back as fresh copies once no consumer can deliver more
             for intake in intakes.values():
                 intake.close()
+            for parking in self._parkings.values():
+                parking.close()  # into the closed intakes: handed back with the rest
             await self.pause()
             await self._hand_back(runner, intakes)
             logger.info(

@@ -149,17 +149,18 @@ async def test_rate_limit_holds_across_two_worker_processes(
     out: Path,
     prefix: str,
 ) -> None:
-    """20/s over two workers: every 5 s window within 15 % of 20/s, none lost or failed, and
+    """20/s over two workers: every 5 s window within 10 % of 20/s, none lost or failed, and
     no worker holds more than its prefetch (the rest waits in the broker's delay levels).
 
-    The issue asks for 10 %: on a quiet machine the windows stay within it (18.6-21.4/s), but
-    under load deferred copies come back from the delay levels up to ~1 s late and bunch
-    (seen: 17.8/s), so this asserts the bound that holds on a loaded CI machine and prints the
-    figures; the 10 % goal is open work (docs/flow-control.md)."""
+    Holds on a loaded machine because the broker only carries the wait up to the last two
+    seconds before each reserved start, which the job spends in its worker's parking: the
+    delay levels' lateness under load (up to ~2 s measured here) no longer moves starts."""
     # runners enough to defer the flood quickly: a reserved copy comes back into the work
     # queue behind the originals not yet looked at (see the flow-control page)
     for _ in range(2):
-        await spawn(workers, env, tmp_path, "-Q", "limited", "--concurrency", "50")
+        await spawn(
+            workers, env, tmp_path, "-Q", "limited", "--concurrency", os.environ.get("XC", "50")
+        )
     batch = await queue.enqueue_many(flow.limited, [(n,) for n in range(RATE_JOBS)])
     assert batch.ok
     # `aqueue stats` shows the limiter's backlog, read from Redis, once the flood is reserved
@@ -195,7 +196,12 @@ async def test_rate_limit_holds_across_two_worker_processes(
         for begin in (starts[0] + i * 0.5 for i in range(int((starts[-1] - starts[0] - 5) * 2)))
     ]
     print(f"5 s window start rates: min {min(rates):.2f}/s, max {max(rates):.2f}/s")
-    assert all(0.85 * flow.RATE <= rate <= 1.15 * flow.RATE for rate in rates), rates
+    late = sorted(r["t"] - r["due"] for r in records(out))
+    print(
+        f"start after its reserved time: p50 {late[len(late) // 2] * 1000:.0f} ms, "
+        f"p99 {late[len(late) * 99 // 100] * 1000:.0f} ms, max {late[-1] * 1000:.0f} ms"
+    )
+    assert all(0.9 * flow.RATE <= rate <= 1.1 * flow.RATE for rate in rates), rates
     assert len({record["pid"] for record in records(out)}) == 2  # both workers ran jobs
     assert max(held) <= 2 * 2 * 50, held  # two workers, two consumers each, prefetch 50
     async with queue.session() as session:

@@ -58,7 +58,7 @@ queue = make_queue(
 @queue.task(queue="limited", rate_limit=f"{RATE}/s", store_result=False)
 async def limited(n: int) -> None:
     """Starts at most RATE times a second across every worker."""
-    record(event="start", n=n)
+    record(event="start", n=n, due=current_job().due_at)
 
 
 @queue.task(queue="capped", max_concurrency=CAP, concurrency_key="tenant", store_result=False)
