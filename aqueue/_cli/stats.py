@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Annotated, Any
 
 import anyio
@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, console, load_queue, queue_names, run
+from aqueue._client.fair import fair_queues, ready_info
 from aqueue._client.queue import TaskQueue
 from aqueue._core.heartbeats import (
     DROP_OUT_INTERVALS,
@@ -93,12 +94,12 @@ class _Collector:
 
 
 async def _facts(
-    transport: Transport, names: TopologyNames, queues: Iterable[str]
+    transport: Transport, names: TopologyNames, queues: Iterable[str], fair: Collection[str]
 ) -> dict[str, QueueFacts]:
     facts = {}
     for name in queues:
         try:
-            info = await transport.queue_info(names.work_queue(name))
+            info = await ready_info(transport, names, name, fair=name in fair)
         except QueueNotFound:
             facts[name] = QueueFacts(ready=None, consumers=None)
         else:
@@ -133,12 +134,13 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
         try:
             known = queue_names(queue)
             began = time.monotonic()
-            before = await _facts(transport, names, known)
+            fair = fair_queues(queue.tasks.values())
+            before = await _facts(transport, names, known, fair)
             while True:
                 await anyio.sleep(max(0.0, window - (time.monotonic() - began)))
                 now = time.time()
                 heard = {q for seen in collector.seen for q in seen.heartbeat.queues}
-                after = await _facts(transport, names, sorted(set(known) | heard))
+                after = await _facts(transport, names, sorted(set(known) | heard), fair)
                 facts = _with_rates(before, after, time.monotonic() - began)
                 view = aggregate(collector.seen, facts, now=now, queues=known)
                 limits = await limiter_rows(queue, session.states.backend)

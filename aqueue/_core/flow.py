@@ -9,9 +9,10 @@ gate in `aqueue._worker.flow`; the guarantees and bounds are on the flow-control
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -284,6 +285,33 @@ def fair_shards(tenant: str, digest: int, *, shards: int = FAIR_SHARDS) -> tuple
     first = digest % shards
     second = (first + 1 + (digest // shards) % (shards - 1)) % shards
     return first, second
+
+
+def tenant_shards(tenant: str, *, shards: int = FAIR_SHARDS) -> tuple[int, int]:
+    """The two shards of `tenant`: the same in every process and every Python version.
+
+    A stable hash (BLAKE2b of the tenant's UTF-8 text), not `hash`, which is salted per
+    process: every producer must send one tenant to the same two shards.
+    """
+    digest = int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big")
+    return fair_shards(tenant, digest, shards=shards)
+
+
+def pick_shards(
+    tenants: Sequence[str], ready: MutableMapping[int, int], *, shards: int = FAIR_SHARDS
+) -> list[int]:
+    """The shard of each job, in order: the emptier of its tenant's two (ties: the first).
+
+    `ready` holds the ready count of each shard as last read; each job picked is counted in
+    it, so one batch of a tenant's jobs fills its two shards evenly rather than one.
+    """
+    picked = []
+    for tenant in tenants:
+        first, second = tenant_shards(tenant, shards=shards)
+        shard = second if ready.get(second, 0) < ready.get(first, 0) else first
+        ready[shard] = ready.get(shard, 0) + 1
+        picked.append(shard)
+    return picked
 
 
 def fair_queue(names: TopologyNames, queue: str, shard: int) -> str:

@@ -361,10 +361,19 @@ def _fit(
 
 
 def job_message(
-    names: TopologyNames, envelope: Envelope, body: bytes, *, delay_ms: int = 0
+    names: TopologyNames,
+    envelope: Envelope,
+    body: bytes,
+    *,
+    delay_ms: int = 0,
+    destination: str | None = None,
 ) -> OutgoingMessage:
-    """A job for its work queue, through the delay levels when `delay_ms` > 0."""
-    exchange, routing_key = job_route(names, envelope.queue, delay_ms)
+    """A job for its work queue, through the delay levels when `delay_ms` > 0.
+
+    `destination` routes it elsewhere than its logical queue's work queue: a fair-share shard
+    (``{queue}.fair.{n}``).
+    """
+    exchange, routing_key = job_route(names, destination or envelope.queue, delay_ms)
     return OutgoingMessage(
         exchange=exchange,
         routing_key=routing_key,

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import anyio
 
+from aqueue._client.fair import fair_queues, ready_info
 from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
+from aqueue._core.flow import FAIR_SHARDS, fair_prefetch, fair_queue
 from aqueue._core.heartbeats import QueueFigures
-from aqueue._core.queues import deferred_topology, queue_topology
+from aqueue._core.queues import deferred_topology, fair_topology, queue_topology
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
@@ -168,6 +170,9 @@ class Worker:
         self._consumers: dict[str, Consumer] = {}
         #: consumers of the queues beside a work queue (deferred jobs), by logical queue
         self._side_consumers: dict[str, list[Consumer]] = {}
+        #: consumers of a fair-share queue's shards, by logical queue
+        self._shard_consumers: dict[str, list[Consumer]] = {}
+        self._fair: set[str] = set()  # the fair-share queues among this worker's
         self._runner: JobRunner | None = None
         self._quarantine: Quarantine | None = None
 
@@ -303,6 +308,7 @@ class Worker:
             for intake in intakes.values():
                 stack.callback(intake.close)
             self._session, self._transport, self._intakes = session, transport, intakes
+            self._fair = fair_queues(self.queue.tasks.values()) & set(intakes)
             self._parkings = {
                 queue: Parking(intakes[queue].put_first)
                 for queue in self._flow_queues()
@@ -326,6 +332,10 @@ class Worker:
                     deferred = deferred_topology(session.names, queue, session.queue_settings)
                     await session.producer.declare(deferred)
                     await transport.declare(deferred)
+                if queue in self._fair:
+                    shards = fair_topology(session.names, queue, session.queue_settings)
+                    await session.producer.declare(shards)
+                    await transport.declare(shards)
             cancellations = Cancellations(session)
             await cancellations.listen(transport)  # before the first delivery can start
             await self.resume()
@@ -354,6 +364,7 @@ class Worker:
                 interval=self.settings.heartbeat_interval,
                 figures=self.queue_figures,
                 counters=lambda: dataclasses.asdict(self.statistics()),
+                fair=self._fair,
             )
             async with anyio.create_task_group() as beating:
                 beating.start_soon(heartbeats.run)
@@ -400,6 +411,18 @@ class Worker:
                     on_delivery=intake.put,
                 )
 
+        for queue in sorted(self._fair - set(self._shard_consumers)):
+            # half the queue's prefetch each: one tenant (two shards) can fill the runners,
+            # and every other shard still delivers at once (see the flow-control page)
+            prefetch = fair_prefetch(self._runners[queue].prefetch)
+            self._shard_consumers[queue] = [
+                await transport.consume(
+                    fair_queue(session.names, queue, shard),
+                    prefetch=prefetch,
+                    on_delivery=self._intakes[queue].put,
+                )
+                for shard in range(FAIR_SHARDS)
+            ]
         for queue, parking in self._parkings.items():
             if queue not in self._side_consumers:
                 self._side_consumers[queue] = [
@@ -419,9 +442,9 @@ class Worker:
     async def pause(self) -> None:
         """Cancel every consumer; what they delivered stays held until it is settled."""
         consumers, self._consumers = list(self._consumers.values()), {}
-        for side in self._side_consumers.values():
+        for side in (*self._side_consumers.values(), *self._shard_consumers.values()):
             consumers.extend(side)
-        self._side_consumers = {}
+        self._side_consumers, self._shard_consumers = {}, {}
         await self._cancel_consumers(consumers)
 
     async def wait_idle(self) -> None:
@@ -612,11 +635,14 @@ class Worker:
         ):
             runners.prefetch = concurrency
             consumer = self._consumers.get(runners.queue)
-            if consumer is not None:
-                try:
+            shards = self._shard_consumers.get(runners.queue, [])
+            try:
+                if consumer is not None:
                     await consumer.set_prefetch(concurrency)
-                except TransportError as exc:  # re-subscribed with it after a reconnect
-                    logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
+                for shard in shards:
+                    await shard.set_prefetch(fair_prefetch(concurrency))
+            except TransportError as exc:  # re-subscribed with it after a reconnect
+                logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
 
     async def _read_ready(self) -> None:
         """Read each queue's ready count and consumers every ``ready_interval``.
@@ -633,7 +659,9 @@ class Worker:
         while True:
             for queue, runners in self._runners.items():
                 try:
-                    info = await transport.queue_info(session.names.work_queue(queue))
+                    info = await ready_info(
+                        transport, session.names, queue, fair=queue in self._fair
+                    )
                     runners.ready, runners.consumers = info.ready, info.consumers
                 except AqueueError as exc:  # a reconnect under way: the next read may answer
                     logger.debug("could not read the ready count of %s: %s", queue, exc)
