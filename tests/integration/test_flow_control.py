@@ -8,6 +8,7 @@ each, with the time and their pid.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -31,6 +32,11 @@ from tests.integration.apps import flow
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 FLOW_APP = "tests.integration.apps.flow:queue"
+#: Jobs of tenant A's flood in the fair-share tests (the issue's figure), and of tenant B
+FLOOD_JOBS = int(os.environ.get("AQUEUE_TEST_FLOOD_JOBS", "20000"))
+TENANT_B_JOBS = 20
+#: A file the fair-share tests append their figures to, one JSON line each (else printed only)
+FIGURES = os.environ.get("AQUEUE_TEST_FIGURES")
 #: Jobs of the rate-limit test: 400 at 20/s is 20 s (the issue's 1,000 is 50 s: set
 #: AQUEUE_TEST_FLOW_JOBS=1000 to run it at full size).
 RATE_JOBS = int(os.environ.get("AQUEUE_TEST_FLOW_JOBS", "400"))
@@ -263,6 +269,73 @@ async def test_concurrency_cap_per_key_across_two_workers_and_a_sigkill(
     # the jobs that came back ran at most 3 at once too (the killed runs never ended: left out)
     after = [r for r in records(out) if r["pid"] != victim.pid]
     assert _peak(after, "k") <= flow.CAP
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fair_share", [True, False], ids=["fair", "unfair"])
+async def test_a_tenants_flood_does_not_delay_another_tenant(
+    queue: TaskQueue,
+    env: dict[str, str],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    out: Path,
+    prefix: str,
+    fair_share: bool,
+) -> None:
+    """Tenant A enqueues 20,000 jobs of 50 ms, then tenant B 20: with fair share B's jobs start
+    within 2 s (p95) while A's backlog drains; on a plain queue the same B jobs wait behind
+    A's. No job is lost either way. The figures are printed (and appended to `FIGURES`)."""
+    task, name = (flow.fair, "fair") if fair_share else (flow.unfair, "unfair")
+    await spawn(workers, env, tmp_path, "-Q", name, "--concurrency", "100")
+    began = time.time()
+    assert (await queue.enqueue_many(task, [("A", n) for n in range(FLOOD_JOBS)])).ok
+    flooded = time.time()
+    assert (await queue.enqueue_many(task, [("B", n) for n in range(TENANT_B_JOBS)])).ok
+
+    def started(tenant: str) -> list[dict[str, Any]]:
+        return [r for r in records(out) if r["tenant"] == tenant]
+
+    await wait_for(
+        lambda: len(started("B")) == TENANT_B_JOBS,
+        timeout=FLOOD_JOBS / 100 + 60,  # behind A at worst: 100 at once of 50 ms each
+        what="tenant B's jobs to start",
+        details=lambda: workers[0].output_tail(),
+    )
+    last_b = max(r["t"] for r in started("B"))
+    a_before_b = sum(1 for r in started("A") if r["t"] <= last_b)
+    waits = sorted(r["t"] - r["enq"] for r in started("B"))
+    p95 = waits[math.ceil(0.95 * len(waits)) - 1]
+    await wait_for(
+        lambda: len(records(out)) >= FLOOD_JOBS + TENANT_B_JOBS,
+        timeout=FLOOD_JOBS / 100 + 120,
+        what="tenant A's backlog to drain",
+        details=lambda: f"{len(records(out))} started\n{workers[0].output_tail()}",
+    )
+    drained = max(r["t"] for r in records(out))
+    figures = {
+        "queue": name,
+        "a_jobs": FLOOD_JOBS,
+        "enqueue_a_s": round(flooded - began, 2),
+        "b_wait_p50_s": round(waits[len(waits) // 2], 3),
+        "b_wait_p95_s": round(p95, 3),
+        "b_wait_max_s": round(waits[-1], 3),
+        "a_started_before_last_b": a_before_b,
+        "drain_s": round(drained - began, 2),
+    }
+    print(f"fair share figures: {figures}")
+    if FIGURES:
+        async with await anyio.open_file(FIGURES, "a") as file:
+            await file.write(orjson.dumps(figures).decode() + "\n")
+    # none lost, none twice
+    assert sorted(r["n"] for r in started("A")) == list(range(FLOOD_JOBS))
+    assert sorted(r["n"] for r in started("B")) == list(range(TENANT_B_JOBS))
+    async with queue.session() as session:
+        assert (await session.transport.queue_info(f"{prefix}.{name}.dlq")).ready == 0
+    if fair_share:
+        assert p95 < 2.0, figures
+        assert a_before_b < FLOOD_JOBS  # B ran while A's backlog was still draining
+    else:
+        assert a_before_b >= 0.95 * FLOOD_JOBS, figures  # B waited behind (nearly) all of A
 
 
 def _peak(lines: list[dict[str, Any]], tenant: str) -> int:
