@@ -13,6 +13,7 @@ from aqueue._client.fair import ready_info
 from aqueue._core.flow import FAIR_SHARDS, fair_queue, pick_shards, tenant_shards
 from aqueue.exceptions import ConfigurationError
 from aqueue.testing import running_worker
+from tests.helpers.polling import wait_for
 
 # "A" and "B" share shard 11: B's jobs must go to its other shard while A floods 11
 A_SHARDS, B_SHARDS = (6, 11), (2, 11)
@@ -100,3 +101,30 @@ async def test_a_tenants_flood_does_not_delay_another_tenant() -> None:
             assert last_b < 100, last_b
         else:
             assert last_b >= 400, last_b
+
+
+async def test_the_wait_signal_reads_the_shards_ready_count_but_not_delayed_jobs() -> None:
+    """A worker running one job at a time: the backlog it reports (``queue_stats().ready``,
+    what the autoscaler and ``/scale`` read) counts the jobs waiting in the shards; a job
+    delayed for a minute waits in the delay levels and is not counted."""
+    queue = TaskQueue("memory://")
+    release = anyio.Event()
+
+    @queue.task(queue="orders", fair_key="tenant")
+    async def work(tenant: str, n: int) -> None:
+        await release.wait()
+
+    settings = WorkerSettings(concurrency=1, ready_interval=0.05)
+    async with queue, running_worker(queue, settings) as worker:
+        assert (await queue.enqueue_many(work, [("A", n) for n in range(10)])).ok
+        await queue.enqueue_in(60, work, "A", 99)
+        # one job runs, and each of A's two shards has one delivery out (prefetch 1 each)
+        await wait_for(
+            lambda: worker.queue_stats()["orders"].ready == 8,
+            timeout=10,
+            what="the shards' backlog in the wait signal",
+            details=lambda: repr(worker.queue_stats()["orders"]),
+        )
+        release.set()
+        with anyio.fail_after(10):
+            await worker.wait_until(lambda stats: stats.succeeded == 10)
