@@ -70,6 +70,21 @@ class Parking:
         if first is None or due < first:
             self._changed.set()
 
+    def sorter(self, otherwise: Callable[[Delivery], None]) -> Callable[[Delivery], None]:
+        """A work queue's delivery callback: reserved jobs park here, the rest go `otherwise`.
+
+        A stopping worker hands its parked jobs back to the work queue, reservation and all:
+        the worker that receives one keeps it here until its start, not a moment before.
+        """
+
+        def sort(delivery: Delivery) -> None:
+            if HEADER_RATE_RESERVED in delivery.headers:
+                self.put(delivery)
+            else:
+                otherwise(delivery)
+
+        return sort
+
     def parked(self) -> int:
         """Deliveries waiting for their time."""
         return len(self._parked)

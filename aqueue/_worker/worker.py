@@ -405,10 +405,11 @@ class Worker:
             return
         for queue, intake in self._intakes.items():
             if queue not in self._consumers:
+                parking = self._parkings.get(queue)
                 self._consumers[queue] = await transport.consume(
                     session.names.work_queue(queue),
                     prefetch=self._runners[queue].prefetch,
-                    on_delivery=intake.put,
+                    on_delivery=intake.put if parking is None else parking.sorter(intake.put),
                 )
 
         for queue in sorted(self._fair - set(self._shard_consumers)):
