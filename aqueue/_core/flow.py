@@ -9,6 +9,7 @@ gate in `aqueue._worker.flow`; the guarantees and bounds are on the flow-control
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -287,6 +288,7 @@ def fair_shards(tenant: str, digest: int, *, shards: int = FAIR_SHARDS) -> tuple
     return first, second
 
 
+@functools.lru_cache(maxsize=4096)  # a batch of one tenant hashes it once
 def tenant_shards(tenant: str, *, shards: int = FAIR_SHARDS) -> tuple[int, int]:
     """The two shards of `tenant`: the same in every process and every Python version.
 
