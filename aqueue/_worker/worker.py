@@ -216,7 +216,7 @@ class Worker:
         wall, now = time.time(), anyio.current_time() if self._runners else 0.0
         stats = {}
         for queue, runners in self._runners.items():
-            oldest, exact = runners.oldest_wait(wall, serving=queue in self._consumers)
+            oldest, exact = runners.oldest_wait(wall, now, serving=queue in self._consumers)
             p50, p95 = runners.waits.last_span(now)
             stats[queue] = QueueStats(
                 queue=queue,
