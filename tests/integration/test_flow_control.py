@@ -24,6 +24,7 @@ import pytest
 
 from aqueue import TaskQueue
 from aqueue._cli.stats import limiter_rows
+from aqueue._client.fair import ready_info
 from tests.helpers.polling import wait_for
 from tests.helpers.worker_process import WorkerProcess, apps_env
 from tests.helpers.workers import delete_topology
@@ -305,6 +306,10 @@ async def test_a_tenants_flood_does_not_delay_another_tenant(
     a_before_b = sum(1 for r in started("A") if r["t"] <= last_b)
     waits = sorted(r["t"] - r["enq"] for r in started("B"))
     p95 = waits[math.ceil(0.95 * len(waits)) - 1]
+    # A's backlog as the wait signal, heartbeats and `aqueue stats` read it: the shards'
+    async with queue.session() as session:
+        backlog = await ready_info(session.transport, session.names, name, fair=fair_share)
+        in_work_queue = (await session.transport.queue_info(f"{prefix}.{name}")).ready
     await wait_for(
         lambda: len(records(out)) >= FLOOD_JOBS + TENANT_B_JOBS,
         timeout=FLOOD_JOBS / 100 + 120,
@@ -320,6 +325,7 @@ async def test_a_tenants_flood_does_not_delay_another_tenant(
         "b_wait_p95_s": round(p95, 3),
         "b_wait_max_s": round(waits[-1], 3),
         "a_started_before_last_b": a_before_b,
+        "a_ready_after_b": backlog.ready,
         "drain_s": round(drained - began, 2),
     }
     print(f"fair share figures: {figures}")
@@ -334,6 +340,8 @@ async def test_a_tenants_flood_does_not_delay_another_tenant(
     if fair_share:
         assert p95 < 2.0, figures
         assert a_before_b < FLOOD_JOBS  # B ran while A's backlog was still draining
+        assert in_work_queue == 0  # A's jobs wait in its shards, and are counted there
+        assert backlog.ready > 0, figures
     else:
         assert a_before_b >= 0.95 * FLOOD_JOBS, figures  # B waited behind (nearly) all of A
 
