@@ -326,6 +326,15 @@ def fair_destination(queue: str, shard: int) -> str:
     return f"{queue}.fair.{shard}"
 
 
+def shard_of(names: TopologyNames, queue: str, broker_queue: str) -> str | None:
+    """The fair destination a delivery from `broker_queue` came through; None if no shard."""
+    head = f"{names.work_queue(queue)}.fair."
+    shard = broker_queue.removeprefix(head)
+    if shard == broker_queue or not shard.isdigit() or int(shard) >= FAIR_SHARDS:
+        return None
+    return fair_destination(queue, int(shard))
+
+
 def fair_prefetch(prefetch: int) -> int:
     """The prefetch of each fair shard's consumer: half the queue's, at least 1.
 

@@ -404,8 +404,12 @@ def retry_message(
     failure: Failure,
     delay_ms: int,
     now_ms: int,
+    destination: str | None = None,
 ) -> OutgoingMessage:
-    """The next attempt of a job: same id and body, attempt + 1, due after `delay_ms`."""
+    """The next attempt of a job: same id and body, attempt + 1, due after `delay_ms`.
+
+    Back to `queue`'s work queue, or to `destination` (the fair-share shard it came from).
+    """
     envelope = Envelope(
         job_id=received.message_id or "",
         task=headers.task,
@@ -418,7 +422,7 @@ def retry_message(
         history=with_failure(headers.history, failure),
         expires_at_ms=headers.expires_at_ms,
     )
-    exchange, routing_key = job_route(names, queue, delay_ms)
+    exchange, routing_key = job_route(names, destination or queue, delay_ms)
     fitted = _fit(envelope.headers(), _OWN_HEADERS | {HEADER_WORKFLOW})
     return _copy(received, exchange, routing_key, fitted, now_ms)
 

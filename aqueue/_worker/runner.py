@@ -27,7 +27,7 @@ import anyio.to_process
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
-from aqueue._core.flow import RATE_LANDING_LEAD
+from aqueue._core.flow import RATE_LANDING_LEAD, shard_of
 from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
@@ -801,6 +801,8 @@ class JobRunner:
                 failure=outcome.failure(job.context.attempt, now_ms),
                 delay_ms=delay_ms,
                 now_ms=now_ms,
+                # a fair-share job retries in its shard, still apart from other tenants
+                destination=shard_of(self._session.names, job.context.queue, delivery.queue),
             )
 
         try:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aqueue import TaskQueue, WorkerSettings
+from aqueue import Instrumentation, TaskQueue, WorkerSettings, current_job
 from aqueue._client.fair import ready_info
 from aqueue._core.flow import FAIR_SHARDS, fair_queue, pick_shards, tenant_shards
+from aqueue._observability.hooks import JobObserver
+from aqueue._transport import Delivery
 from aqueue.exceptions import ConfigurationError
 from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
@@ -128,3 +130,28 @@ async def test_the_wait_signal_reads_the_shards_ready_count_but_not_delayed_jobs
         release.set()
         with anyio.fail_after(10):
             await worker.wait_until(lambda stats: stats.succeeded == 10)
+
+
+async def test_a_fair_jobs_retry_comes_back_to_its_shard() -> None:
+    """A job of B that fails goes round the delay levels back into the shard it came from,
+    not into the work queue, so its retry stays apart from A's flood too."""
+    queue = TaskQueue("memory://", prefix="fr")
+    seen: list[tuple[str, str]] = []
+
+    class Where(Instrumentation):
+        def job(self, delivery: Delivery, queue: str) -> JobObserver:
+            seen.append((delivery.message_id or "", delivery.queue))
+            return super().job(delivery, queue)
+
+    queue.instrument(Where())
+
+    @queue.task(queue="orders", fair_key="tenant", retries=1, backoff=0.05)
+    async def flaky(tenant: str) -> None:
+        if current_job().attempt == 1:
+            raise ValueError("first attempt fails")
+
+    async with queue, running_worker(queue) as worker:
+        job = await queue.enqueue(flaky, "B")
+        with anyio.fail_after(10):
+            await worker.wait_until(lambda stats: stats.succeeded == 1)
+    assert seen == [(job.job_id, "fr.orders.fair.2"), (job.job_id, "fr.orders.fair.2")]
