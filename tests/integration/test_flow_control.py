@@ -208,6 +208,10 @@ async def test_rate_limit_holds_across_two_worker_processes(
         f"start after its reserved time: p50 {late[len(late) // 2] * 1000:.0f} ms, "
         f"p99 {late[len(late) * 99 // 100] * 1000:.0f} ms, max {late[-1] * 1000:.0f} ms"
     )
+    if FIGURES:
+        figures = {"test": "rate", "jobs": RATE_JOBS, "min": min(rates), "max": max(rates)}
+        async with await anyio.open_file(FIGURES, "a") as file:
+            await file.write(orjson.dumps(figures).decode() + "\n")
     assert all(0.9 * flow.RATE <= rate <= 1.1 * flow.RATE for rate in rates), rates
     assert len({record["pid"] for record in records(out)}) == 2  # both workers ran jobs
     assert max(held) <= 2 * 2 * 50, held  # two workers, two consumers each, prefetch 50
