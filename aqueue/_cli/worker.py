@@ -36,6 +36,7 @@ from aqueue._cli.telemetry import (
     configure_logging,
     worker_observability,
 )
+from aqueue._client.fair import fair_queues, ready_info
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import Autoscale, QueueLimits, WorkerSettings, parse_queues
 from aqueue._core.supervision import ProcessScaling
@@ -476,8 +477,10 @@ async def _queue_sizes(queue: TaskQueue) -> list[tuple[str, int, int]]:
     rows = []
     async with queue.session() as session:
         count, names = session.transport.message_count, session.names
+        fair = fair_queues(queue.tasks.values())
         for name in queue_names(queue):
-            ready = await count(names.work_queue(name))
+            info = await ready_info(session.transport, names, name, fair=name in fair)
+            ready = info.ready
             dead = await count(names.dead_letter_queue(name))
             rows.append((name, ready, dead))
     return rows

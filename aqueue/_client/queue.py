@@ -20,6 +20,7 @@ from typing_extensions import Unpack
 
 from aqueue._client.cancel import cancel_job
 from aqueue._client.deadletters import DeadLetterQueue
+from aqueue._client.fair import is_fair, tenant_of
 from aqueue._client.producer import BatchResult
 from aqueue._client.session import Session
 from aqueue._client.unique import unique_key, unique_store
@@ -35,6 +36,7 @@ from aqueue._core.config import (
     expiry_ms,
 )
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
+from aqueue._core.flow import fair_destination
 from aqueue._core.schedules import Misfire, Schedule, ScheduleBook
 from aqueue._core.topology import QueueType, TopologyNames, validate_name
 from aqueue._core.wire import Envelope
@@ -546,9 +548,16 @@ class TaskQueue:
         if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
             # a first-time declaration took a while: an eta is not missed by its time
             delay_ms = _delay_ms(None, eta)
+        destination = None
+        if is_fair(task):
+            queue = task.options.queue
+            (shard,) = await session.fair.shards(queue, [tenant_of(task, args, kwargs)])
+            destination = fair_destination(queue, shard)
         # stamped after any declaration, so the delay counts from the publish
         envelope = _envelope(task, args, kwargs, delay_ms, job_id=job_id)
-        await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
+        await producer.publish(
+            producer.message(envelope, body, delay_ms=delay_ms, destination=destination)
+        )
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
             await session.states.record(
@@ -610,10 +619,18 @@ class TaskQueue:
         encoded = _encode_calls(producer.encode_body, task, calls)  # bad input raises here
         if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
             delay_ms = _delay_ms(None, eta)  # as in `_enqueue`: an eta is not missed
+        destinations: list[str | None] = [None] * len(encoded)
+        if is_fair(task):
+            queue = task.options.queue
+            tenants = [tenant_of(task, args, kwargs) for args, kwargs, _ in encoded]
+            shards = await session.fair.shards(queue, tenants)
+            destinations = [fair_destination(queue, shard) for shard in shards]
         envelopes = [_envelope(task, args, kwargs, delay_ms) for args, kwargs, _ in encoded]
         messages = [
-            producer.message(envelope, body, delay_ms=delay_ms)
-            for envelope, (_, _, body) in zip(envelopes, encoded, strict=True)
+            producer.message(envelope, body, delay_ms=delay_ms, destination=destination)
+            for envelope, (_, _, body), destination in zip(
+                envelopes, encoded, destinations, strict=True
+            )
         ]
         failures = await producer.publish_many(messages)
         if session.states.active and task.options.store_result:
