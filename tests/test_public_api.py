@@ -30,6 +30,7 @@ TASK_QUEUE_API = {
     "middleware",
     "name",
     "open",
+    "outbox",
     "periodic",
     "schedule",
     "schedules",
