@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -16,8 +17,12 @@ from aqueue._client.queue import TaskQueue
 from aqueue.exceptions import ConfigurationError
 
 if TYPE_CHECKING:  # imported when the command runs: SQLAlchemy is an optional dependency
+    from aqueue._worker.worker import Worker
     from aqueue.contrib.outbox import OutboxRelay
     from aqueue.contrib.sqlalchemy import SqlAlchemyOutboxStore
+
+#: Makes the relay of a worker's queue (``aqueue worker --outbox-database``).
+RelayFactory = Callable[[TaskQueue], "tuple[OutboxRelay, SqlAlchemyOutboxStore]"]
 
 #: The environment variable read when ``--database`` is not given.
 DATABASE_ENV = "AQUEUE_OUTBOX_DATABASE_URL"
@@ -65,12 +70,13 @@ def outbox_relay(
     except ObservabilityError as exc:
         raise typer.BadParameter(str(exc)) from exc
     from aqueue.contrib.outbox import OutboxRelay
-    from aqueue.contrib.sqlalchemy import SqlAlchemyOutboxStore, split_table_name
+    from aqueue.contrib.sqlalchemy import SqlAlchemyOutboxStore, check_url, split_table_name
 
     try:
         split_table_name(table)
+        check_url(url)
     except ConfigurationError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--table") from exc
+        raise typer.BadParameter(str(exc), param_hint="--database/--table") from exc
     queue = load_queue(app_path)
     configure_logging(log_level, "text")
     try:
@@ -108,3 +114,43 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
             # the batch in flight rolls back: its rows are published again by the next relay
             scope.cancel()
             return
+
+
+def outbox_relay_factory(database: str | None, table: str) -> RelayFactory | None:
+    """What ``aqueue worker --outbox-database`` relays with; None without the option.
+
+    Raises:
+        typer.BadParameter: the extra is missing, or a malformed table name or URL.
+    """
+    if not database:
+        return None
+    try:
+        require_extra("--outbox-database", "sqlalchemy", ["sqlalchemy", "asyncpg"])
+    except ObservabilityError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--outbox-database") from exc
+    from aqueue.contrib.outbox import OutboxRelay
+    from aqueue.contrib.sqlalchemy import SqlAlchemyOutboxStore, check_url, split_table_name
+
+    try:
+        split_table_name(table)
+        check_url(database)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--outbox-database/--outbox-table") from exc
+
+    def make(queue: TaskQueue) -> tuple[OutboxRelay, SqlAlchemyOutboxStore]:
+        store = SqlAlchemyOutboxStore(database, table=table)
+        return OutboxRelay(queue, store), store
+
+    return make
+
+
+async def relay_once_started(worker: Worker, make: RelayFactory) -> None:
+    """Relay the outbox beside the worker, on its session, once it consumes; until cancelled."""
+    await worker.wait_started()
+    relay, store = make(worker.queue)
+    logger.info("outbox relay started in the worker")
+    try:
+        await relay.run()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()

@@ -221,10 +221,18 @@ class OutboxRelay:
         self.statistics = RelayStatistics()
 
     async def run(self) -> None:
-        """Relay until cancelled."""
+        """Relay until cancelled; a failed batch is logged and its rows tried again."""
         async with self._queue.session() as session:
             while True:
-                if await self._batch(session) < self._batch_size:
+                try:
+                    locked = await self._batch(session)
+                except Exception:
+                    # The database or the broker failed mid-batch: its transaction rolled
+                    # back, so its rows wait for the next try. A relay inside a worker must
+                    # not take the worker down with it.
+                    logger.exception("outbox relay: a batch failed; its rows are kept")
+                    locked = 0
+                if locked < self._batch_size:
                     await anyio.sleep(self._interval)
 
     async def run_until_empty(self) -> int:
@@ -242,10 +250,14 @@ class OutboxRelay:
         locked = await self._store.relay_batch(self._batch_size, publish)
         if locked:
             self.statistics.batches += 1
+            logger.debug("outbox relay: batch of %d rows committed", locked)
         return locked
 
     async def _publish(self, session: Session, rows: Sequence[OutboxRow]) -> list[int]:
         producer = session.producer
+        logger.debug(
+            "outbox relay: publishing %d rows (ids %s to %s)", len(rows), rows[0].id, rows[-1].id
+        )
         now_ms = time.time_ns() // 1_000_000
         built = [row.envelope(now_ms) for row in rows]
         for envelope, delay_ms in built:

@@ -208,6 +208,21 @@ class SqlAlchemyOutboxStore:
             await self._engine.dispose()
 
 
+def check_url(url: str) -> None:
+    """Check that `url` is a database URL SQLAlchemy can parse (nothing connects).
+
+    Raises:
+        ConfigurationError: it is not.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {url!r}") from exc
+
+
 def _engine(url: str) -> AsyncEngine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]

@@ -275,28 +275,56 @@ async def test_relay_killed_mid_batch_loses_nothing(
     store = SqlAlchemyOutboxStore(engine, table=table)
     env = {**apps_env(amqp_url, prefix), "AQUEUE_TEST_REDIS_URL": redis_url}
     log = tmp_path / "relay.log"
-    async with app.queue, running_worker(app.queue) as worker:
-        first = _relay_process(env, log, pg_url, table, "--batch", "50")
+    async with app.queue.session() as session:  # declares the work queue
+        work_queue = session.names.work_queue("default")
+
+        async def ready() -> int:
+            return await session.transport.message_count(work_queue)
+
+        # Batches of 300 and no worker yet: once the queue holds more than 300 jobs, the
+        # second batch is being published and is not deleted yet. The kill lands there
+        # (most often: a batch may finish between the poll and the signal), and that
+        # batch's rows are published again by the next relay.
+        first = _relay_process(env, log, pg_url, table, "--batch", "300", "--interval", "0")
         relays.append(first)
         first.start()
-        await wait_until(worker, lambda stats: stats.succeeded >= 150, timeout=60)
-        waiting = await store.count()
+
+        async def second_batch_publishing() -> bool:
+            return await ready() > 300
+
+        await wait_for(
+            second_batch_publishing,
+            timeout=60,
+            what="the relay's second batch",
+            details=first.output_tail,
+            interval=0.001,
+        )
         first.send_signal(signal.SIGKILL)  # by its PID
         assert await first.wait(timeout=30) == -signal.SIGKILL
+        waiting = await store.count()
         assert waiting > 0, "the relay finished before it was killed: nothing was tested"
-        second = _relay_process(env, log, pg_url, table, "--batch", "50")
+        second = _relay_process(env, log, pg_url, table, "--batch", "300")
         relays.append(second)
         second.start()
         await _wait_empty(store, second)
-        await wait_until(worker, lambda stats: stats.succeeded >= 900, timeout=60)
         second.send_signal(signal.SIGTERM)
         assert await second.wait(timeout=30) == 0, second.output_tail()
-        stats = worker.statistics()
+        published = await ready()
+        async with running_worker(app.queue) as worker:
+            await wait_until(
+                worker,
+                lambda stats: stats.succeeded + stats.duplicates >= published,
+                timeout=120,
+            )
+            stats = worker.statistics()
     duplicates = stats.duplicates
     print(  # reported in the test's output (-s / -rA)
-        f"outbox relay SIGKILLed with {waiting} rows waiting: {stats.succeeded} jobs ran, "
-        f"{duplicates} republished copies acked unrun"
+        f"outbox relay SIGKILLed with {waiting} rows waiting: {published} messages published, "
+        f"{stats.succeeded} jobs ran, {duplicates} republished copies acked unrun"
     )
+    assert published == 900 + duplicates
+    if waiting == 600:  # killed inside the second batch: what it published came again
+        assert duplicates >= 1
     assert app.numbers == numbers
     assert set(app.runs) == job_ids  # none of the 900 is lost, and no rolled-back job ran
     assert all(runs == 1 for runs in app.runs.values())
@@ -326,3 +354,40 @@ async def test_migration_downgrade_drops_the_table(engine: AsyncEngine) -> None:
         with contextlib.suppress(Exception):
             async with engine.begin() as connection:
                 await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+async def test_worker_relays_the_outbox(
+    engine: AsyncEngine,
+    table: str,
+    app: App,
+    pg_url: str,
+    amqp_url: str,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    relays: list[WorkerProcess],
+) -> None:
+    """``aqueue worker --outbox-database`` relays the outbox itself: committed rows written
+    before and while it runs are published and run, their results readable."""
+    async with AsyncSession(engine) as session, session.begin():
+        before = [
+            await app.queue.outbox(session, table=table).enqueue(app.record, n) for n in range(10)
+        ]
+    env = {**apps_env(amqp_url, prefix), "AQUEUE_TEST_REDIS_URL": redis_url}
+    worker = WorkerProcess(
+        OUTBOX_APP,
+        ["--outbox-database", asyncpg_url(pg_url), "--outbox-table", table],
+        env=env,
+        log=tmp_path / "worker.log",
+    )
+    relays.append(worker)
+    worker.start()
+    await worker.wait_started()
+    async with AsyncSession(engine) as session, session.begin():
+        after = await app.queue.outbox(session, table=table).enqueue(app.record, 99)
+    async with app.queue:
+        for number, job in [*enumerate(before), (99, after)]:
+            assert await job.result(timeout=30) == number, worker.output_tail()
+    store = SqlAlchemyOutboxStore(engine, table=table)
+    assert await store.count() == 0
+    await worker.terminate()
