@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from aqueue import TaskQueue
-from aqueue.contrib.fastapi import AqueueDependency, lifespan
+from aqueue.contrib.fastapi import AqueueDependency, aqueue_dependency, lifespan
 from aqueue.exceptions import ConfigurationError
 
 
@@ -66,3 +66,19 @@ def test_lifespan_refuses_what_is_not_a_task_queue() -> None:
     """A lifespan of something else fails when the app is built, not at the first request."""
     with pytest.raises(ConfigurationError, match="TaskQueue"):
         lifespan(object())  # type: ignore[arg-type]
+
+
+async def test_tests_can_override_the_dependency() -> None:
+    """``app.dependency_overrides[aqueue_dependency]`` hands endpoints another queue."""
+    test_queue = TaskQueue("memory://", prefix="t")
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(jobs: AqueueDependency) -> dict[str, bool]:
+        return {"same": jobs is test_queue}
+
+    app.dependency_overrides[aqueue_dependency] = lambda: test_queue
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/")
+    assert response.json() == {"same": True}

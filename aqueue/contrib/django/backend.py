@@ -234,8 +234,13 @@ class AqueueBackend(BaseTaskBackend):
         """The background thread's event loop, with the queue open on it (started once)."""
         with self._lock:
             if self._portal is None:
-                self._portal = _start_portal()
-                self._portal.call(self._queue.open)
+                portal = _start_portal()
+                try:
+                    portal.call(self._queue.open)
+                except BaseException:
+                    portal.call(portal.stop)  # the next enqueue starts afresh
+                    raise
+                self._portal = portal
             return self._portal
 
     async def _loop_queue(self) -> TaskQueue:
