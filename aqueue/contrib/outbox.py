@@ -31,6 +31,7 @@ from aqueue._core.config import expiry_ms
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
 from aqueue._core.types import JSONScalar
 from aqueue._core.wire import HEADER_COPY, Envelope
+from aqueue._observability.otel import inject_context
 from aqueue._results import JobState, JobStatus
 from aqueue._results.handles import Job
 from aqueue._serialization import dumps, encode_arguments, loads
@@ -60,6 +61,8 @@ class OutboxRow:
         enqueued_at_ms: when the row was written, ms since the Unix epoch.
         eta_ms: when the job is due (ms since the Unix epoch); None: as soon as published.
         expires_at_ms: the job's deadline, or None.
+        headers: the trace context of the code that wrote the row (W3C ``traceparent`` and
+            ``tracestate``, JSON), so the job's trace continues the request's.
         id: the row's id (its order), once it is read back from the table.
     """
 
@@ -71,6 +74,7 @@ class OutboxRow:
     enqueued_at_ms: int = 0
     eta_ms: int | None = None
     expires_at_ms: int | None = None
+    headers: bytes = b"{}"
     id: int | None = field(default=None, compare=False)
 
     def columns(self) -> dict[str, Any]:
@@ -84,12 +88,15 @@ class OutboxRow:
             "enqueued_at_ms": self.enqueued_at_ms,
             "eta_ms": self.eta_ms,
             "expires_at_ms": self.expires_at_ms,
+            "headers": self.headers.decode(),
         }
 
     def envelope(self, now_ms: int) -> tuple[Envelope, int]:
         """The job's envelope as published at `now_ms` (a new copy token), and its delay."""
         delay_ms = max(0, self.eta_ms - now_ms) if self.eta_ms is not None else 0
         options: dict[str, JSONScalar] = loads(self.options) if self.options else {}
+        carried: dict[str, Any] = loads(self.headers) if self.headers else {}
+        trace = {key: value for key, value in carried.items() if isinstance(value, str)}
         envelope = Envelope(
             job_id=self.job_id,
             task=self.task,
@@ -97,7 +104,7 @@ class OutboxRow:
             enqueued_at_ms=self.enqueued_at_ms,
             eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
             # each publish of a row is told apart from another publish of the same row
-            extra_headers={HEADER_COPY: uuid.uuid4().hex},
+            extra_headers={**trace, HEADER_COPY: uuid.uuid4().hex},
             options=options,
             expires_at_ms=self.expires_at_ms,
         )
@@ -148,7 +155,17 @@ def make_row(
         enqueued_at_ms=now_ms,
         eta_ms=now_ms + delay_ms if delay_ms > 0 else None,
         expires_at_ms=expiry_ms(task.options.expires, now_ms),
+        headers=dumps(trace_headers()),
     )
+
+
+def trace_headers() -> dict[str, str]:
+    """The current trace context as headers (empty outside a span, or with no SDK).
+
+    The relay publishes outside any span, so its publish span continues this context: the
+    job's trace is the request's that wrote the row.
+    """
+    return {key: value for key, value in inject_context({}).items() if isinstance(value, str)}
 
 
 class OutboxStore(Protocol):

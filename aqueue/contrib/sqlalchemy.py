@@ -68,6 +68,7 @@ def _columns() -> list[Column[Any]]:
         Column("enqueued_at_ms", BigInteger, nullable=False),
         Column("eta_ms", BigInteger, nullable=True),
         Column("expires_at_ms", BigInteger, nullable=True),
+        Column("headers", Text, nullable=False, server_default="{}"),
     ]
 
 
@@ -243,4 +244,5 @@ def _row(mapping: Any) -> OutboxRow:
         enqueued_at_ms=mapping["enqueued_at_ms"],
         eta_ms=mapping["eta_ms"],
         expires_at_ms=mapping["expires_at_ms"],
+        headers=mapping["headers"].encode(),
     )

@@ -18,6 +18,9 @@ import anyio
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -26,6 +29,7 @@ from aqueue.contrib.outbox import OutboxRelay, OutboxRow
 from aqueue.contrib.sqlalchemy import SqlAlchemyOutboxStore, create_outbox, drop_outbox
 from aqueue.exceptions import ConfigurationError, EncodeError
 from aqueue.testing import running_worker
+from tests.helpers.otel import Tree
 from tests.helpers.polling import wait_for
 from tests.helpers.postgres import asyncpg_url, postgres_url, schema_name
 from tests.helpers.worker_process import WorkerProcess, apps_env, aqueue_command
@@ -35,6 +39,7 @@ from tests.integration.apps.outbox import App, make_app
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 OUTBOX_APP = "tests.integration.apps.outbox:queue"
+tracer = trace.get_tracer("tests.outbox")
 
 
 @pytest.fixture
@@ -391,3 +396,25 @@ async def test_worker_relays_the_outbox(
     store = SqlAlchemyOutboxStore(engine, table=table)
     assert await store.count() == 0
     await worker.terminate()
+
+
+async def test_the_request_trace_continues_through_the_outbox(
+    engine: AsyncEngine, table: str, app: App, spans: InMemorySpanExporter
+) -> None:
+    """A row written inside a request's span keeps its trace context: the relay's publish
+    span (outside any span of its own) is the request span's child, and the job's process
+    span is the publish span's child: one trace."""
+    async with AsyncSession(engine) as session, session.begin():
+        with tracer.start_as_current_span("POST /orders", kind=SpanKind.SERVER):
+            await app.queue.outbox(session, table=table).enqueue(app.record, 5)
+    store = SqlAlchemyOutboxStore(engine, table=table)
+    async with app.queue, running_worker(app.queue) as worker:
+        assert await OutboxRelay(app.queue, store).run_until_empty() == 1
+        await wait_until(worker, lambda stats: stats.succeeded == 1, timeout=30)
+    tree = Tree(spans.get_finished_spans())
+    request = tree.one("POST /orders", SpanKind.SERVER)
+    publish = tree.one("publish outbox.record", SpanKind.PRODUCER)
+    process = tree.one("process outbox.record", SpanKind.CONSUMER)
+    assert tree.parent(publish) is request, tree.describe()
+    assert tree.parent(process) is publish, tree.describe()
+    assert len(tree.trace_ids()) == 1, tree.describe()

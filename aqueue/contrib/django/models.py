@@ -23,6 +23,7 @@ class OutboxEntry(models.Model):
     expires_at_ms: models.BigIntegerField[int | None, int | None] = models.BigIntegerField(
         null=True
     )
+    headers: models.TextField[str, str] = models.TextField(default="{}")
 
     class Meta:
         db_table = "aqueue_outbox"

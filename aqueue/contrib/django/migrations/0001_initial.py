@@ -25,6 +25,7 @@ class Migration(migrations.Migration):
                 ("enqueued_at_ms", models.BigIntegerField()),
                 ("eta_ms", models.BigIntegerField(null=True)),
                 ("expires_at_ms", models.BigIntegerField(null=True)),
+                ("headers", models.TextField(default="{}")),
             ],
             options={"db_table": "aqueue_outbox"},
         ),
