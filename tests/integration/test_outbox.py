@@ -418,3 +418,32 @@ async def test_the_request_trace_continues_through_the_outbox(
     assert tree.parent(publish) is request, tree.describe()
     assert tree.parent(process) is publish, tree.describe()
     assert len(tree.trace_ids()) == 1, tree.describe()
+
+
+async def test_two_relays_share_the_rows_without_publishing_one_twice(
+    engine: AsyncEngine, table: str, app: App, pg_url: str
+) -> None:
+    """Two relays on one table at once (FOR UPDATE SKIP LOCKED): each publishes some of the
+    900 rows, none is published by both, and every job runs once."""
+    numbers, job_ids = await _enqueue_in_transactions(engine, app.queue, app, table, 1000, every=10)
+    other_engine = create_async_engine(asyncpg_url(pg_url))
+    relays = [
+        OutboxRelay(app.queue, SqlAlchemyOutboxStore(engine, table=table), batch_size=50),
+        OutboxRelay(app.queue, SqlAlchemyOutboxStore(other_engine, table=table), batch_size=50),
+    ]
+    try:
+        async with app.queue, running_worker(app.queue) as worker:
+            async with anyio.create_task_group() as tg:
+                for relay in relays:
+                    tg.start_soon(relay.run_until_empty)
+            await wait_until(worker, lambda stats: stats.succeeded >= 900, timeout=60)
+            stats = worker.statistics()
+    finally:
+        await other_engine.dispose()
+    shares = [relay.statistics.published for relay in relays]
+    print(f"two relays published {shares[0]} and {shares[1]} of the 900 rows")
+    assert sum(shares) == 900
+    assert all(share > 0 for share in shares)
+    assert (stats.succeeded, stats.duplicates) == (900, 0)
+    assert set(app.runs) == job_ids
+    assert app.numbers == numbers
