@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -197,8 +198,6 @@ class SqlAlchemyOutboxStore:
 
     async def count(self) -> int:
         """How many rows wait in the table (committed and visible to a new transaction)."""
-        from sqlalchemy import func
-
         async with self._engine.connect() as connection:
             value = await connection.scalar(select(func.count()).select_from(self._table))
         return int(value or 0)

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.to_thread
 from anyio.from_thread import BlockingPortal
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
@@ -41,6 +41,7 @@ from aqueue.contrib.django._compat import (
 from aqueue.exceptions import AqueueError, ConfigurationError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: The keys of ``OPTIONS``, and what each is.
 OPTION_KEYS = {
@@ -83,10 +84,11 @@ class AqueueBackend(BaseTaskBackend):
             }
         }
 
-    `enqueue` returns once RabbitMQ confirmed the job (through one connection kept open in a
-    background thread); `aenqueue` is async on the caller's event loop (one connection per
-    loop). ``run_after`` becomes a broker-side delay. Priorities are refused (RabbitMQ
-    queues here are FIFO). `get_result` reads aqueue's result backend.
+    `enqueue` returns once RabbitMQ confirmed the job, through one connection kept open on an
+    event loop in a background thread; `aenqueue` uses the same connection, the caller's
+    event loop awaiting the confirm (no thread is blocked). ``run_after`` becomes a
+    broker-side delay. Priorities are refused (RabbitMQ queues here are FIFO). `get_result`
+    reads aqueue's result backend.
 
     Raises:
         ImproperlyConfigured: an unknown option, no URL, or a queue name aqueue cannot use.
@@ -114,9 +116,6 @@ class AqueueBackend(BaseTaskBackend):
         self._tasks: dict[str, AqueueTask[Any, Any]] = {}
         self._queue = self.make_queue()  # checks the options; nothing connects yet
         self._portal: BlockingPortal | None = None
-        self._loop_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TaskQueue] = (
-            weakref.WeakKeyDictionary()
-        )
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -185,10 +184,9 @@ class AqueueBackend(BaseTaskBackend):
         return self._ready(task, job_id, args, kwargs)
 
     async def aenqueue(self, task: Task[Any, T], args: Any, kwargs: Any) -> TaskResult[Any, T]:
-        """`enqueue`, async, on the running event loop's own connection."""
+        """`enqueue`, async: the caller's event loop awaits the confirm, no thread is blocked."""
         self.validate_task(task)
-        queue = await self._loop_queue()
-        job_id = await self._send(queue, task, list(args), dict(kwargs))
+        job_id = await self._in_background(self._send, self._queue, task, list(args), dict(kwargs))
         return self._ready(task, job_id, args, kwargs)
 
     async def _send(
@@ -243,14 +241,17 @@ class AqueueBackend(BaseTaskBackend):
                 self._portal = portal
             return self._portal
 
-    async def _loop_queue(self) -> TaskQueue:
-        loop = asyncio.get_running_loop()
-        queue = self._loop_queues.get(loop)
-        if queue is None:
-            queue = self.make_queue()
-            await queue.open()
-            self._loop_queues[loop] = queue
-        return queue
+    async def _in_background(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+        """Run `fn` on the background loop (its one connection); await it on this loop.
+
+        The caller's loop only waits on a future: no thread is held while the broker
+        confirms, and every loop (an ASGI server's, each ``async_to_sync`` call's) shares the
+        process's one connection.
+        """
+        portal = self._portal
+        if portal is None:  # the first use connects: not on this loop
+            portal = await anyio.to_thread.run_sync(self._blocking_portal)
+        return await asyncio.wrap_future(portal.start_task_soon(fn, *args))
 
     # -- results -----------------------------------------------------------------------------
 
@@ -275,8 +276,8 @@ class AqueueBackend(BaseTaskBackend):
         """`get_result`, async."""
         if not self.supports_get_result:
             return self.get_result(result_id)  # raises the same error
-        queue = await self._loop_queue()
-        return self._result(result_id, await self._state(queue, result_id))
+        state = await self._in_background(self._state, self._queue, result_id)
+        return self._result(result_id, state)
 
     @staticmethod
     async def _state(queue: TaskQueue, job_id: str) -> JobState | None:
