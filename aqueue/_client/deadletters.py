@@ -41,9 +41,10 @@ class DeadLetter:
         task: the task name, or ``None`` when the message has no ``aqueue-task`` header.
         queue: the logical queue the job was sent to.
         reason: why it is here. Written by the worker: ``failed``, ``timeout``,
-            ``decode-error``, ``unknown-task`` or ``undecodable-properties``. Written by
-            RabbitMQ: ``delivery_limit`` (workers died on it too often), ``rejected``,
-            ``expired`` or ``maxlen``.
+            ``decode-error``, ``unknown-task``, ``undecodable-properties`` or
+            ``interrupted`` (its workers stopped under it more than ``crash_limit`` times).
+            Written by RabbitMQ: ``delivery_limit`` (workers died on it too often),
+            ``rejected``, ``expired`` or ``maxlen``.
         source: ``"worker"`` or ``"broker"``: who dead-lettered it.
         exception_type: the qualified name of the last exception (worker only).
         exception_message: its message (worker only).

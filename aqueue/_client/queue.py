@@ -159,6 +159,9 @@ class TaskQueue:
         self._stack: AsyncExitStack | None = None
         self._session: Session | None = None
         self._users = 0  # open() calls not yet matched by aclose()
+        # open() and aclose() one at a time: two opens at once would otherwise both connect,
+        # and the second's session would replace the first's, its connection never closed
+        self._lifecycle = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<TaskQueue prefix={self._names.prefix!r} tasks={len(self._registry)}>"
@@ -338,9 +341,13 @@ class TaskQueue:
                 the TLS handshake failed on every URL (a certificate that does not verify,
                 a host name it is not for), the message naming the cause.
         """
-        if self._stack is not None:
-            self._users += 1
-            return
+        async with self._lifecycle:
+            if self._stack is not None:
+                self._users += 1
+                return
+            await self._connect_session()
+
+    async def _connect_session(self) -> None:
         async with AsyncExitStack() as stack:
             session = await stack.enter_async_context(
                 Session.open(
@@ -362,12 +369,13 @@ class TaskQueue:
 
     async def aclose(self) -> None:
         """Close the connection once every `open` has been matched; extra calls do nothing."""
-        if self._users > 1:
-            self._users -= 1
-            return
-        stack, self._stack, self._session, self._users = self._stack, None, None, 0
-        if stack is not None:
-            await stack.aclose()
+        async with self._lifecycle:
+            if self._users > 1:
+                self._users -= 1
+                return
+            stack, self._stack, self._session, self._users = self._stack, None, None, 0
+            if stack is not None:
+                await stack.aclose()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:

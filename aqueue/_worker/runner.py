@@ -27,6 +27,7 @@ import anyio.to_process
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
+from aqueue._core.errors import qualified_name
 from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
@@ -64,11 +65,18 @@ from aqueue.exceptions import (
     JobCancelled,
     JobCrashed,
     JobExpired,
+    JobInterrupted,
     TransportError,
     UnknownTaskError,
 )
 
 logger = logging.getLogger("aqueue.worker")
+
+#: Seconds a stopping worker gives the hand-back of one interrupted job (shielded from the
+#: stop's cancellation): a publish and its confirm, then the ack.
+INTERRUPTED_HAND_BACK = 5.0
+#: How an interruption is named in a job's history (`Failure.type`).
+INTERRUPTED = qualified_name(JobInterrupted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +119,11 @@ class JobRunner:
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
         cancellations: Cancellations | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self._session = session
+        # the worker's stop: a job cancelled while it is true is handed back, not left unacked
+        self._stopping = stopping if stopping is not None else _never
         self._cancels = cancellations if cancellations is not None else Cancellations(session)
         self._tasks = tasks
         self._middleware = tuple(middleware)
@@ -518,6 +529,12 @@ class JobRunner:
             logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
             await _reject_quietly(delivery)
             return _settled(observer, "requeued", exc)
+        except anyio.get_cancelled_exc_class():
+            leased = isinstance(delivery, LeasableDelivery) and delivery.leased
+            if self._stopping() and not leased:  # a leased job's lease copy brings it back
+                with anyio.CancelScope(shield=True), anyio.move_on_after(INTERRUPTED_HAND_BACK):
+                    await self._interrupted(delivery, job, observer)
+            raise
         if outcome is None:
             return await self._settle_success(delivery, job.context, observer)
         if outcome.reason == "cancelled":
@@ -540,6 +557,32 @@ class JobRunner:
                 settlement="expired" if outcome.reason == "expired" else "dead-lettered",
             )
         return await self._retry(delivery, job, outcome, delay, observer)
+
+    async def _interrupted(self, delivery: Delivery, job: _Job, observer: JobObserver) -> None:
+        """The worker stops and its grace ran out under this job: hand it back, next attempt.
+
+        Left unacked, it would come back redelivered and be quarantined as the neighbour of
+        a crash. The copy is the next attempt, due now, with the interruption in its history;
+        past `crash_limit` interruptions the job is dead-lettered (reason ``interrupted``)
+        instead. If the hand-back fails, the delivery goes back unacked as before.
+        """
+        times = 1 + sum(1 for failure in job.headers.history if failure.type == INTERRUPTED)
+        error = JobInterrupted(f"its worker stopped before it finished (interruption {times})")
+        outcome = Outcome("interrupted", error)
+        retrying = times <= self._crash_limit
+        if not await self._record_failure(delivery, job, outcome, retrying=retrying):
+            return
+        if retrying:
+            await self._retry(delivery, job, outcome, 0.0, observer)
+            return
+        await self._dead_letter(
+            delivery,
+            job.context.queue,
+            outcome,
+            observer,
+            attempts=job.context.attempt,
+            history=job.headers.history,
+        )
 
     async def _attempt(self, job: _Job, observer: JobObserver) -> Outcome | None:
         """Run the job (unless it already succeeded), record its success, carry its workflow on.
@@ -858,6 +901,10 @@ def _past_deadline(headers: JobHeaders, delay: float) -> bool:
     """Whether a retry `delay` seconds from now would be due after the job's deadline."""
     deadline = headers.expires_at_ms
     return deadline is not None and time.time_ns() // 1_000_000 + math.ceil(delay * 1000) > deadline
+
+
+def _never() -> bool:
+    return False
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:

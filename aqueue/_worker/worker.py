@@ -208,7 +208,7 @@ class Worker:
         wall, now = time.time(), anyio.current_time() if self._runners else 0.0
         stats = {}
         for queue, runners in self._runners.items():
-            oldest, exact = runners.oldest_wait(wall, serving=queue in self._consumers)
+            oldest, exact = runners.oldest_wait(wall, now, serving=queue in self._consumers)
             p50, p95 = runners.waits.last_span(now)
             stats[queue] = QueueStats(
                 queue=queue,
@@ -269,8 +269,10 @@ class Worker:
     def stop(self, *, now: bool = False) -> None:
         """Stop consuming and let running jobs finish within the grace period.
 
-        A second call, or ``now=True``, cancels running jobs at once; they stay unacked and
-        are redelivered.
+        A second call, or ``now=True``, cancels running jobs at once. A job cancelled by a
+        stop (at once, or when the grace period runs out) goes back to its queue as its next
+        attempt, the interruption in its history (`JobInterrupted`); if that publish fails
+        it stays unacked and is redelivered.
         """
         if (now or self._stop_requested) and self._jobs_scope is not None:
             self._jobs_scope.cancel()
@@ -328,6 +330,7 @@ class Worker:
                 lease_after=self.settings.lease_after,
                 lease_ttl=self.settings.lease_ttl,
                 cancellations=cancellations,
+                stopping=lambda: self._stop_requested,
             )
             warn_about_long_tasks(
                 self.queue.tasks,
@@ -357,7 +360,8 @@ class Worker:
             if job.reason == "timeout":
                 fate = "it timed out and was settled then"
             else:
-                fate = "it was left unacked, so the broker delivers it again"
+                fate = "it went back to its queue as its next attempt (or, if that failed, "
+                fate += "was left unacked for the broker to deliver again)"
             logger.error(
                 "worker stopped with job %s (task %s) still running in its thread for %.1fs: "
                 "a thread cannot be stopped, so it is abandoned and its result will be "
