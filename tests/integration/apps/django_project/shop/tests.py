@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -56,6 +57,8 @@ class WorkerTestCase(TransactionTestCase):
 
     worker: ClassVar[WorkerProcess]
     app_name: ClassVar[str]
+    #: start the worker with ``python -m django aqueue_worker`` instead of ``aqueue worker``
+    use_management_command: ClassVar[bool] = False
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -67,12 +70,10 @@ class WorkerTestCase(TransactionTestCase):
             "AQUEUE_TEST_DJANGO_APP": cls.app_name,
         }
         log = Path(os.environ["AQUEUE_TEST_LOG_DIR"]) / f"{cls.__name__}-worker.log"
-        cls.worker = WorkerProcess(
-            "aqueue.contrib.django:queue",
-            ["-Q", "default,emails", "--concurrency", "4"],
-            env=env,
-            log=log,
-        )
+        args = ["-Q", "default,emails", "--concurrency", "4"]
+        cls.worker = WorkerProcess("aqueue.contrib.django:queue", args, env=env, log=log)
+        if cls.use_management_command:  # the same worker, as `manage.py aqueue_worker`
+            cls.worker.argv = [sys.executable, "-m", "django", "aqueue_worker", *args]
         cls.worker.start()
         anyio.run(partial(cls.worker.wait_started, timeout=60))
 
@@ -188,7 +189,10 @@ class BackendTests(WorkerTestCase):
 
 
 class OutboxTests(WorkerTestCase):
-    """The Django outbox (`outbox().enqueue`) and `enqueue_on_commit`."""
+    """The Django outbox (`outbox().enqueue`) and `enqueue_on_commit`, with the worker run by
+    the management command (``python -m django aqueue_worker``)."""
+
+    use_management_command = True
 
     def relay_once(self) -> str:
         """Run ``aqueue outbox-relay aqueue.contrib.django:queue --once`` on the test DB."""
