@@ -139,3 +139,27 @@ def redis_url() -> str:
             pytest.fail(f"{reason} and AQUEUE_REQUIRE_BROKER=1", pytrace=False)
         pytest.skip(reason)
     return url
+
+
+#: A test that measures something records it with ``record_property("figure:NAME", value)``;
+#: the figures are printed at the end of the run (also from pytest-xdist processes, whose own
+#: output is not shown), as well as written to a junit report.
+FIGURE_PREFIX = "figure:"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the tests recorded (`FIGURE_PREFIX`)."""
+    lines = []
+    for report in terminalreporter.stats.get("passed", []):
+        figures = [
+            (name.removeprefix(FIGURE_PREFIX), value)
+            for name, value in getattr(report, "user_properties", ())
+            if name.startswith(FIGURE_PREFIX)
+        ]
+        if figures:
+            lines.append(report.nodeid)
+            lines.extend(f"  {name}: {value}" for name, value in figures)
+    if lines:
+        terminalreporter.section("figures measured by tests")
+        for line in lines:
+            terminalreporter.write_line(line)

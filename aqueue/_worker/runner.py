@@ -165,7 +165,10 @@ class JobRunner:
                     observer,
                     reason="undecodable-properties",
                 )
-            if delivery.redelivered or delivery.delivery_count or LeaseCopies.is_copy(delivery):
+            if LeaseCopies.is_copy(delivery) or (
+                (delivery.redelivered or delivery.delivery_count)
+                and await self._may_have_crashed(delivery)
+            ):
                 return await self._came_back(delivery, queue, observer)
             if leases:
                 delivery = LeasableDelivery(delivery)
@@ -288,9 +291,9 @@ class JobRunner:
             job_id=delivery.message_id or "",
             task=headers.task,
             queue=queue,
-            # a delivery that came back unacked counts as an attempt: its worker died or lost
-            # its connection (the broker cannot tell whether it had started)
-            attempt=headers.attempt + delivery.delivery_count,
+            # a delivery that came back unacked and may have run went to the quarantine (as
+            # its next attempt); one that comes here never started: the same attempt
+            attempt=headers.attempt,
             args=args,
             kwargs=kwargs,
             enqueued_at=enqueued_at,
@@ -333,6 +336,22 @@ class JobRunner:
             return await self._publish_then_ack(delivery, build, delayed=False)
         except EncodeError:  # pragma: no cover - it was received with these headers
             return False
+
+    async def _may_have_crashed(self, delivery: Delivery) -> bool:
+        """Whether a delivery that came back may have crashed its worker (else: run it).
+
+        It may, unless the result backend shows its attempt never started: a quorum queue
+        returns the messages assigned to a consumer that is cancelled (a worker stopping)
+        before they were sent, marked redelivered, and so does a channel closed with
+        deliveries not yet started. Those are not suspects, and need no quarantine.
+        """
+        if not self._session.states.active or delivery.message_id is None:
+            return True
+        try:
+            attempt = read_headers(delivery.headers).attempt
+            return await self._session.states.may_have_started(delivery.message_id, attempt)
+        except (DecodeError, TransportError):  # cannot tell: the quarantine decides
+            return True
 
     async def _came_back(self, delivery: Delivery, queue: str, observer: JobObserver) -> Settlement:
         """A delivery that came back unacked: a worker holding it died, or lost its connection.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -272,6 +272,7 @@ async def test_relay_killed_mid_batch_loses_nothing(
     prefix: str,
     tmp_path: Path,
     relays: list[WorkerProcess],
+    record_property: Callable[[str, object], None],
 ) -> None:
     """``aqueue outbox-relay`` SIGKILLed mid-batch (some jobs published, rows still waiting),
     then restarted: every one of the 900 committed jobs runs; republished copies are counted
@@ -323,10 +324,11 @@ async def test_relay_killed_mid_batch_loses_nothing(
             )
             stats = worker.statistics()
     duplicates = stats.duplicates
-    print(  # reported in the test's output (-s / -rA)
-        f"outbox relay SIGKILLed with {waiting} rows waiting: {published} messages published, "
-        f"{stats.succeeded} jobs ran, {duplicates} republished copies acked unrun"
-    )
+    # reported at the end of the run (tests/conftest.py)
+    record_property("figure:rows waiting when the relay was killed", waiting)
+    record_property("figure:messages published", published)
+    record_property("figure:jobs run", stats.succeeded)
+    record_property("figure:republished copies acked unrun", duplicates)
     assert published == 900 + duplicates
     if waiting == 600:  # killed inside the second batch: what it published came again
         assert duplicates >= 1
@@ -421,7 +423,11 @@ async def test_the_request_trace_continues_through_the_outbox(
 
 
 async def test_two_relays_share_the_rows_without_publishing_one_twice(
-    engine: AsyncEngine, table: str, app: App, pg_url: str
+    engine: AsyncEngine,
+    table: str,
+    app: App,
+    pg_url: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """Two relays on one table at once (FOR UPDATE SKIP LOCKED): each publishes some of the
     900 rows, none is published by both, and every job runs once."""
@@ -441,7 +447,7 @@ async def test_two_relays_share_the_rows_without_publishing_one_twice(
     finally:
         await other_engine.dispose()
     shares = [relay.statistics.published for relay in relays]
-    print(f"two relays published {shares[0]} and {shares[1]} of the 900 rows")
+    record_property("figure:rows published by each relay", f"{shares[0]} and {shares[1]}")
     assert sum(shares) == 900
     assert all(share > 0 for share in shares)
     assert (stats.succeeded, stats.duplicates) == (900, 0)
