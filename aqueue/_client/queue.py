@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AsyncExitStack, asynccontextmanager
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 import anyio
 from typing_extensions import Unpack
@@ -58,6 +58,9 @@ from aqueue._workflows import (
     needs_backend,
 )
 from aqueue.exceptions import ConfigurationError, EncodeError
+
+if TYPE_CHECKING:  # imported on first use: SQLAlchemy is an optional dependency
+    from aqueue.contrib.sqlalchemy import SqlAlchemyOutbox
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -169,6 +172,11 @@ class TaskQueue:
     def urls(self) -> tuple[str, ...]:
         """The broker URLs, passwords masked as ``***`` (fit for logs; not for connecting)."""
         return self._urls
+
+    @property
+    def _max_message_bytes(self) -> int:
+        """Larger encoded jobs are refused at enqueue (the outbox checks it too)."""
+        return self._producer_settings.max_message_bytes
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
@@ -443,6 +451,24 @@ class TaskQueue:
         """
         validate_name(queue)
         return DeadLetterQueue(self._require_session(), queue)
+
+    def outbox(self, session: Any, *, table: str = "aqueue_outbox") -> SqlAlchemyOutbox:
+        """Enqueue in the caller's database transaction: the transactional outbox.
+
+        ``await queue.outbox(session).enqueue(task, ...)`` writes the job into the outbox
+        table through `session` (an SQLAlchemy ``AsyncSession`` or ``AsyncConnection``); the
+        job is published by ``aqueue outbox-relay`` once the transaction commits, and never
+        if it rolls back. The queue need not be open. For the Django ORM, see
+        ``aqueue.contrib.django.outbox``. The guarantees are on the outbox page.
+
+        Raises:
+            ConfigurationError: `session` is not an SQLAlchemy async session or connection;
+                a malformed table name.
+            ImportError: SQLAlchemy is not installed (the ``sqlalchemy`` extra).
+        """
+        from aqueue.contrib.sqlalchemy import SqlAlchemyOutbox
+
+        return SqlAlchemyOutbox(self, session, table=table)
 
     # -- enqueue ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ HEADER_DEFERRED = "aqueue-deferred"  # deferrals of this attempt by reason: {"ra
 HEADER_RATE_RESERVED = "aqueue-rate-reserved"  # this attempt's start is reserved (rate limit)
 HEADER_EXPIRES = "aqueue-expires"  # integer ms since the Unix epoch: not run after this
 HEADER_TICK = "aqueue-tick"  # on a scheduled job: this publish of the tick (text, unique)
+HEADER_COPY = "aqueue-copy"  # on an outbox job: this publish of the outbox row (text, unique)
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"

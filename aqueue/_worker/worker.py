@@ -65,7 +65,7 @@ class WorkerStatistics:
     expired: int = 0
     #: jobs cancelled: acked without running, or their run stopped
     cancelled: int = 0
-    #: second copies of a scheduled tick, acked without running
+    #: second copies of a scheduled tick or of an outbox row, acked without running
     duplicates: int = 0
 
 
