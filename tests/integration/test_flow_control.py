@@ -148,6 +148,7 @@ async def test_unique_job_enqueued_50_times_concurrently_is_published_once(
     assert ready == 1
 
 
+@pytest.mark.serial
 async def test_rate_limit_holds_across_two_worker_processes(
     queue: TaskQueue,
     env: dict[str, str],
@@ -277,6 +278,7 @@ async def test_concurrency_cap_per_key_across_two_workers_and_a_sigkill(
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.serial
 @pytest.mark.parametrize("fair_share", [True, False], ids=["fair", "unfair"])
 async def test_a_tenants_flood_does_not_delay_another_tenant(
     queue: TaskQueue,
