@@ -60,6 +60,7 @@ from aqueue._transport.base import (
     QueueInfo,
     Transport,
 )
+from aqueue._transport.settling import ChannelAcks
 from aqueue._transport.urls import check_tls, redact_url
 from aqueue.exceptions import (
     BrokerBlocked,
@@ -288,7 +289,7 @@ class AmqpDelivery(Delivery):
         self,
         message: aiormq.abc.DeliveredMessage,
         queue: str,
-        unsettled: dict[AmqpDelivery, None] | None = None,
+        acks: ChannelAcks | None = None,
     ) -> None:
         delivery = message.delivery
         if not isinstance(delivery, spec.Basic.Deliver | spec.Basic.GetOk) or (
@@ -299,10 +300,11 @@ class AmqpDelivery(Delivery):
         self._channel = message.channel
         self._delivery_tag = delivery.delivery_tag
         self._settled = False
-        # the consumer's unsettled deliveries on this channel: told when the channel dies
-        self._unsettled = unsettled
-        if unsettled is not None:
-            unsettled[self] = None
+        # the consumer's unsettled deliveries on this channel (told when the channel dies),
+        # and its acks, sent together (see `settling`)
+        self._acks = acks
+        if acks is not None:
+            acks.delivered(self._delivery_tag, self)
         self.body = message.body
         # most values are plain already: convert only the others (this runs once per job);
         # mypy cannot narrow on `is_plain(v)`, which is exactly the HeaderValue scalars
@@ -335,15 +337,24 @@ class AmqpDelivery(Delivery):
         if self._settled:  # never sent: a second ack of a tag closes the channel (406)
             raise ConnectionLost(f"{self!r} was already settled")
         self._settled = True
-        if self._unsettled is not None:
-            self._unsettled.pop(self, None)
+        acks = self._acks
         if self._channel.is_closed:
+            if acks is not None:
+                acks.forget(self._delivery_tag)
             raise ConnectionLost(f"the channel of {self!r} is gone; the broker redelivers it")
         try:  # not `with _translated(...)`: no message string and generator on each ack
-            if ack:
+            if ack and acks is not None:
+                await acks.ack(self._delivery_tag)
+            elif ack:
                 await self._channel.basic_ack(self._delivery_tag)
             else:
-                await self._channel.basic_reject(self._delivery_tag, requeue=requeue)
+                try:
+                    await self._channel.basic_reject(self._delivery_tag, requeue=requeue)
+                finally:
+                    # only once its frame is written: until then no multiple ack covers it
+                    # (aiormq's bounded write queue does not keep waiting writers in order)
+                    if acks is not None:
+                        acks.forget(self._delivery_tag)
         except (asyncio.CancelledError, TimeoutError, *_LOST):
             with _translated(f"settle {self!r}"):
                 raise
@@ -460,7 +471,7 @@ class _AmqpConsumer(Consumer):
         self._tag: str | None = None
         self._lock = asyncio.Lock()
         self._cancelled = self._restarting = False
-        self._unsettled: dict[AmqpDelivery, None] = {}  # on the current channel
+        self._acks: ChannelAcks | None = None  # of the current channel
 
     async def _subscribe(self) -> None:
         """Open a channel and subscribe, unless subscribed on a live channel already."""
@@ -470,28 +481,31 @@ class _AmqpConsumer(Consumer):
             what = f"consume from {self._queue!r}"
             with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
                 channel = await self._transport._open_channel(what)
+                # bound to the callback: deliveries can run before basic_consume returns
+                acks = ChannelAcks(channel)
                 try:  # per-consumer prefetch: quorum queues refuse global QoS
                     await channel.basic_qos(prefetch_count=self._prefetch, global_=False)
-                    ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+                    ok = await channel.basic_consume(
+                        self._queue, partial(self._on_message, acks), no_ack=False
+                    )
                 except BaseException as exc:
                     await _close_quietly(channel)
                     if isinstance(exc, amqp.ChannelNotFoundEntity):
                         raise _missing(self._queue, exc) from exc
                     raise
-            self._channel, self._tag = channel, ok.consumer_tag
-            unsettled = self._unsettled = {}
+            self._channel, self._tag, self._acks = channel, ok.consumer_tag, acks
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 
-    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
-        self._on_delivery(AmqpDelivery(message, self._queue, self._unsettled))
+    async def _on_message(self, acks: ChannelAcks, message: aiormq.abc.DeliveredMessage) -> None:
+        self._on_delivery(AmqpDelivery(message, self._queue, acks))
 
     def _on_channel_closed(
-        self, channel: _Channel, unsettled: dict[AmqpDelivery, None], closing: asyncio.Future[Any]
+        self, channel: _Channel, acks: ChannelAcks, closing: asyncio.Future[Any]
     ) -> None:
         # The broker requeues what the channel held: runs of those jobs here must stop.
-        lost = list(unsettled)
-        unsettled.clear()
+        lost = [d for d in acks.unsettled() if isinstance(d, AmqpDelivery)]
+        acks.clear()
         reason = None if closing.cancelled() else closing.exception()
         if lost and _is_consumer_timeout(reason):
             log.error(
@@ -545,14 +559,23 @@ class _AmqpConsumer(Consumer):
         # the same messages) and count against nothing new.
         async with self._lock:
             self._prefetch = prefetch
-            channel, tag = self._channel, self._tag
-            if self._cancelled or channel is None or tag is None or channel.is_closed:
+            channel, tag, acks = self._channel, self._tag, self._acks
+            if (
+                self._cancelled
+                or channel is None
+                or tag is None
+                or acks is None
+                or (channel.is_closed)
+            ):
                 return  # the next subscription takes the new prefetch
             what = f"set the prefetch of the consumer of {self._queue!r}"
             with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
                 await channel.basic_cancel(tag)
                 await channel.basic_qos(prefetch_count=prefetch, global_=False)
-                ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+                # the same channel, so the same delivery tags and acks
+                ok = await channel.basic_consume(
+                    self._queue, partial(self._on_message, acks), no_ack=False
+                )
             self._tag = ok.consumer_tag
 
     async def cancel(self) -> None:
@@ -604,9 +627,9 @@ class _AmqpListener(_AmqpConsumer):
                     raise
             self._queue = queue
             self._channel, self._tag = channel, ok.consumer_tag
-            unsettled = self._unsettled = {}
+            acks = self._acks = ChannelAcks(channel)
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 
     async def _on_notice_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         delivery = message.delivery
