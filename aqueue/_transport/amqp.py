@@ -44,6 +44,7 @@ from yarl import URL
 
 from aqueue._core.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
+from aqueue._transport import amqp_batch
 from aqueue._transport.amqp_frames import (
     MARKER,
     Properties,
@@ -857,21 +858,28 @@ class AmqpTransport(Transport):
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
-        # The hot path: one frame to the writer, one future for the confirm; no lock of ours.
-        if not self._ready.is_set():
-            raise ConnectionLost("not connected to the broker" + " (closed)" * self._closed)
-        channel = self._channel
-        if channel is None or channel.is_closed:  # aiormq would write to a closed channel
-            channel = await self._publishing_channel("reopen the publishing channel", timeout)
+    def _properties(self, message: OutgoingMessage) -> Properties:
         headers: FieldTable = message.headers  # type: ignore[assignment]
-        properties = Properties(
+        return Properties(
             content_type=message.content_type or None,  # "": none, as received
             headers=headers,
             delivery_mode=2,
             message_id=message.message_id,
             timestamp=self._timestamp(message.timestamp),
         )
+
+    async def _publish_channel(self, timeout: float) -> _Channel:
+        if not self._ready.is_set():
+            raise ConnectionLost("not connected to the broker" + " (closed)" * self._closed)
+        channel = self._channel
+        if channel is None or channel.is_closed:  # aiormq would write to a closed channel
+            channel = await self._publishing_channel("reopen the publishing channel", timeout)
+        return channel
+
+    async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
+        # The hot path: one frame to the writer, one future for the confirm; no lock of ours.
+        channel = await self._publish_channel(timeout)
+        properties = self._properties(message)
         try:
             await channel.basic_publish(
                 message.body,
@@ -888,6 +896,59 @@ class AmqpTransport(Transport):
             if isinstance(error, PublishNacked) or type(error) is PublishTimeout:
                 self._retire_publishing_channel(channel, error)
             raise error from exc
+
+    batches_publishes = amqp_batch.supported_version()
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float
+    ) -> list[BaseException | None]:
+        """Every message's frames in one write, their confirms awaited together (`amqp_batch`).
+
+        On an aiormq `amqp_batch` was not checked against, one `publish` after another.
+        """
+        channel = await self._publish_channel(timeout)
+        if not messages:
+            return []
+        if not amqp_batch.supported(channel):
+            return await super().publish_batch(messages, timeout=timeout)
+        items = [(m.body, m.exchange, m.routing_key, self._properties(m)) for m in messages]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                futures = await amqp_batch.write_batch(channel, items)
+            if futures:
+                await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.0))
+        except (TimeoutError, asyncio.CancelledError, *_LOST) as exc:
+            error = self._publish_error(exc, messages[0], timeout)
+            if error is None:
+                raise
+            if type(error) is PublishTimeout:
+                self._retire_publishing_channel(channel, error)
+            raise error from exc
+        pairs = zip(messages, futures, strict=True)
+        results = [self._confirm_outcome(message, future, timeout) for message, future in pairs]
+        retire = [e for e in results if isinstance(e, PublishNacked) or type(e) is PublishTimeout]
+        if retire:
+            self._retire_publishing_channel(channel, retire[0])
+        return results
+
+    def _confirm_outcome(
+        self, message: OutgoingMessage, future: asyncio.Future[Any], timeout: float
+    ) -> BaseException | None:
+        """What one confirmation future of a batch says: None (confirmed) or the error."""
+        if not future.done():
+            future.cancel()  # aiormq ignores a confirm that comes later
+            outcome: BaseException | None = TimeoutError()
+        elif future.cancelled():  # the channel closed under it
+            outcome = asyncio.CancelledError()
+        else:
+            outcome = future.exception()
+        if outcome is None:
+            return None
+        return self._publish_error(outcome, message, timeout) or ConnectionLost(
+            f"message {message.message_id!r}: the channel closed before the confirm"
+        )
 
     def _retire_publishing_channel(self, channel: _Channel, error: BaseException) -> None:
         """Stop publishing on `channel`: the next publish opens a fresh one.
