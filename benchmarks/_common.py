@@ -34,6 +34,7 @@ class Sizes:
     drain: int = 20_000
     io_bound: int = 2_000
     latency: int = 300
+    web: int = 1_000
     warmup: int = 1_000
     #: jobs of the aqueue-only scenarios: plain drains and the chord's members
     workflow: int = 10_000
@@ -46,6 +47,7 @@ QUICK = Sizes(
     drain=2_000,
     io_bound=400,
     latency=50,
+    web=100,
     warmup=200,
     workflow=1_000,
 )

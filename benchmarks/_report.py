@@ -51,6 +51,8 @@ def _value(value: float | None, metric: Metric) -> str:
         return f"{value:,.0f} us"
     if metric.unit == "s":
         return f"{value:,.2f} s"
+    if metric.unit == "MiB":
+        return f"{value:,.1f} MiB"
     return f"{value:,.0f} {metric.unit}"
 
 
