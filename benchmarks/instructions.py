@@ -203,6 +203,20 @@ def _valgrind(argv: Sequence[str]) -> int:
 
 
 async def _one(url: str, scenario: str, side: str, count: int) -> int:
+    """One measurement; once more if the queue did not end as it should (a slow run under
+    valgrind on a loaded machine can miss a heartbeat and lose its connection)."""
+    try:
+        return await _measure_once(url, scenario, side, count)
+    except _Unexpected as exc:
+        print(f"  !! {exc}; measuring again", file=sys.stderr)
+        return await _measure_once(url, scenario, side, count)
+
+
+class _Unexpected(RuntimeError):
+    """The queue did not end with the messages it should have."""
+
+
+async def _measure_once(url: str, scenario: str, side: str, count: int) -> int:
     prefix = unique_prefix(f"instr-{scenario}", side)
     try:
         await _declare(url, prefix)
@@ -214,7 +228,7 @@ async def _one(url: str, scenario: str, side: str, count: int) -> int:
         left = await message_count(url, prefix)
         expected = 0 if scenario == "drain" else count
         if left != expected:
-            raise RuntimeError(f"{scenario}/{side}: {left} messages left, expected {expected}")
+            raise _Unexpected(f"{scenario}/{side}: {left} messages left, expected {expected}")
         return total
     finally:
         await delete_topology(url, prefix)
