@@ -314,7 +314,7 @@ class ProducerSettings:
     publish_deadline: float = 30.0
     max_message_bytes: int = 1024 * 1024
     max_in_flight: int = 1000
-    publish_batch: int = 100
+    publish_batch: int = 50
 
     def __post_init__(self) -> None:
         _check_positive(self)
