@@ -25,7 +25,7 @@ raises what the write raised (the channel closed meanwhile, say).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 __all__ = ["AckChannel", "ChannelAcks", "plan"]
@@ -69,6 +69,8 @@ class ChannelAcks:
         self._flushing: asyncio.Task[None] | None = None
         #: ``basic.ack`` frames written (tests and benchmarks read it)
         self.frames = 0
+        #: called once, when the last unsettled delivery is settled (then cleared)
+        self.on_empty: Callable[[], None] | None = None
 
     def delivered(self, tag: int, delivery: object) -> None:
         """Register a delivery as it arrives (before any later one)."""
@@ -76,7 +78,17 @@ class ChannelAcks:
 
     def forget(self, tag: int) -> None:
         """The delivery is settled another way: call once its ``basic.reject`` is written."""
+        self._settled(tag)
+
+    def _settled(self, tag: int) -> None:
         self._unsettled.pop(tag, None)
+        if not self._unsettled and self.on_empty is not None:
+            callback, self.on_empty = self.on_empty, None
+            callback()
+
+    def __len__(self) -> int:
+        """How many deliveries are not settled yet."""
+        return len(self._unsettled)
 
     def unsettled(self) -> list[object]:
         """The deliveries not settled yet, in delivery order."""
@@ -92,7 +104,7 @@ class ChannelAcks:
         Raises:
             Exception: what writing the batch raised (aiormq's, for the caller to translate).
         """
-        self._unsettled.pop(tag, None)
+        self._settled(tag)
         self._pending.append(tag)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

@@ -86,3 +86,16 @@ async def test_a_cancelled_acker_does_not_stop_the_ack() -> None:
     await acks.ack(2)  # joins the same batch: 1 is acked with it, cancelled or not
     assert channel.frames == [(2, True)]
     assert waiting.cancelled()
+
+
+async def test_on_empty_is_called_once_as_the_last_delivery_is_settled() -> None:
+    acks = ChannelAcks(Channel())
+    calls: list[int] = []
+    acks.delivered(1, object())
+    acks.delivered(2, object())
+    acks.on_empty = lambda: calls.append(len(acks))
+    await acks.ack(1)
+    assert calls == []
+    acks.forget(2)  # its reject was written
+    assert calls == [0]
+    assert acks.on_empty is None
