@@ -9,6 +9,7 @@ AqueueError
 ├── DecodeError                 a message body or header that cannot be read (worker side)
 ├── UnknownTaskError            a message names a task this process does not know
 ├── JobCrashed                  a job's deliveries came back unacked too often (dead-lettered)
+├── JobInterrupted              a job's worker stopped before it finished (history, dead letter)
 ├── JobExpired                  a job was delivered after its deadline (``expires``): not run
 ├── JobCancelled                a job was cancelled (``job.cancel()``): not run, or stopped
 ├── TransportError              anything between aqueue and the broker
@@ -47,6 +48,7 @@ __all__ = [
     "JobCrashed",
     "JobExpired",
     "JobFailed",
+    "JobInterrupted",
     "MissingDependency",
     "PublishError",
     "PublishNacked",
@@ -106,6 +108,15 @@ class JobCrashed(AqueueError):
     """A job came back unacked too many times, and is dead-lettered with reason ``crashed``.
 
     Each time, the worker holding it died or lost its connection.
+    """
+
+
+class JobInterrupted(AqueueError):
+    """A job's worker stopped before the job finished (the stop's grace period ran out).
+
+    The job goes back to its queue as its next attempt, this interruption in its history;
+    after more than the worker's ``crash_limit`` interruptions it is dead-lettered with reason
+    ``interrupted``, so a job that outlasts every grace period does not go round for ever.
     """
 
 

@@ -46,6 +46,10 @@ CONFIGURATIONS = (
     ("fixed 10", "10"),
     ("fixed 50", "50"),
     ("fixed 200", "200"),
+    # past what Little's law asks for (200), so that the table names the smallest fixed size
+    # that holds the target, which the autoscaler's slot-seconds are compared with
+    ("fixed 300", "300"),
+    ("fixed 400", "400"),
     (f"autoscale 10:400, target {TARGET_WAIT:g} s", "10:400"),
 )
 #: The figures of one configuration, in the order of the table's columns.
@@ -116,6 +120,10 @@ async def _child(url: str, prefix: str, jobs: int, option: str) -> dict[str, flo
         worker.stop()
         tg.cancel_scope.cancel()
     start, end = first_due[0], last_end[0]
+    if high:
+        # how the autoscaler moved, for reading its row: the concurrency at each second
+        timeline = [c for at, c in samples[:: round(1 / SAMPLE)] if start <= at <= end]
+        print(f"burst {option}: concurrency per second: {timeline}", file=sys.stderr, flush=True)
     spans = [
         (min(b[0], end) - max(a[0], start)) * a[1]
         for a, b in zip(samples, [*samples[1:], (end, 0)], strict=True)

@@ -139,3 +139,50 @@ def redis_url() -> str:
             pytest.fail(f"{reason} and AQUEUE_REQUIRE_BROKER=1", pytrace=False)
         pytest.skip(reason)
     return url
+
+
+#: A test that measures something records it with ``record_property("figure:NAME", value)``;
+#: the figures are printed at the end of the run (also from pytest-xdist processes, whose own
+#: output is not shown), as well as written to a junit report.
+FIGURE_PREFIX = "figure:"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the tests recorded (`FIGURE_PREFIX`)."""
+    lines = []
+    for report in terminalreporter.stats.get("passed", []):
+        figures = [
+            (name.removeprefix(FIGURE_PREFIX), value)
+            for name, value in getattr(report, "user_properties", ())
+            if name.startswith(FIGURE_PREFIX)
+        ]
+        if figures:
+            lines.append(report.nodeid)
+            lines.extend(f"  {name}: {value}" for name, value in figures)
+    if lines:
+        terminalreporter.section("figures measured by tests")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+#: ``parallel`` or ``serial``: which of its two phases `scripts/test` runs (unset: every test).
+PHASE = os.environ.get("AQUEUE_TEST_PHASE", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a phase of `scripts/test`, keep only that phase's tests (marker ``serial``).
+
+    Tests that assert timing (a delay's lateness, a fast queue's wait, a rate) run alone,
+    after the parallel phase: beside three other test processes on two cores they would
+    measure the machine, not aqueue.
+    """
+    if PHASE not in ("parallel", "serial"):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        serial = item.get_closest_marker("serial") is not None
+        (keep if serial == (PHASE == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

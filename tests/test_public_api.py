@@ -13,7 +13,13 @@ import pytest
 
 import aqueue
 
-PUBLIC_MODULES = ("aqueue", "aqueue.exceptions", "aqueue.telemetry", "aqueue.testing")
+PUBLIC_MODULES = (
+    "aqueue",
+    "aqueue.dashboard",
+    "aqueue.exceptions",
+    "aqueue.telemetry",
+    "aqueue.testing",
+)
 
 #: What users call on a TaskQueue; plumbing lives on its Session.
 TASK_QUEUE_API = {
@@ -30,6 +36,7 @@ TASK_QUEUE_API = {
     "middleware",
     "name",
     "open",
+    "outbox",
     "periodic",
     "schedule",
     "schedules",

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, console, load_queue, run
 from aqueue._cli.telemetry import LOG_FORMATS, configure_logging
+from aqueue._client.monitor import schedules_document
 from aqueue._client.queue import TaskQueue
 from aqueue._core.heartbeats import control_exchange
 from aqueue._core.schedules import STATUS_BINDING, Schedule, SchedulerStatus
@@ -147,44 +148,7 @@ def schedules_json(
     schedules: Mapping[str, Schedule], heard: list[SchedulerStatus], *, now: float
 ) -> dict[str, Any]:
     """The ``--json`` document (documented on the CLI page; `SCHEDULES_VERSION`)."""
-    latest: dict[str, SchedulerStatus] = {}
-    for status in heard:
-        current = latest.get(status.scheduler_id)
-        if current is None or status.sent_at >= current.sent_at:
-            latest[status.scheduler_id] = status
-    live = [s for s in latest.values() if not s.stopping]
-    leaders = sorted((s for s in live if s.leader), key=lambda s: s.sent_at)
-    leader = leaders[-1] if leaders else None
-    marks: dict[str, int] = {}
-    for status in live:
-        for name, mark in status.marks.items():
-            marks[name] = max(marks.get(name, 0), mark.fired)
-    rows = []
-    for name, schedule in sorted(schedules.items()):
-        fired = marks.get(name, 0)
-        rows.append(
-            {
-                "name": name,
-                "task": schedule.task,
-                "trigger": str(schedule.trigger),
-                "misfire": schedule.misfire,
-                "overlap": schedule.overlap,
-                "next_run": _iso(schedule.trigger.next_after(now)),
-                "last_run": _iso(fired / 1000) if fired else None,
-                "last_job_id": schedule.job_id(fired / 1000) if fired else None,
-            }
-        )
-    return {
-        "version": SCHEDULES_VERSION,
-        "leader": None
-        if leader is None
-        else {"scheduler_id": leader.scheduler_id, "host": leader.host, "pid": leader.pid},
-        "schedulers": [
-            {"scheduler_id": s.scheduler_id, "host": s.host, "pid": s.pid, "leader": s.leader}
-            for s in sorted(live, key=lambda s: s.scheduler_id)
-        ],
-        "schedules": rows,
-    }
+    return {"version": SCHEDULES_VERSION, **schedules_document(schedules, heard, now=now)}
 
 
 def _iso(instant: float) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
@@ -21,24 +20,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, console, load_queue, queue_names, run
+from aqueue._client.fair import fair_queues
+from aqueue._client.monitor import HeartbeatCollector, limiter_states, queue_facts, with_rates
 from aqueue._client.queue import TaskQueue
 from aqueue._core.heartbeats import (
-    DROP_OUT_INTERVALS,
     HEARTBEAT_BINDING,
     HEARTBEAT_INTERVAL,
-    Heartbeat,
-    QueueFacts,
-    Seen,
     StatsView,
     aggregate,
     control_exchange,
 )
-from aqueue._core.topology import TopologyNames
 from aqueue._results import ResultBackend
-from aqueue._serialization import loads
-from aqueue._transport import Transport
 from aqueue._worker.heartbeats import control_topology
-from aqueue.exceptions import AqueueError, QueueNotFound, TransportError
+from aqueue.exceptions import AqueueError, TransportError
 
 #: ``--json`` output's ``version``: fields are only ever added within one version.
 STATS_VERSION = 1
@@ -76,56 +70,13 @@ def stats(
         raise
 
 
-class _Collector:
-    """Heartbeats of one app as they arrive (a `NoticeCallback`)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.seen: list[Seen] = []
-
-    def __call__(self, _routing_key: str, body: bytes) -> None:
-        try:
-            beat = Heartbeat.from_payload(loads(body))
-        except (ValueError, AqueueError):
-            return  # another version, or not a heartbeat: not ours to show
-        if beat.prefix == self.prefix:
-            self.seen.append(Seen(beat, time.time()))
-
-
-async def _facts(
-    transport: Transport, names: TopologyNames, queues: Iterable[str]
-) -> dict[str, QueueFacts]:
-    facts = {}
-    for name in queues:
-        try:
-            info = await transport.queue_info(names.work_queue(name))
-        except QueueNotFound:
-            facts[name] = QueueFacts(ready=None, consumers=None)
-        else:
-            facts[name] = QueueFacts(ready=info.ready, consumers=info.consumers)
-    return facts
-
-
-def _with_rates(
-    before: dict[str, QueueFacts], after: dict[str, QueueFacts], seconds: float
-) -> dict[str, QueueFacts]:
-    merged = {}
-    for name, fact in after.items():
-        earlier = before.get(name)
-        per_s = None
-        if earlier is not None and earlier.ready is not None and fact.ready is not None:
-            per_s = (fact.ready - earlier.ready) / seconds if seconds > 0 else None
-        merged[name] = QueueFacts(fact.ready, fact.consumers, per_s)
-    return merged
-
-
 async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bool) -> None:
     window = interval * WINDOW_INTERVALS + WINDOW_SLACK
     async with queue.session() as session:
         transport, names = session.transport, session.names
         # declared here too: a reader may start before any worker ever has
         await transport.declare(control_topology(names))
-        collector = _Collector(names.prefix)
+        collector = HeartbeatCollector(names.prefix)
         listener = await transport.listen(
             control_exchange(names.prefix), HEARTBEAT_BINDING, collector
         )
@@ -133,22 +84,17 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
         try:
             known = queue_names(queue)
             began = time.monotonic()
-            before = await _facts(transport, names, known)
+            fair = fair_queues(queue.tasks.values())
+            before = await queue_facts(transport, names, known, fair)
             while True:
                 await anyio.sleep(max(0.0, window - (time.monotonic() - began)))
                 now = time.time()
                 heard = {q for seen in collector.seen for q in seen.heartbeat.queues}
-                after = await _facts(transport, names, sorted(set(known) | heard))
-                facts = _with_rates(before, after, time.monotonic() - began)
+                after = await queue_facts(transport, names, sorted(set(known) | heard), fair)
+                facts = with_rates(before, after, time.monotonic() - began)
                 view = aggregate(collector.seen, facts, now=now, queues=known)
                 limits = await limiter_rows(queue, session.states.backend)
-                # keep what can still be shown: a worker silent this long is gone anyway
-                horizon = 2 * DROP_OUT_INTERVALS
-                collector.seen = [
-                    s
-                    for s in collector.seen
-                    if now - s.received_at <= horizon * s.heartbeat.interval
-                ]
+                collector.forget_old(now)
                 if json_output:
                     document = stats_json(view, now=now, window=window, limiters=limits)
                     print(json.dumps(document), flush=True)
@@ -173,39 +119,12 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
 
 
 async def limiter_rows(queue: TaskQueue, backend: ResultBackend | None) -> list[dict[str, Any]]:
-    """The state of every flow limit of the app's tasks, from the result backend's store.
-
-    One row per limiter in use: ``task``, ``key`` (a keyed limit's value, else None),
-    ``kind`` (``rate`` or ``concurrency``), ``limit`` (``"20/s"``, or the cap) and ``value``
-    (seconds of starts reserved ahead, or jobs running now). Empty without a shared store:
-    per-worker limits live in each worker's memory.
-    """
-    tasks = {name: task for name, task in queue.tasks.items() if task.options.flow.active}
-    store = backend.flow_store() if backend is not None else None
-    if not tasks or store is None:
-        return []
+    """The state of every flow limit of the app's tasks (`limiter_states`); [] if unreadable."""
     try:
-        states = await store.limiter_states(sorted(tasks))
+        return await limiter_states(queue, backend)
     except TransportError as exc:
         console.print(f"could not read the limiters: {escape(str(exc))}")
         return []
-    rows = []
-    for state in states:
-        name, _, key = state.key.partition("|")
-        flow = tasks[name].options.flow
-        limit: object = (
-            flow.rate.text if state.kind == "rate" and flow.rate else flow.max_concurrency
-        )
-        rows.append(
-            {
-                "task": name,
-                "key": key or None,
-                "kind": state.kind,
-                "limit": limit,
-                "value": round(state.value, 3),
-            }
-        )
-    return rows
 
 
 def stats_json(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,9 +41,10 @@ class DeadLetter:
         task: the task name, or ``None`` when the message has no ``aqueue-task`` header.
         queue: the logical queue the job was sent to.
         reason: why it is here. Written by the worker: ``failed``, ``timeout``,
-            ``decode-error``, ``unknown-task`` or ``undecodable-properties``. Written by
-            RabbitMQ: ``delivery_limit`` (workers died on it too often), ``rejected``,
-            ``expired`` or ``maxlen``.
+            ``decode-error``, ``unknown-task``, ``undecodable-properties`` or
+            ``interrupted`` (its workers stopped under it more than ``crash_limit`` times).
+            Written by RabbitMQ: ``delivery_limit`` (workers died on it too often),
+            ``rejected``, ``expired`` or ``maxlen``.
         source: ``"worker"`` or ``"broker"``: who dead-lettered it.
         exception_type: the qualified name of the last exception (worker only).
         exception_message: its message (worker only).
@@ -169,10 +170,22 @@ class DeadLetterQueue:
         await self._read(collect)
         return found[0] if found else None
 
+    async def scan(self, visit: Callable[[DeadLetter], None]) -> None:
+        """Show every dead letter there is now to `visit`, oldest first; keep none.
+
+        A full pass like `list`, for a reader that keeps only what it needs of each (the
+        dashboard keeps a summary): memory stays that of one dead letter at a time.
+
+        Raises:
+            QueueNotFound: the dead-letter queue does not exist.
+        """
+        await self._read(lambda delivery: visit(self._parse(delivery)))
+
     async def replay(
         self,
         *,
         task: str | None = None,
+        job_ids: Collection[str] | None = None,
         limit: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> ReplayResult:
@@ -186,6 +199,7 @@ class DeadLetterQueue:
 
         Args:
             task: replay only the jobs of this task; the others stay in place, in order.
+            job_ids: replay only the dead letters of these jobs (with `task`: of both).
             limit: replay at most this many.
             on_progress: called after each dead letter looked at (see `ProgressCallback`).
 
@@ -206,14 +220,18 @@ class DeadLetterQueue:
         task_name: object = task  # run-time input: not every caller runs mypy
         if task_name is not None and (not isinstance(task_name, str) or not task_name):
             raise ConfigurationError(f"task must be a non-empty task name, not {task!r}")
+        wanted = _check_job_ids(job_ids)
+        if wanted is not None and not wanted:
+            return ReplayResult(0, 0)
         total = await self.count()
         if total == 0:
             return ReplayResult(0, 0)
         await self._ensure_work_queue()
         # Without a task filter nothing is held back, so the replay can stop at the limit;
         # with one it looks at every dead letter, to give the others back in order.
-        planned = min(total, limit) if task is None and limit is not None else total
-        return await self._replay(task, limit, planned, on_progress)
+        unfiltered = task is None and wanted is None
+        planned = min(total, limit) if unfiltered and limit is not None else total
+        return await self._replay(_Filter(task, wanted), limit, planned, on_progress)
 
     async def purge(self) -> int:
         """Delete every ready dead letter; return how many.
@@ -245,7 +263,7 @@ class DeadLetterQueue:
 
     async def _replay(
         self,
-        task: str | None,
+        chosen: _Filter,
         limit: int | None,
         planned: int,
         on_progress: ProgressCallback | None,
@@ -262,7 +280,7 @@ class DeadLetterQueue:
                 if delivery is None:
                     break
                 wanted = limit is None or replayed < limit
-                if wanted and (task is None or delivery.headers.get(t.HEADER_TASK) == task):
+                if wanted and chosen.matches(delivery):
                     await self._replay_one(browsing, delivery)
                     replayed += 1
                 else:
@@ -341,6 +359,29 @@ def parse_dead_letter(
         body=delivery.body,
         headers=dict(headers),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """Which dead letters a replay takes: of a task, of some jobs, or (both None) all."""
+
+    task: str | None
+    job_ids: frozenset[str] | None
+
+    def matches(self, delivery: Delivery) -> bool:
+        if self.task is not None and delivery.headers.get(t.HEADER_TASK) != self.task:
+            return False
+        return self.job_ids is None or (delivery.message_id or "") in self.job_ids
+
+
+def _check_job_ids(job_ids: object) -> frozenset[str] | None:
+    if job_ids is None:
+        return None
+    if isinstance(job_ids, str) or not isinstance(job_ids, Collection):
+        raise ConfigurationError(f"job_ids must be a collection of job ids, not {job_ids!r}")
+    if not all(isinstance(job_id, str) and job_id for job_id in job_ids):
+        raise ConfigurationError(f"job_ids must be non-empty strings, not {job_ids!r}")
+    return frozenset(job_ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ class TaskOptionsDict(TaskOverridesDict, FlowOptionsDict, total=False):
     store_result: bool
     result_ttl: float | None
     executor: Executor
+    redact: bool | tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,10 @@ class TaskOptions:
             ``expired``) or ``"drop"`` (acked and counted in the ``expired`` metric).
         result_ttl: seconds this task's states and results are kept; ``None``: the
             `TaskQueue`'s ``result_ttl``.
+        redact: what the dashboard hides of this task's arguments: the names of parameters
+            whose values it shows as ``[redacted]`` (positional arguments are matched to
+            parameter names), or ``True`` to hide every argument. Display only: the job
+            still carries its arguments.
     """
 
     queue: str = DEFAULT_QUEUE
@@ -123,9 +128,14 @@ class TaskOptions:
     expires: float | dt.datetime | None = None
     on_expire: OnExpire = "dead-letter"
     result_ttl: float | None = None
+    redact: bool | tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_name(self.queue)
+        _check_redact(self.redact)
+        given: object = self.redact  # run-time input: a list is taken too
+        if isinstance(given, list):
+            object.__setattr__(self, "redact", tuple(given))
         _check_expiry(self.expires, self.on_expire)
         if self.result_ttl is not None and not is_number(self.result_ttl, above=0):
             raise ConfigurationError(
@@ -190,6 +200,24 @@ class TaskOptions:
 #: travel in the ``aqueue-options`` header (the worker otherwise uses the registered task's).
 #: (``expires`` travels as a deadline of its own, the ``aqueue-expires`` header.)
 PER_JOB_OPTIONS = ("timeout", "retries", "backoff", "max_backoff", "jitter", "on_expire")
+
+
+def _check_redact(redact: object) -> None:
+    """Check `redact`: a bool, or a tuple or list of parameter names (never a bare string).
+
+    Raises:
+        ConfigurationError: another value.
+    """
+    if isinstance(redact, bool):
+        return
+    if isinstance(redact, tuple | list) and all(
+        isinstance(name, str) and name.isidentifier() for name in redact
+    ):
+        return
+    raise ConfigurationError(
+        "redact must be True or a tuple of parameter names, e.g. redact=('password', 'token'), "
+        f"not {redact!r}"
+    )
 
 
 def _check_expiry(expires: object, on_expire: object) -> None:

@@ -16,6 +16,11 @@ from aqueue._core.types import JSONValue
 from aqueue._results.base import JobState, JobStatus, RemoteError, ResultBackend
 from aqueue.exceptions import ConfigurationError
 
+#: States a job is in before any attempt of it runs (`JobStates.may_have_started`).
+_BEFORE_A_START = frozenset(
+    {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -109,6 +114,29 @@ class JobStates:
         if state is not None and state.status is JobStatus.SUCCEEDED:
             return True, state.result
         return False, None
+
+    async def may_have_started(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` of the job may have started somewhere; True when nothing tells.
+
+        A worker records ``running`` before it runs an attempt, so a redelivered job whose
+        state is still from before that attempt (queued, scheduled, deferred, pending, or
+        the previous attempt's ``retrying``) cannot have crashed a worker: it never ran. A
+        job that already succeeded did run, but not again: the run path acks it. Any other
+        state (``running``, a final one) or none (no backend, ``store_result=False``, an
+        expired state) may be a crash.
+        """
+        if self.backend is None:
+            return True
+        state = await self.backend.get_state(job_id)
+        if state is None:
+            return True
+        if state.status is JobStatus.SUCCEEDED:
+            return False
+        if state.status in _BEFORE_A_START:
+            return state.attempt > attempt
+        if state.status is JobStatus.RETRYING:
+            return state.attempt >= attempt
+        return True
 
     async def running(self, attempt: Attempt) -> None:
         """Record that an attempt is running."""

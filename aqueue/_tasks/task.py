@@ -177,6 +177,7 @@ def make_task(fn: Callable[P, Any], options: TaskOptionsDict) -> Task[P, Any]:
     flow = FlowLimits.from_options(options)
     check_key_parameters(fn, flow)
     task_options = TaskOptions(**settings, flow=flow)  # type: ignore[arg-type]
+    check_redacted_parameters(fn, task_options.redact)
     if task_options.executor == "process":
         check_process_function(fn)
     return Task(fn, name=name, options=task_options)
@@ -199,6 +200,25 @@ def check_key_parameters(fn: Callable[..., Any], flow: FlowLimits) -> None:
             known = ", ".join(parameters) or "none"
             raise ConfigurationError(
                 f"{option}={name!r} names no parameter of {task_name(fn)} (its parameters: {known})"
+            )
+
+
+def check_redacted_parameters(fn: Callable[..., Any], redact: bool | tuple[str, ...]) -> None:
+    """Check that every name of ``redact=`` is a parameter of `fn`.
+
+    Raises:
+        ConfigurationError: a name is no parameter (and `fn` takes no ``**kwargs``).
+    """
+    if isinstance(redact, bool):
+        return
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for name in redact:
+        if name not in parameters:
+            known = ", ".join(parameters) or "none"
+            raise ConfigurationError(
+                f"redact names {name!r}, no parameter of {task_name(fn)} (its parameters: {known})"
             )
 
 

@@ -470,6 +470,8 @@ class _AmqpConsumer(Consumer):
         self._prefetch, self._on_delivery = prefetch, on_delivery
         self._channel: _Channel | None = None
         self._tag: str | None = None
+        self._subscribed = prefetch  # the prefetch of the subscription `_tag`
+        self._extra: dict[str, int] = {}  # tags of the subscriptions a growth added: prefetch
         self._lock = asyncio.Lock()
         self._cancelled = self._restarting = False
         self._acks: ChannelAcks | None = None  # of the current channel
@@ -495,6 +497,7 @@ class _AmqpConsumer(Consumer):
                         raise _missing(self._queue, exc) from exc
                     raise
             self._channel, self._tag, self._acks = channel, ok.consumer_tag, acks
+            self._subscribed, self._extra = self._prefetch, {}
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
             channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 
@@ -529,7 +532,8 @@ class _AmqpConsumer(Consumer):
     def _on_broker_cancel(self, frame: spec.Basic.Cancel) -> None:
         # The broker ended the subscription (the queue was deleted, ...): closing the channel
         # takes the "channel died" path to a new subscription.
-        if frame.consumer_tag == self._tag and not self._cancelled:
+        ours = frame.consumer_tag == self._tag or frame.consumer_tag in self._extra
+        if ours and not self._cancelled:
             log.warning("the broker cancelled the consumer of %r; re-subscribing", self._queue)
             self._transport._spawn(_close_quietly(self._channel))
 
@@ -554,30 +558,74 @@ class _AmqpConsumer(Consumer):
             self._restarting = False
 
     async def set_prefetch(self, prefetch: int) -> None:
-        # A per-consumer basic.qos applies to the consumers started after it on the channel,
-        # not to the running one: so cancel, set the qos and consume again, on the same
-        # channel, where the deliveries already handed over stay settleable (their tags name
-        # the same messages) and count against nothing new.
+        # A per-consumer basic.qos applies only to the consumers started after it on the
+        # channel. Cancelling the subscription to start one with the new prefetch is not safe
+        # on a quorum queue: it returns the messages it had assigned to the cancelled consumer
+        # but not yet sent, marked redelivered (measured on RabbitMQ 3.10: a couple per
+        # cancel under load), and the worker that gets them quarantines them as the
+        # neighbours of a crash. So a growth adds a subscription for the difference on the
+        # same channel, and a shrink replaces the subscriptions only when the queue has
+        # nothing to assign: no delivery unsettled here and none ready (a passive declare),
+        # tried again each time the last unsettled one is settled. Until then the worker runs
+        # fewer runners and the deliveries beyond them wait in its intake (counted in the
+        # exact oldest wait; given back as fresh copies at a stop).
         async with self._lock:
             self._prefetch = prefetch
-            channel, tag, acks = self._channel, self._tag, self._acks
-            if (
-                self._cancelled
-                or channel is None
-                or tag is None
-                or acks is None
-                or (channel.is_closed)
-            ):
-                return  # the next subscription takes the new prefetch
-            what = f"set the prefetch of the consumer of {self._queue!r}"
-            with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
-                await channel.basic_cancel(tag)
-                await channel.basic_qos(prefetch_count=prefetch, global_=False)
+            await self._apply_prefetch()
+
+    async def _apply_prefetch(self) -> None:
+        """Bring the channel's subscriptions to `_prefetch` in all (under `_lock`).
+
+        A growth adds a subscription at once. A shrink, and folding the subscriptions a
+        growth added back into one (the broker counts each as a consumer), wait for an idle
+        queue: tried again whenever the last unsettled delivery is settled.
+        """
+        channel, tag, acks = self._channel, self._tag, self._acks
+        if self._cancelled or channel is None or tag is None or acks is None or (channel.is_closed):
+            return  # the next subscription takes the new prefetch
+        subscribed = self._subscribed + sum(self._extra.values())
+        if self._prefetch == subscribed and not self._extra:
+            return
+        what = f"set the prefetch of the consumer of {self._queue!r}"
+        with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
+            if self._prefetch > subscribed:
+                await channel.basic_qos(prefetch_count=self._prefetch - subscribed, global_=False)
                 # the same channel, so the same delivery tags and acks
                 ok = await channel.basic_consume(
                     self._queue, partial(self._on_message, acks), no_ack=False
                 )
-            self._tag = ok.consumer_tag
+                if ok.consumer_tag is not None:  # always set: the broker names the consumer
+                    self._extra[ok.consumer_tag] = self._prefetch - subscribed
+                acks.on_empty = self._tidy_when_settled
+                return
+            if not await self._idle(channel, acks):
+                acks.on_empty = self._tidy_when_settled
+                return
+            for old in (tag, *self._extra):
+                await channel.basic_cancel(old)
+            self._tag, self._extra = None, {}
+            await channel.basic_qos(prefetch_count=self._prefetch, global_=False)
+            ok = await channel.basic_consume(
+                self._queue, partial(self._on_message, acks), no_ack=False
+            )
+            self._tag, self._subscribed = ok.consumer_tag, self._prefetch
+
+    async def _idle(self, channel: _Channel, acks: ChannelAcks) -> bool:
+        """Nothing delivered here is unsettled and the queue has no ready message."""
+        if len(acks):
+            return False
+        declared = await channel.queue_declare(self._queue, passive=True)
+        return not declared.message_count
+
+    def _tidy_when_settled(self) -> None:
+        self._transport._spawn(self._tidy())
+
+    async def _tidy(self) -> None:
+        try:
+            async with self._lock:
+                await self._apply_prefetch()
+        except TransportError as exc:
+            log.warning("could not lower the prefetch of the consumer of %r: %s", self._queue, exc)
 
     async def cancel(self) -> None:
         if self._cancelled:
@@ -585,13 +633,14 @@ class _AmqpConsumer(Consumer):
         self._cancelled = True
         self._transport._consumers.pop(self, None)
         async with self._lock:  # a subscription under way finishes first: cancel that one
-            channel, tag = self._channel, self._tag
-        if channel is None or tag is None or channel.is_closed:
+            channel, tags = self._channel, [t for t in (self._tag, *self._extra) if t is not None]
+        if channel is None or not tags or channel.is_closed:
             return  # the subscription died with its channel
         # The channel stays open, so deliveries handed over stay settleable until `aclose`.
         what = f"cancel consumer of {self._queue!r}"
         with contextlib.suppress(ConnectionLost), _translated(what):
-            await channel.basic_cancel(tag, timeout=OPERATION_TIMEOUT)
+            for tag in tags:
+                await channel.basic_cancel(tag, timeout=OPERATION_TIMEOUT)
 
 
 class _AmqpListener(_AmqpConsumer):
@@ -628,7 +677,8 @@ class _AmqpListener(_AmqpConsumer):
                     raise
             self._queue = queue
             self._channel, self._tag = channel, ok.consumer_tag
-            acks = self._acks = ChannelAcks(channel)
+            acks = self._acks = ChannelAcks(channel)  # no acks (no_ack=True): stays empty
+            self._subscribed, self._extra = self._prefetch, {}
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
             channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 

@@ -132,8 +132,11 @@ class Consumer(abc.ABC):
     async def set_prefetch(self, prefetch: int) -> None:
         """Change how many deliveries may be unsettled at a time, for new deliveries.
 
-        Deliveries already handed over stay settleable; with a lower prefetch, no new one
-        arrives until enough of them are settled. The subscription keeps the new prefetch
+        A higher prefetch lets more in at once. Deliveries already handed over stay
+        settleable, and no change makes the broker redeliver anything. A lower prefetch may
+        wait until the queue has nothing for this consumer (the AMQP transport: nothing
+        unsettled and no ready message), since cancelling a quorum queue's consumer to
+        change it returns messages redelivered. The subscription keeps the new prefetch
         when it resumes after a reconnect.
         """
 

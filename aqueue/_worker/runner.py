@@ -27,6 +27,8 @@ import anyio.to_process
 from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
+from aqueue._core.errors import qualified_name
+from aqueue._core.flow import RATE_LANDING_LEAD, shard_of
 from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
@@ -54,6 +56,7 @@ from aqueue._worker.flow import Deferral, FlowGate, Slot
 from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
+from aqueue._worker.parking import Parking, ReservedDelivery
 from aqueue._worker.threads import ThreadBudgets
 from aqueue._workflows import WorkflowLinks
 from aqueue.exceptions import (
@@ -64,11 +67,18 @@ from aqueue.exceptions import (
     JobCancelled,
     JobCrashed,
     JobExpired,
+    JobInterrupted,
     TransportError,
     UnknownTaskError,
 )
 
 logger = logging.getLogger("aqueue.worker")
+
+#: Seconds a stopping worker gives the hand-back of one interrupted job (shielded from the
+#: stop's cancellation): a publish and its confirm, then the ack.
+INTERRUPTED_HAND_BACK = 5.0
+#: How an interruption is named in a job's history (`Failure.type`).
+INTERRUPTED = qualified_name(JobInterrupted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +121,11 @@ class JobRunner:
         lease_after: float | None = None,
         lease_ttl: float = 60.0,
         cancellations: Cancellations | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self._session = session
+        # the worker's stop: a job cancelled while it is true is handed back, not left unacked
+        self._stopping = stopping if stopping is not None else _never
         self._cancels = cancellations if cancellations is not None else Cancellations(session)
         self._tasks = tasks
         self._middleware = tuple(middleware)
@@ -123,6 +136,9 @@ class JobRunner:
         #: rate limits and concurrency caps (slots leased like long jobs, for `lease_ttl`)
         self.flow = FlowGate(session.states, slot_ttl=lease_ttl)
         self._gates = Gates(session)
+        #: where rate-limited jobs of each logical queue wait for their reserved start (set by
+        #: the worker; without one, every deferral goes through the delay levels)
+        self.parkings: Mapping[str, Parking] = {}
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -154,8 +170,12 @@ class JobRunner:
                     observer,
                     reason="undecodable-properties",
                 )
-            if delivery.redelivered or delivery.delivery_count or LeaseCopies.is_copy(delivery):
+            if LeaseCopies.is_copy(delivery) or (
+                (delivery.redelivered or delivery.delivery_count)
+                and await self._may_have_crashed(delivery)
+            ):
                 return await self._came_back(delivery, queue, observer)
+            received = delivery
             if leases:
                 delivery = LeasableDelivery(delivery)
             try:
@@ -167,7 +187,7 @@ class JobRunner:
                 return refused
             slot: Slot | None = None
             if job.task.options.flow.active:
-                admission = await self._admit(delivery, job, observer)
+                admission = await self._admit(delivery, job, observer, received)
                 if isinstance(admission, str):
                     return admission
                 slot = admission
@@ -277,9 +297,9 @@ class JobRunner:
             job_id=delivery.message_id or "",
             task=headers.task,
             queue=queue,
-            # a delivery that came back unacked counts as an attempt: its worker died or lost
-            # its connection (the broker cannot tell whether it had started)
-            attempt=headers.attempt + delivery.delivery_count,
+            # a delivery that came back unacked and may have run went to the quarantine (as
+            # its next attempt); one that comes here never started: the same attempt
+            attempt=headers.attempt,
             args=args,
             kwargs=kwargs,
             enqueued_at=enqueued_at,
@@ -322,6 +342,22 @@ class JobRunner:
             return await self._publish_then_ack(delivery, build, delayed=False)
         except EncodeError:  # pragma: no cover - it was received with these headers
             return False
+
+    async def _may_have_crashed(self, delivery: Delivery) -> bool:
+        """Whether a delivery that came back may have crashed its worker (else: run it).
+
+        It may, unless the result backend shows its attempt never started: a quorum queue
+        returns the messages assigned to a consumer that is cancelled (a worker stopping)
+        before they were sent, marked redelivered, and so does a channel closed with
+        deliveries not yet started. Those are not suspects, and need no quarantine.
+        """
+        if not self._session.states.active or delivery.message_id is None:
+            return True
+        try:
+            attempt = read_headers(delivery.headers).attempt
+            return await self._session.states.may_have_started(delivery.message_id, attempt)
+        except (DecodeError, TransportError):  # cannot tell: the quarantine decides
+            return True
 
     async def _came_back(self, delivery: Delivery, queue: str, observer: JobObserver) -> Settlement:
         """A delivery that came back unacked: a worker holding it died, or lost its connection.
@@ -419,7 +455,7 @@ class JobRunner:
     # -- flow control ----------------------------------------------------------------------
 
     async def _admit(
-        self, delivery: Delivery, job: _Job, observer: JobObserver
+        self, delivery: Delivery, job: _Job, observer: JobObserver, received: Delivery
     ) -> Slot | Settlement | None:
         """Ask the job's limits: a `Slot` (or None) to run it; how it was settled if not."""
         context = job.context
@@ -438,7 +474,38 @@ class JobRunner:
             return _settled(observer, "requeued", exc)
         if not isinstance(admission, Deferral):
             return admission
+        parking = self.parkings.get(context.queue)
+        if (
+            admission.reason == "rate"
+            and admission.delay <= RATE_LANDING_LEAD
+            and parking is not None
+        ):
+            return await self._park(received, job, admission, parking, observer)
         return await self._defer(delivery, job, admission, observer)
+
+    async def _park(
+        self,
+        received: Delivery,
+        job: _Job,
+        deferral: Deferral,
+        parking: Parking,
+        observer: JobObserver,
+    ) -> Settlement:
+        """Keep a job whose reserved start is near in the parking (unacked, in no runner)."""
+        due_ms = time.time_ns() // 1_000_000 + math.ceil(deferral.delay * 1000)
+        logger.info(
+            "job %s parked %.3fs for its reserved start (rate limit)",
+            job.context.job_id,
+            deferral.delay,
+        )
+        try:
+            await self._session.states.deferred(
+                job.attempt, deferral.reason, due_ms / 1000, deferral.times
+            )
+        except TransportError as exc:  # the state is for show
+            logger.warning("could not record job %s as deferred: %s", job.context.job_id, exc)
+        parking.put(ReservedDelivery(received, eta_ms=due_ms))
+        return _settled(observer, "rate-limited", None)
 
     async def _defer(
         self, delivery: Delivery, job: _Job, deferral: Deferral, observer: JobObserver
@@ -459,6 +526,11 @@ class JobRunner:
             deferral.times,
         )
 
+        # a reserved start comes back early and waits in the worker's parking for its time
+        # (the delay levels run late under load, by as much as a second); a cap's retry has
+        # no reserved time to keep
+        early_ms = round(RATE_LANDING_LEAD * 1000) if deferral.reason == "rate" else 0
+
         def build() -> OutgoingMessage:
             # due at the reserved time, whenever the copy is built
             now_ms = time.time_ns() // 1_000_000
@@ -467,8 +539,9 @@ class JobRunner:
                 delivery,
                 destination=deferred_destination(context.queue),
                 reason=deferral.reason,
-                delay_ms=max(1, min(due_ms - now_ms, MAX_DELAY_MS)),
+                delay_ms=max(1, min(due_ms - now_ms - early_ms, MAX_DELAY_MS)),
                 now_ms=now_ms,
+                eta_ms=due_ms,
             )
 
         try:
@@ -518,6 +591,12 @@ class JobRunner:
             logger.warning("job %s not settled (%s); requeueing it", job.context.job_id, exc)
             await _reject_quietly(delivery)
             return _settled(observer, "requeued", exc)
+        except anyio.get_cancelled_exc_class():
+            leased = isinstance(delivery, LeasableDelivery) and delivery.leased
+            if self._stopping() and not leased:  # a leased job's lease copy brings it back
+                with anyio.CancelScope(shield=True), anyio.move_on_after(INTERRUPTED_HAND_BACK):
+                    await self._interrupted(delivery, job, observer)
+            raise
         if outcome is None:
             return await self._settle_success(delivery, job.context, observer)
         if outcome.reason == "cancelled":
@@ -540,6 +619,32 @@ class JobRunner:
                 settlement="expired" if outcome.reason == "expired" else "dead-lettered",
             )
         return await self._retry(delivery, job, outcome, delay, observer)
+
+    async def _interrupted(self, delivery: Delivery, job: _Job, observer: JobObserver) -> None:
+        """The worker stops and its grace ran out under this job: hand it back, next attempt.
+
+        Left unacked, it would come back redelivered and be quarantined as the neighbour of
+        a crash. The copy is the next attempt, due now, with the interruption in its history;
+        past `crash_limit` interruptions the job is dead-lettered (reason ``interrupted``)
+        instead. If the hand-back fails, the delivery goes back unacked as before.
+        """
+        times = 1 + sum(1 for failure in job.headers.history if failure.type == INTERRUPTED)
+        error = JobInterrupted(f"its worker stopped before it finished (interruption {times})")
+        outcome = Outcome("interrupted", error)
+        retrying = times <= self._crash_limit
+        if not await self._record_failure(delivery, job, outcome, retrying=retrying):
+            return
+        if retrying:
+            await self._retry(delivery, job, outcome, 0.0, observer)
+            return
+        await self._dead_letter(
+            delivery,
+            job.context.queue,
+            outcome,
+            observer,
+            attempts=job.context.attempt,
+            history=job.headers.history,
+        )
 
     async def _attempt(self, job: _Job, observer: JobObserver) -> Outcome | None:
         """Run the job (unless it already succeeded), record its success, carry its workflow on.
@@ -758,6 +863,8 @@ class JobRunner:
                 failure=outcome.failure(job.context.attempt, now_ms),
                 delay_ms=delay_ms,
                 now_ms=now_ms,
+                # a fair-share job retries in its shard, still apart from other tenants
+                destination=shard_of(self._session.names, job.context.queue, delivery.queue),
             )
 
         try:
@@ -858,6 +965,10 @@ def _past_deadline(headers: JobHeaders, delay: float) -> bool:
     """Whether a retry `delay` seconds from now would be due after the job's deadline."""
     deadline = headers.expires_at_ms
     return deadline is not None and time.time_ns() // 1_000_000 + math.ceil(delay * 1000) > deadline
+
+
+def _never() -> bool:
+    return False
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:

@@ -64,7 +64,7 @@ class Scaler:
         return Measurements(
             concurrency=runners.target,
             wait_p95=percentile(runners.waits.since(now - elapsed), 0.95),
-            oldest_wait=runners.oldest_wait(time.time(), serving=self._serving(queue))[0],
+            oldest_wait=runners.oldest_wait(time.time(), now, serving=self._serving(queue))[0],
             started=started,
             elapsed=elapsed,
             peak_running=peak,

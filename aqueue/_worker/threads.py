@@ -59,7 +59,8 @@ class AbandonedJob:
         reason: ``"timeout"``: the task's timeout ran out, and the job was settled as timed
             out (retried or dead-lettered). ``"cancelled"``: the worker stopped (the grace
             period ran out, or ``stop(now=True)``) or lost the delivery while the function
-            ran; the job was left unacked, so the broker delivers it again.
+            ran; a stop hands the job back as its next attempt, a lost delivery is
+            delivered again by the broker.
     """
 
     job_id: str

@@ -17,6 +17,11 @@ WAIT_SPAN = 60.0
 #: The most waits kept: past ~330 jobs/s the window covers less than `WAIT_SPAN` (the newest
 #: are kept), a bound on the memory and on the sort of each sample.
 WAIT_LIMIT = 20_000
+#: Seconds after its runners were last all busy that a queue still counts as saturated for the
+#: oldest-wait estimate: under a backlog a runner is between two jobs for milliseconds (the
+#: next delivery is on its way), while a queue served faster than it fills has idle runners
+#: for longer.
+FULL_GRACE = 1.0
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -113,6 +118,7 @@ class QueueRunners:
         self.ready: int | None = None
         self.consumers: int | None = None
         self.cpu_saturated = False
+        self._last_full: float | None = None  # monotonic time every runner was last busy
 
     def too_many(self) -> bool:
         """True while more runners stay than the target (a runner then leaves)."""
@@ -133,6 +139,8 @@ class QueueRunners:
     def finished_job(self, now: float) -> None:
         """A runner settled its delivery at monotonic time `now`."""
         self._count_busy(now)
+        if self.running >= self.target:
+            self._last_full = now
         self.running -= 1
 
     def _count_busy(self, now: float) -> None:
@@ -154,18 +162,20 @@ class QueueRunners:
             self._due_mark = self.last_started_due
         return busy, advance
 
-    def oldest_wait(self, wall: float, *, serving: bool) -> tuple[float, bool]:
+    def oldest_wait(self, wall: float, now: float, *, serving: bool) -> tuple[float, bool]:
         """The oldest wait this worker knows of, and whether it is exact (docs/scaling.md).
 
         Exact from the prefetched deliveries held unstarted; else, while the last read ready
-        count is positive and the queue is not being served faster (every runner busy, or
-        `serving` False: its consumer paused), the time since the last started job became
-        due; else 0.
+        count is positive and the queue is not being served faster (every runner busy now or
+        within the last `FULL_GRACE` seconds, or `serving` False: its consumer paused), the
+        time since the last started job became due; else 0. The grace keeps the estimate from
+        dropping to 0 whenever one runner is between two jobs of a backlog.
         """
         dues = [due for d in self.intake.held() if (due := due_at_ms(d.headers)) is not None]
         if dues:
             return max(0.0, wall - min(dues) / 1000), True
-        saturated = self.running >= self.target or not serving
+        recently_full = self._last_full is not None and now - self._last_full < FULL_GRACE
+        saturated = self.running >= self.target or recently_full or not serving
         if self.ready and saturated and self.last_started_due is not None:
             return max(0.0, wall - self.last_started_due), False
         return 0.0, False

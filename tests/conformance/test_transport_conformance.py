@@ -159,6 +159,54 @@ async def test_prefetch_bounds_unsettled_deliveries(
     assert await transport.message_count(queue) == 2
 
 
+async def test_a_higher_prefetch_lets_more_in_before_any_settle(
+    transport_factory: TransportFactory, names: TopologyNames
+) -> None:
+    """Raising a consumer's prefetch delivers up to the new limit at once, in order, while
+    the deliveries it holds stay unsettled (and settleable)."""
+    transport = await transport_factory.with_topology(jobs(names))
+    queue = await publish_jobs(transport, names, 6)
+    inbox = Inbox()
+    consumer = await transport.consume(queue, prefetch=2, on_delivery=inbox)
+    held = await inbox.take(2)
+    await consumer.set_prefetch(5)
+    held += await inbox.take(3)
+    assert [d.message_id for d in held] == ["0", "1", "2", "3", "4"]
+    assert await transport.message_count(queue) == 1
+    for delivery in held:
+        await delivery.ack()
+    assert (await inbox.next()).message_id == "5"
+
+
+async def test_prefetch_changes_under_a_flow_redeliver_nothing(
+    transport_factory: TransportFactory, names: TopologyNames
+) -> None:
+    """An autoscaler's resizes, up and down while deliveries flow: every message arrives
+    once, none marked redelivered. (Cancelling a consumer to change its prefetch makes a
+    quorum queue return what it had assigned to it but not sent, redelivered: the next
+    worker would quarantine those as neighbours of a crash.)"""
+    transport = await transport_factory.with_topology(jobs(names))
+    total = 400
+    queue = await publish_jobs(transport, names, total)
+    inbox = Inbox()
+    consumer = await transport.consume(queue, prefetch=5, on_delivery=inbox)
+    seen: list[Delivery] = []
+    for prefetch in (10, 40, 20, 80, 5, 60, 30, 100, 10, 50):
+        taken = [await inbox.next()]
+        while inbox.deliveries:
+            taken.append(inbox.deliveries.popleft())
+        await consumer.set_prefetch(prefetch)
+        for delivery in taken:
+            await delivery.ack()
+        seen += taken
+    while len(seen) < total:
+        delivery = await inbox.next()
+        await delivery.ack()
+        seen.append(delivery)
+    assert sorted(int(d.message_id or -1) for d in seen) == list(range(total))
+    assert not [d.message_id for d in seen if d.redelivered]
+
+
 async def test_two_consumers_share_a_queue(
     transport_factory: TransportFactory, names: TopologyNames
 ) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -99,12 +100,37 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+#: Where test processes reserve the ports they picked: one lock file per port, held with
+#: ``flock`` for the life of the process that picked it (the kernel drops the lock when that
+#: process ends, however it ends), so parallel test processes (pytest-xdist workers, two suites
+#: at once) never pick the same port and a killed run leaves nothing to clean up.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "aqueue-test-ports"
+_reserved: dict[int, int] = {}
+"""port -> the descriptor holding its lock, for this process."""
+
+
+def _reserve(port: int) -> bool:
+    """Take ``port`` for this process unless another test process holds it."""
+    if port in _reserved:
+        return False
+    PORT_LOCKS.mkdir(mode=0o777, exist_ok=True)
+    fd = os.open(PORT_LOCKS / f"{port}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _reserved[port] = fd
+    return True
+
+
 def free_ports(count: int) -> list[int]:
     """Pick ``count`` distinct free loopback ports below the kernel's ephemeral range.
 
     Outgoing connections take their local ports from the ephemeral range, so a port picked
-    below it stays free between this check and the node binding it (unless another test
-    process picks the same one: the range is wide and the pick random, so that is rare).
+    below it stays free between this check and the node binding it; other test processes
+    cannot pick it either, because each pick is reserved (``PORT_LOCKS``) until this process
+    ends. A private node keeps its ports across restarts, so they are never given back early.
     """
     high = min(_ephemeral_low(), 32768)
     low = 20000 if high > 21000 else 10000
@@ -112,6 +138,8 @@ def free_ports(count: int) -> list[int]:
     for _ in range(1000):
         port = random.randrange(low, high)
         if port in SHARED_PORTS or port in picked or not _port_is_free(port):
+            continue
+        if not _reserve(port):
             continue
         picked.append(port)
         if len(picked) == count:

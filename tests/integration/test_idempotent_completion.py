@@ -31,10 +31,14 @@ class AckLosingBackend(RedisResultBackend):
         super().__init__(url, prefix=prefix)
         self.worker_connection = worker_connection
         self.dropped = 0
+        self._closing = False
 
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         await super().set_state(state, ttl=ttl)
-        if state.status is JobStatus.SUCCEEDED and self.dropped == 0:
+        # once only: the redelivery records its success again, maybe while the first close
+        # is still running in its thread (rabbitmqctl takes seconds on a loaded machine)
+        if state.status is JobStatus.SUCCEEDED and not self._closing:
+            self._closing = True
             self.dropped = await anyio.to_thread.run_sync(close_connections, self.worker_connection)
 
 
@@ -70,9 +74,11 @@ async def test_recorded_success_whose_ack_was_lost_does_not_run_again(
                 await session.transport.message_count(names.quarantine_queue("default")),
             ]
             stats = worker.statistics()
-            # the first delivery (ack lost), its quarantined copy, then nothing in flight
-            return sum(left) == 0 and stats.received >= 3 and stats.in_flight == 0
+            # the first delivery (ack lost), its redelivery, then nothing in flight
+            return sum(left) == 0 and stats.received >= 2 and stats.in_flight == 0
 
         await wait_for(redelivery_settled, timeout=30, what="the redelivered job to be settled")
         assert await job.status() is JobStatus.SUCCEEDED
+        # its recorded success says it cannot have crashed a worker: no quarantined copy
+        assert worker.statistics().received == 2
     assert runs == [(job.job_id, 7)]

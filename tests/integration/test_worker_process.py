@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from aqueue._core.topology import TopologyNames
+from aqueue._core.wire import read_headers
 from aqueue._transport import Delivery
 from tests.helpers.polling import read_lines, wait_for
 from tests.helpers.worker_process import WorkerProcess, apps_env
@@ -186,7 +187,8 @@ async def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(
 async def test_second_signal_stops_at_once_and_requeues_running_jobs(
     jobs_app: jobs.App, records: Records, spawn: Spawn, second: signal.Signals
 ) -> None:
-    """A second signal during the grace period stops at once; the running jobs go back."""
+    """A second signal during the grace period stops at once; the running jobs go back as
+    their next attempt (fresh copies, not redelivered), the two never started as they were."""
 
     async def twice(worker: WorkerProcess) -> None:
         worker.send_signal(signal.SIGTERM)
@@ -204,7 +206,10 @@ async def test_second_signal_stops_at_once_and_requeues_running_jobs(
     assert len(started) == 4
     assert records.ids("finish") == []
     assert sorted(delivery.message_id or "" for delivery in back) == sorted(enqueued)
-    assert {d.message_id for d in back if d.redelivered} == set(started)
+    assert not [d.message_id for d in back if d.redelivered]
+    attempts = {d.message_id: read_headers(d.headers).attempt for d in back}
+    assert {job_id for job_id, attempt in attempts.items() if attempt == 2} == set(started)
+    assert sorted(attempts.values()) == [1, 1, 2, 2, 2, 2]
     assert "stopping now" in worker.output()
 
 
@@ -225,7 +230,7 @@ async def test_stop_abandons_a_running_sync_job_and_exits_in_time(
 ) -> None:
     """A 60 s sync job cannot be interrupted: when the grace runs out (or a second signal
     comes) the worker logs it as abandoned and exits 0 at once, without waiting for its
-    thread; the job, left unacked, is back in the queue as redelivered."""
+    thread; the job is back in the queue as its next attempt (handed back, not redelivered)."""
     app = jobs_app
     async with app.queue.session() as session:
         job = await app.queue.enqueue(app.slow_sync, 60.0)
@@ -252,7 +257,9 @@ async def test_stop_abandons_a_running_sync_job_and_exits_in_time(
     output = worker.output()
     assert f"worker stopped with job {job.job_id} (task slow_sync) still running" in output
     assert "exiting with status 0 without waiting for 1 abandoned thread(s)" in output
-    assert [(d.message_id, d.redelivered) for d in back] == [(job.job_id, True)]
+    assert [(d.message_id, d.redelivered, read_headers(d.headers).attempt) for d in back] == [
+        (job.job_id, False, 2)
+    ]
     assert records.ids("finish") == []
     print(f"\nsync job abandoned: exited {took:.2f} s after the signal (--grace {grace})")
 

@@ -44,3 +44,22 @@ async def test_a_queue_opened_twice_closes_with_its_last_user() -> None:
         assert await session.transport.message_count(session.names.work_queue("default")) == 2
     with pytest.raises(ConfigurationError, match="not open"):
         await queue.enqueue(noop)
+
+
+async def test_two_opens_at_once_share_one_session_and_close_with_the_last_user() -> None:
+    """Two ``open()`` calls racing (a worker and an app starting together) make one session,
+    counted twice: the first ``aclose()`` leaves the queue open, the second closes it."""
+    queue = TaskQueue("memory://", telemetry=False)
+
+    @queue.task
+    async def noop() -> None:
+        return None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.open)
+        tg.start_soon(queue.open)
+    await queue.aclose()
+    await queue.enqueue(noop)  # still open: one user left
+    await queue.aclose()
+    with pytest.raises(ConfigurationError, match="not open"):
+        await queue.enqueue(noop)

@@ -60,6 +60,9 @@ async def test_a_timed_out_process_task_is_settled_as_timed_out_and_its_process_
     function would take, and the pool process running it is killed."""
     pid_file = tmp_path / "pid"
     async with queue, running_worker(queue):
+        # Start the pool first: spawning a process that imports aqueue can take longer than
+        # the 1 s timeout on a loaded machine, and then `spin` would never have run.
+        await (await queue.enqueue(pid)).result(timeout=WAIT * 2)
         began = anyio.current_time()
         job = await queue.enqueue(spin, str(pid_file))
         with pytest.raises(JobFailed) as info:

@@ -17,6 +17,7 @@ import pytest
 
 from aqueue import TaskQueue, Worker, WorkerSettings
 from aqueue._core import wire as t
+from aqueue._core.wire import read_headers
 from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
 from tests.helpers.workers import WAIT, drain, wait_until
@@ -38,7 +39,7 @@ async def test_stop_abandons_a_sync_job_that_outlives_the_grace_and_reports_it(
     memory_queue: TaskQueue, release: threading.Event, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`run` returns at the end of the grace although the function still runs; the job is
-    listed by `abandoned()`, logged as an error, and back in the queue as redelivered."""
+    listed by `abandoned()`, logged as an error, and back in the queue as its next attempt."""
     caplog.set_level(logging.INFO, logger="aqueue.worker")
     started = threading.Event()
 
@@ -66,10 +67,12 @@ async def test_stop_abandons_a_sync_job_that_outlives_the_grace_and_reports_it(
         (job.job_id, "block", "default", 1, "cancelled")
     ]
     assert abandoned[0].running_for >= grace
-    assert [(d.message_id, d.redelivered) for d in back] == [(job.job_id, True)]
+    assert [(d.message_id, d.redelivered, read_headers(d.headers).attempt) for d in back] == [
+        (job.job_id, False, 2)
+    ]
     [line] = _messages(caplog, logging.ERROR, "still running in its thread")
     assert f"job {job.job_id} (task block)" in line
-    assert "left unacked, so the broker delivers it again" in line
+    assert "it went back to its queue as its next attempt" in line
 
     release.set()  # once the function returns, nothing is abandoned any more
     await wait_for(lambda: not worker.abandoned(), timeout=WAIT, what="the thread to end")
