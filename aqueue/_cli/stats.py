@@ -159,6 +159,10 @@ def stats_json(
                 "busy_ratio": round(row.busy_ratio, 4),
                 "last_seen": round(row.last_seen, 3),
                 "started_at": round(row.started_at, 3),
+                "decisions": {
+                    queue: [decision.to_payload() for decision in decisions]
+                    for queue, decisions in row.decisions.items()
+                },
             }
             for row in view.workers
         ],

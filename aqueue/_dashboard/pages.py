@@ -298,6 +298,10 @@ def overview_json(overview: Overview) -> dict[str, Any]:
                 "concurrency": w.concurrency,
                 "busy_ratio": round(w.busy_ratio, 4),
                 "last_seen": round(w.last_seen, 3),
+                "decisions": {
+                    queue: [decision.to_payload() for decision in decisions]
+                    for queue, decisions in w.decisions.items()
+                },
             }
             for w in view.workers
         ],
