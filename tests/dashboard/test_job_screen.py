@@ -1,0 +1,121 @@
+"""The job screen on real RabbitMQ and Redis: arguments (redacted before they are stored),
+every attempt with its error and traceback, the result and the timings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis.asyncio as redis
+
+import aqueue.dashboard
+from aqueue import RedisResultBackend, Task, TaskQueue
+from aqueue.testing import running_worker
+from tests.dashboard.conftest import WORKER
+from tests.helpers.dashboard import serving
+from tests.helpers.workers import delete_topology, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRET = "hunter2-do-not-store"  # noqa: S105 - the test's own
+
+
+@dataclass
+class Flaky:
+    """An app whose `sign_up` fails its first two attempts, then returns."""
+
+    queue: TaskQueue
+    backend: RedisResultBackend
+    sign_up: Task[[str, str], str]
+    runs: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+async def flaky(amqp_url: str, redis_url: str, prefix: str) -> AsyncIterator[Flaky]:
+    backend = RedisResultBackend(redis_url, prefix=prefix)
+    queue = TaskQueue(amqp_url, prefix=prefix, name=f"{prefix}-jobs", results=backend)
+    app = Flaky(queue, backend, None)  # type: ignore[arg-type]
+
+    @queue.task(
+        queue="signups", name="sign_up", retries=2, backoff=0.1, jitter=0, redact=("password",)
+    )
+    async def sign_up(email: str, password: str) -> str:
+        app.runs.append(len(app.runs) + 1)
+        if len(app.runs) <= 2:
+            raise ValueError(f"mail server <b>down</b> (run {len(app.runs)})")
+        return f"welcome {email}"
+
+    app.sign_up = sign_up
+    yield app
+    await delete_topology(amqp_url, prefix, ["signups"])
+
+
+async def raw_state(redis_url: str, flaky: Flaky, job_id: str) -> bytes:
+    """The job's state as Redis holds it, byte for byte."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = await client.get(flaky.backend.key("job", job_id))
+    finally:
+        await client.aclose()
+    assert isinstance(raw, bytes)
+    return raw
+
+
+async def test_a_job_that_fails_twice_then_succeeds_shows_three_attempts(
+    flaky: Flaky, redis_url: str
+) -> None:
+    """Attempts 1 and 2 with their ValueErrors, messages and tracebacks, attempt 3 succeeded
+    with its result; the arguments as sent, the password redacted; the timings; the same in
+    ``GET /api/jobs/{id}``. The password is never in Redis: not in the queued state the
+    producer writes, nor in any the worker writes."""
+    async with flaky.queue:
+        job = await flaky.queue.enqueue(flaky.sign_up, "<script>alert(1)</script>", SECRET)
+        queued = await raw_state(redis_url, flaky, job.job_id)
+        assert SECRET.encode() not in queued
+        assert b"[redacted]" in queued
+        async with running_worker(flaky.queue, WORKER) as worker:
+            assert await job.result(timeout=30) == "welcome <script>alert(1)</script>"
+            await wait_until(worker, lambda stats: stats.succeeded == 1)
+        assert flaky.runs == [1, 2, 3]
+        stored = await raw_state(redis_url, flaky, job.job_id)
+        assert SECRET.encode() not in stored
+        state = await flaky.queue.job(job.job_id).state()
+        assert state is not None
+        assert [(f.attempt, f.type) for f in state.history] == [
+            (1, "ValueError"),
+            (2, "ValueError"),
+        ]
+        assert "run 1" in state.history[0].message
+        for failure in state.history:  # attempt 1's traceback survived attempts 2 and 3
+            assert "raise ValueError" in failure.traceback
+        assert state.enqueued_at is not None
+        assert state.started_at is not None
+        assert state.finished_at is not None
+        assert state.enqueued_at <= state.history[0].at <= state.started_at <= state.finished_at
+
+        web = aqueue.dashboard.app(flaky.queue)
+        async with serving(web) as url, httpx.AsyncClient(base_url=url) as http:
+            page = (await http.get(f"/jobs/{job.job_id}")).text
+            api = (await http.get(f"/api/jobs/{job.job_id}")).json()
+    assert page.count("<tr data-attempt=") == 3
+    for attempt, outcome in ((1, "failed"), (2, "failed"), (3, "succeeded")):
+        assert f'<tr data-attempt="{attempt}" class="{outcome}">' in page
+    assert "mail server &lt;b&gt;down&lt;/b&gt; (run 1)" in page
+    assert "mail server &lt;b&gt;down&lt;/b&gt; (run 2)" in page
+    assert page.count("raise ValueError") == 2  # each failure's traceback
+    # the result, as JSON (the tojson filter writes < as \u003c: text, never markup)
+    assert '<pre class="result">"welcome \\u003cscript\\u003ealert(1)' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
+    assert "<b>down" not in page
+    assert "[redacted]" in page
+    assert SECRET not in page
+    for timing in ('class="enqueued"', 'class="started"', 'class="finished"'):
+        assert timing in page
+    assert api["state"]["result"] == "welcome <script>alert(1)</script>"
+    assert [a["outcome"] for a in api["state"]["attempts"]] == ["failed", "failed", "succeeded"]
+    assert api["state"]["attempts"][1]["type"] == "ValueError"
+    assert SECRET not in api["state"]["arguments"]
+    assert api["state"]["finished_at"] >= api["state"]["started_at"]
