@@ -3,53 +3,17 @@ every attempt with its error and traceback, the result and the timings."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-
 import httpx
 import pytest
 import redis.asyncio as redis
 
 import aqueue.dashboard
-from aqueue import RedisResultBackend, Task, TaskQueue
 from aqueue.testing import running_worker
-from tests.dashboard.conftest import WORKER
+from tests.dashboard.conftest import SECRET, WORKER, Flaky
 from tests.helpers.dashboard import serving
-from tests.helpers.workers import delete_topology, wait_until
+from tests.helpers.workers import wait_until
 
 pytestmark = pytest.mark.integration
-
-SECRET = "hunter2-do-not-store"  # noqa: S105 - the test's own
-
-
-@dataclass
-class Flaky:
-    """An app whose `sign_up` fails its first two attempts, then returns."""
-
-    queue: TaskQueue
-    backend: RedisResultBackend
-    sign_up: Task[[str, str], str]
-    runs: list[int] = field(default_factory=list)
-
-
-@pytest.fixture
-async def flaky(amqp_url: str, redis_url: str, prefix: str) -> AsyncIterator[Flaky]:
-    backend = RedisResultBackend(redis_url, prefix=prefix)
-    queue = TaskQueue(amqp_url, prefix=prefix, name=f"{prefix}-jobs", results=backend)
-    app = Flaky(queue, backend, None)  # type: ignore[arg-type]
-
-    @queue.task(
-        queue="signups", name="sign_up", retries=2, backoff=0.1, jitter=0, redact=("password",)
-    )
-    async def sign_up(email: str, password: str) -> str:
-        app.runs.append(len(app.runs) + 1)
-        if len(app.runs) <= 2:
-            raise ValueError(f"mail server <b>down</b> (run {len(app.runs)})")
-        return f"welcome {email}"
-
-    app.sign_up = sign_up
-    yield app
-    await delete_topology(amqp_url, prefix, ["signups"])
 
 
 async def raw_state(redis_url: str, flaky: Flaky, job_id: str) -> bytes:
