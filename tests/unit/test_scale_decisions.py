@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+
+import anyio
+
+from aqueue import TaskQueue, WorkerSettings
 from aqueue._cli.stats import stats_json
+from aqueue._core.config import Autoscale
 from aqueue._core.heartbeats import (
     MAX_DECISIONS,
     MAX_REASON_CHARS,
@@ -13,6 +20,8 @@ from aqueue._core.heartbeats import (
     aggregate,
 )
 from aqueue._worker.scaling import DecisionLog
+from aqueue.testing import running_worker
+from tests.helpers.polling import wait_for
 
 
 def decision(at: float, action: str = "grow", before: int = 1, after: int = 2) -> ScaleDecision:
@@ -100,3 +109,65 @@ def test_stats_json_shows_each_workers_decisions_per_queue() -> None:
         ]
         == {}
     )
+
+
+async def test_a_worker_keeps_its_growth_and_shrink_decisions_for_its_heartbeat() -> None:
+    """On the in-memory broker, a backlog grows the queue from 2 and idleness shrinks it back:
+    `queue_figures()` (what the heartbeat sends) lists both, newest first, with from/to."""
+    queue = TaskQueue("memory://", prefix="t", telemetry=False)
+
+    @queue.task
+    async def nap() -> None:
+        await anyio.sleep(0.02)
+
+    settings = WorkerSettings(
+        autoscale=Autoscale(2, 32, target_wait=0.05, interval=0.2), ready_interval=0.1
+    )
+    async with queue:
+        await queue.enqueue_many(nap, [() for _ in range(1000)])
+        async with running_worker(queue, settings) as worker:
+            await worker.wait_until(lambda s: s.succeeded == 1000)
+
+            def decisions() -> tuple[ScaleDecision, ...]:
+                return worker.queue_figures()["default"].decisions
+
+            await wait_for(
+                lambda: bool(decisions()) and decisions()[0].action == "shrink",
+                timeout=10,
+                what="a shrink decision once idle",
+            )
+            kept = decisions()
+    newest = kept[0]
+    assert newest.after < newest.before
+    assert newest.reason
+    assert [d.at for d in kept] == sorted((d.at for d in kept), reverse=True)
+    assert len(kept) <= MAX_DECISIONS
+    for earlier, later in itertools.pairwise(reversed(kept)):
+        assert later.before == earlier.after  # one chain of changes
+
+
+async def test_a_cpu_bound_queue_keeps_one_hold_decision_with_its_reason() -> None:
+    """Jobs that block the event loop: the autoscaler holds the queue as CPU-bound, and that
+    hold (from == to) is kept with its reason (the loop lag)."""
+    queue = TaskQueue("memory://", prefix="t", telemetry=False)
+
+    @queue.task
+    async def spin() -> None:
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
+
+    scaling = Autoscale(2, 32, target_wait=0.05, interval=0.2, lag_limit=0.002)
+    async with queue:
+        await queue.enqueue_many(spin, [() for _ in range(600)])
+        async with running_worker(queue, WorkerSettings(autoscale=scaling)) as worker:
+
+            def holds() -> list[ScaleDecision]:
+                figures = worker.queue_figures()["default"]
+                return [d for d in figures.decisions if d.action == "hold"]
+
+            await wait_for(lambda: bool(holds()), timeout=20, what="a CPU-bound hold")
+            hold = holds()[-1]
+            worker.stop()  # the rest of the backlog is handed back, not run
+    assert hold.before == hold.after
+    assert "CPU-bound" in hold.reason
