@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import redis.asyncio as redis
+from opentelemetry import trace
 
 import aqueue.dashboard
 from aqueue.testing import running_worker
@@ -83,3 +84,21 @@ async def test_a_job_that_fails_twice_then_succeeds_shows_three_attempts(
     assert api["state"]["attempts"][1]["type"] == "ValueError"
     assert SECRET not in api["state"]["arguments"]
     assert api["state"]["finished_at"] >= api["state"]["started_at"]
+
+
+@pytest.mark.usefixtures("spans")  # an SDK tracer provider: messages carry a traceparent
+async def test_a_job_that_never_died_links_to_its_trace(flaky: Flaky) -> None:
+    """With tracing on, the worker records the trace id of the job's message: the job screen
+    of a job that succeeded (no dead letter to read it from) links to that trace."""
+    async with flaky.queue:
+        with trace.get_tracer("test").start_as_current_span("caller") as caller:
+            job = await flaky.queue.enqueue(flaky.sign_up, "a@example.com", SECRET)
+        async with running_worker(flaky.queue, WORKER):
+            await job.result(timeout=30)
+        expected = trace.format_trace_id(caller.get_span_context().trace_id)
+        web = aqueue.dashboard.app(flaky.queue, trace_url="http://jaeger:16686/trace/{trace_id}")
+        async with serving(web) as url, httpx.AsyncClient(base_url=url) as http:
+            page = (await http.get(f"/jobs/{job.job_id}")).text
+            api = (await http.get(f"/api/jobs/{job.job_id}")).json()
+    assert api["state"]["trace_id"] == expected
+    assert f'<a class="trace" href="http://jaeger:16686/trace/{expected}">' in page
