@@ -7,8 +7,9 @@ by `REDACTED` before anything is stored, so the result backend never holds it.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aqueue._serialization import dumps
@@ -37,11 +38,7 @@ def redacted(task: Task[Any, Any] | None, args: Sequence[Any], kwargs: Mapping[s
         return REDACTED
     if not redact or task is None:
         return {"args": list(args), "kwargs": dict(kwargs)}
-    names = [
-        p.name
-        for p in inspect.signature(task.fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    names = _positional_names(task.fn)
     hidden = set(redact)
     shown_args = [
         REDACTED if index < len(names) and names[index] in hidden else value
@@ -49,6 +46,16 @@ def redacted(task: Task[Any, Any] | None, args: Sequence[Any], kwargs: Mapping[s
     ]
     shown_kwargs = {key: REDACTED if key in hidden else value for key, value in kwargs.items()}
     return {"args": shown_args, "kwargs": shown_kwargs}
+
+
+@functools.cache
+def _positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The names positional arguments bind to (read once per function: every enqueue asks)."""
+    return tuple(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
 
 
 def stored_arguments(
