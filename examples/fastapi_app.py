@@ -10,31 +10,23 @@ then::
     curl -X POST localhost:8000/jobs -H 'content-type: application/json' -d '{"name": "q3"}'
     curl localhost:8000/jobs/<job_id>
 
-The TaskQueue opens in the app's lifespan: one connection to RabbitMQ and one Redis client
-for the whole process. The configuration comes from the environment (see `examples.tasks`).
+The TaskQueue opens in the app's lifespan (`aqueue.contrib.fastapi.lifespan`): one connection
+to RabbitMQ and one Redis client for the whole process; endpoints get it as a dependency
+(`AqueueDependency`). The configuration comes from the environment (see `examples.tasks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from aqueue import JobStatus, chord
+from aqueue.contrib.fastapi import AqueueDependency, lifespan
 from examples.tasks import count_words, queue, report, total
 
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the TaskQueue (broker connection, result backend) for the app's lifetime."""
-    async with queue:
-        yield
-
-
-app = FastAPI(title="aqueue example", lifespan=lifespan)
+app = FastAPI(title="aqueue example", lifespan=lifespan(queue))
 
 
 class ReportRequest(BaseModel):
@@ -82,7 +74,7 @@ def _accepted(job_id: str) -> Accepted:
 
 
 @app.post("/jobs", status_code=202)
-async def create_job(request: ReportRequest) -> Accepted:
+async def create_job(request: ReportRequest, queue: AqueueDependency) -> Accepted:
     """Enqueue a report; returns once RabbitMQ has confirmed the job."""
     job = await queue.enqueue(
         report, request.name, request.steps, request.seconds_per_step, request.fail
@@ -91,7 +83,7 @@ async def create_job(request: ReportRequest) -> Accepted:
 
 
 @app.post("/workflows", status_code=202)
-async def create_workflow(request: WordCountRequest) -> Accepted:
+async def create_workflow(request: WordCountRequest, queue: AqueueDependency) -> Accepted:
     """Start a chord: count each text's words in parallel, then add the counts up.
 
     The id returned is the callback's: its result is the workflow's.
@@ -101,7 +93,7 @@ async def create_workflow(request: WordCountRequest) -> Accepted:
 
 
 @app.get("/jobs/{job_id}")
-async def get_job(job_id: str) -> JobView:
+async def get_job(job_id: str, queue: AqueueDependency) -> JobView:
     """The job's status, its last progress, and its result or error (404 if unknown)."""
     state = await queue.job(job_id).state()
     if state is None:

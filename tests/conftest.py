@@ -163,3 +163,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("figures measured by tests")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+#: ``parallel`` or ``serial``: which of its two phases `scripts/test` runs (unset: every test).
+PHASE = os.environ.get("AQUEUE_TEST_PHASE", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a phase of `scripts/test`, keep only that phase's tests (marker ``serial``).
+
+    Tests that assert timing (a delay's lateness, a fast queue's wait, a rate) run alone,
+    after the parallel phase: beside three other test processes on two cores they would
+    measure the machine, not aqueue.
+    """
+    if PHASE not in ("parallel", "serial"):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        serial = item.get_closest_marker("serial") is not None
+        (keep if serial == (PHASE == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

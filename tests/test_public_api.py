@@ -36,6 +36,7 @@ TASK_QUEUE_API = {
     "middleware",
     "name",
     "open",
+    "outbox",
     "periodic",
     "schedule",
     "schedules",

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aqueue._cli.common import AppArgument, app, console, load_queue, queue_names, run
+from aqueue._client.fair import fair_queues
 from aqueue._client.monitor import HeartbeatCollector, limiter_states, queue_facts, with_rates
 from aqueue._client.queue import TaskQueue
 from aqueue._core.heartbeats import (
@@ -83,12 +84,13 @@ async def _stats(queue: TaskQueue, interval: float, json_output: bool, watch: bo
         try:
             known = queue_names(queue)
             began = time.monotonic()
-            before = await queue_facts(transport, names, known)
+            fair = fair_queues(queue.tasks.values())
+            before = await queue_facts(transport, names, known, fair)
             while True:
                 await anyio.sleep(max(0.0, window - (time.monotonic() - began)))
                 now = time.time()
                 heard = {q for seen in collector.seen for q in seen.heartbeat.queues}
-                after = await queue_facts(transport, names, sorted(set(known) | heard))
+                after = await queue_facts(transport, names, sorted(set(known) | heard), fair)
                 facts = with_rates(before, after, time.monotonic() - began)
                 view = aggregate(collector.seen, facts, now=now, queues=known)
                 limits = await limiter_rows(queue, session.states.backend)

@@ -27,6 +27,7 @@ from aqueue._cli.common import (
     print_error,
     queue_names,
 )
+from aqueue._cli.outbox import RelayFactory, outbox_relay_factory, relay_once_started
 from aqueue._cli.output import JSON_VERSION, print_json
 from aqueue._cli.schedules import run_schedules
 from aqueue._cli.supervisor import Supervisor
@@ -36,6 +37,7 @@ from aqueue._cli.telemetry import (
     configure_logging,
     worker_observability,
 )
+from aqueue._client.fair import fair_queues, ready_info
 from aqueue._client.queue import TaskQueue
 from aqueue._core.config import Autoscale, QueueLimits, WorkerSettings, parse_queues
 from aqueue._core.supervision import ProcessScaling
@@ -180,6 +182,18 @@ def worker(
             metavar="N|MIN:MAX",
         ),
     ] = "1",
+    outbox_database: Annotated[
+        str | None,
+        typer.Option(
+            help="Also relay the transactional outbox of this database (postgresql+asyncpg://"
+            "...) in this worker, as 'aqueue outbox-relay' does. Needs aqueue-rabbitmq"
+            "[sqlalchemy].",
+            envvar="AQUEUE_OUTBOX_DATABASE_URL",
+        ),
+    ] = None,
+    outbox_table: Annotated[
+        str, typer.Option(help="The outbox table, 'table' or 'schema.table'.")
+    ] = "aqueue_outbox",
 ) -> None:
     """Run jobs from the queues until SIGTERM or SIGINT (a second signal stops at once)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -191,6 +205,7 @@ def worker(
     chosen = _queues(queues)
     scaling = _autoscale(autoscale, target_wait)
     count, process_scaling = _processes(processes, autoscaling=scaling is not None)
+    relay = outbox_relay_factory(outbox_database, outbox_table)  # checked before connecting
     queue = load_queue(app_path)
     if not declare:
         _check_known(queue, chosen)
@@ -221,6 +236,7 @@ def worker(
             metrics_port=metrics_port,
             metrics_address=metrics_address,
             scheduler=not no_scheduler and bool(queue.schedules),
+            relay=relay,
         )
     except typer.Exit as exc:
         _exit_now_if_threads_abandoned(running, exc.exit_code)
@@ -350,6 +366,7 @@ def _observed_run(
     metrics_port: int | None,
     metrics_address: str,
     scheduler: bool,
+    relay: RelayFactory | None = None,
 ) -> None:
     """Run `worker` until it stops, with the observability the options ask for around it."""
     with ExitStack() as stack:  # its exit flushes the spans still to export
@@ -370,7 +387,7 @@ def _observed_run(
             print_error(exc)
             raise typer.Exit(2) from exc
         try:
-            anyio.run(_run_worker, worker, scheduler)
+            anyio.run(_run_worker, worker, scheduler, relay)
         except (AqueueError, BaseExceptionGroup) as exc:
             error = aqueue_error(exc)
             if error is None:
@@ -413,11 +430,13 @@ def _exit_now_if_threads_abandoned(worker: Worker, code: int) -> None:
     os._exit(code)
 
 
-async def _run_worker(worker: Worker, scheduler: bool) -> None:
+async def _run_worker(worker: Worker, scheduler: bool, relay: RelayFactory | None = None) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, worker)
         if scheduler:
             tg.start_soon(_schedules_once_started, worker)
+        if relay is not None:
+            tg.start_soon(relay_once_started, worker, relay)
         await worker.run()
         tg.cancel_scope.cancel()
 
@@ -476,8 +495,10 @@ async def _queue_sizes(queue: TaskQueue) -> list[tuple[str, int, int]]:
     rows = []
     async with queue.session() as session:
         count, names = session.transport.message_count, session.names
+        fair = fair_queues(queue.tasks.values())
         for name in queue_names(queue):
-            ready = await count(names.work_queue(name))
+            info = await ready_info(session.transport, names, name, fair=name in fair)
+            ready = info.ready
             dead = await count(names.dead_letter_queue(name))
             rows.append((name, ready, dead))
     return rows

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from aqueue._client.fair import ready_info
 from aqueue._core.heartbeats import DROP_OUT_INTERVALS, Heartbeat, QueueFacts, Seen
 from aqueue._core.schedules import Schedule, SchedulerStatus
 from aqueue._core.topology import TopologyNames
@@ -65,13 +66,19 @@ class HeartbeatCollector:
 
 
 async def queue_facts(
-    transport: Transport, names: TopologyNames, queues: Iterable[str]
+    transport: Transport,
+    names: TopologyNames,
+    queues: Iterable[str],
+    fair: Collection[str] = (),
 ) -> dict[str, QueueFacts]:
-    """Each logical queue's ready messages and consumers; None for a queue that is missing."""
+    """Each logical queue's ready messages and consumers; None for a queue that is missing.
+
+    The queues in `fair` are fair-share queues: their shards' ready messages count too.
+    """
     facts = {}
     for name in queues:
         try:
-            info = await transport.queue_info(names.work_queue(name))
+            info = await ready_info(transport, names, name, fair=name in fair)
         except QueueNotFound:
             facts[name] = QueueFacts(ready=None, consumers=None)
         else:

@@ -128,9 +128,14 @@ class Producer:
             )
         return body
 
-    def message(self, envelope: Envelope, body: bytes, *, delay_ms: int = 0) -> OutgoingMessage:
-        """The message of a job for its work queue, through the delay levels if `delay_ms` > 0."""
-        return job_message(self._names, envelope, body, delay_ms=delay_ms)
+    def message(
+        self, envelope: Envelope, body: bytes, *, delay_ms: int = 0, destination: str | None = None
+    ) -> OutgoingMessage:
+        """The message of a job for its work queue, through the delay levels if `delay_ms` > 0.
+
+        `destination`: a fair-share shard of its queue instead (see `aqueue._client.fair`).
+        """
+        return job_message(self._names, envelope, body, delay_ms=delay_ms, destination=destination)
 
     def encode(self, envelope: Envelope, *, delay_ms: int = 0) -> OutgoingMessage:
         """`encode_body` and `message` in one.

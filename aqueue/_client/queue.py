@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AsyncExitStack, asynccontextmanager
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 import anyio
 from typing_extensions import Unpack
 
 from aqueue._client.cancel import cancel_job
 from aqueue._client.deadletters import DeadLetterQueue
+from aqueue._client.fair import is_fair, tenant_of
 from aqueue._client.producer import BatchResult
 from aqueue._client.session import Session
 from aqueue._client.unique import unique_key, unique_store
@@ -35,6 +36,7 @@ from aqueue._core.config import (
     expiry_ms,
 )
 from aqueue._core.delays import delay_to_ms, eta_to_delay_ms
+from aqueue._core.flow import fair_destination
 from aqueue._core.schedules import Misfire, Schedule, ScheduleBook
 from aqueue._core.topology import QueueType, TopologyNames, validate_name
 from aqueue._core.wire import Envelope
@@ -57,6 +59,9 @@ from aqueue._workflows import (
     needs_backend,
 )
 from aqueue.exceptions import ConfigurationError, EncodeError
+
+if TYPE_CHECKING:  # imported on first use: SQLAlchemy is an optional dependency
+    from aqueue.contrib.sqlalchemy import SqlAlchemyOutbox
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -168,6 +173,11 @@ class TaskQueue:
     def urls(self) -> tuple[str, ...]:
         """The broker URLs, passwords masked as ``***`` (fit for logs; not for connecting)."""
         return self._urls
+
+    @property
+    def _max_message_bytes(self) -> int:
+        """Larger encoded jobs are refused at enqueue (the outbox checks it too)."""
+        return self._producer_settings.max_message_bytes
 
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
@@ -443,6 +453,24 @@ class TaskQueue:
         validate_name(queue)
         return DeadLetterQueue(self._require_session(), queue)
 
+    def outbox(self, session: Any, *, table: str = "aqueue_outbox") -> SqlAlchemyOutbox:
+        """Enqueue in the caller's database transaction: the transactional outbox.
+
+        ``await queue.outbox(session).enqueue(task, ...)`` writes the job into the outbox
+        table through `session` (an SQLAlchemy ``AsyncSession`` or ``AsyncConnection``); the
+        job is published by ``aqueue outbox-relay`` once the transaction commits, and never
+        if it rolls back. The queue need not be open. For the Django ORM, see
+        ``aqueue.contrib.django.outbox``. The guarantees are on the outbox page.
+
+        Raises:
+            ConfigurationError: `session` is not an SQLAlchemy async session or connection;
+                a malformed table name.
+            ImportError: SQLAlchemy is not installed (the ``sqlalchemy`` extra).
+        """
+        from aqueue.contrib.sqlalchemy import SqlAlchemyOutbox
+
+        return SqlAlchemyOutbox(self, session, table=table)
+
     # -- enqueue ---------------------------------------------------------------------------
 
     @overload
@@ -547,9 +575,16 @@ class TaskQueue:
         if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
             # a first-time declaration took a while: an eta is not missed by its time
             delay_ms = _delay_ms(None, eta)
+        destination = None
+        if is_fair(task):
+            queue = task.options.queue
+            (shard,) = await session.fair.shards(queue, [tenant_of(task, args, kwargs)])
+            destination = fair_destination(queue, shard)
         # stamped after any declaration, so the delay counts from the publish
         envelope = _envelope(task, args, kwargs, delay_ms, job_id=job_id)
-        await producer.publish(producer.message(envelope, body, delay_ms=delay_ms))
+        await producer.publish(
+            producer.message(envelope, body, delay_ms=delay_ms, destination=destination)
+        )
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
             state = JobState(
@@ -616,10 +651,18 @@ class TaskQueue:
         encoded = _encode_calls(producer.encode_body, task, calls)  # bad input raises here
         if await producer.ensure_route(task.options.queue, delay_ms) and eta is not None:
             delay_ms = _delay_ms(None, eta)  # as in `_enqueue`: an eta is not missed
+        destinations: list[str | None] = [None] * len(encoded)
+        if is_fair(task):
+            queue = task.options.queue
+            tenants = [tenant_of(task, args, kwargs) for args, kwargs, _ in encoded]
+            shards = await session.fair.shards(queue, tenants)
+            destinations = [fair_destination(queue, shard) for shard in shards]
         envelopes = [_envelope(task, args, kwargs, delay_ms) for args, kwargs, _ in encoded]
         messages = [
-            producer.message(envelope, body, delay_ms=delay_ms)
-            for envelope, (_, _, body) in zip(envelopes, encoded, strict=True)
+            producer.message(envelope, body, delay_ms=delay_ms, destination=destination)
+            for envelope, (_, _, body), destination in zip(
+                envelopes, encoded, destinations, strict=True
+            )
         ]
         failures = await producer.publish_many(messages)
         if session.states.active and task.options.store_result:

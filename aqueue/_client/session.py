@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 
+from aqueue._client.fair import FairShare
 from aqueue._client.flows import Flows
 from aqueue._client.producer import Producer
 from aqueue._core.config import ConnectionSettings, ProducerSettings, QueueSettings
@@ -59,6 +60,8 @@ class Session:
         self.producer = producer
         self.states = states
         self.flows = Flows(producer, states)
+        #: the shard of each fair-share job (see `aqueue._client.fair`)
+        self.fair = FairShare(producer, transport, names, queue_settings)
         self.instruments = instruments
 
     def __repr__(self) -> str:

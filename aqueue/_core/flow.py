@@ -9,9 +9,11 @@ gate in `aqueue._worker.flow`; the guarantees and bounds are on the flow-control
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -29,6 +31,11 @@ _JOB_ID = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 #: Shards of a fair-share queue (see `fair_shards`): 16 sub-queues, each tenant on 2 of them.
 FAIR_SHARDS = 16
 FAIR_CHOICES = 2
+#: Seconds before its reserved start that a rate-deferred copy is due back from the delay
+#: levels: it waits the rest in the worker that receives it (`aqueue._worker.parking`), so
+#: that the delay levels' lateness under load (up to a second measured on a busy 2-core
+#: machine) does not move its start.
+RATE_LANDING_LEAD = 2.0
 #: The deferral of a job over a concurrency cap: from the first delay, doubling per deferral
 #: of the same job, up to the longest (jittered by the caller).
 CONCURRENCY_DEFER_MIN = 0.1
@@ -281,6 +288,34 @@ def fair_shards(tenant: str, digest: int, *, shards: int = FAIR_SHARDS) -> tuple
     return first, second
 
 
+@functools.lru_cache(maxsize=4096)  # a batch of one tenant hashes it once
+def tenant_shards(tenant: str, *, shards: int = FAIR_SHARDS) -> tuple[int, int]:
+    """The two shards of `tenant`: the same in every process and every Python version.
+
+    A stable hash (BLAKE2b of the tenant's UTF-8 text), not `hash`, which is salted per
+    process: every producer must send one tenant to the same two shards.
+    """
+    digest = int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big")
+    return fair_shards(tenant, digest, shards=shards)
+
+
+def pick_shards(
+    tenants: Sequence[str], ready: MutableMapping[int, int], *, shards: int = FAIR_SHARDS
+) -> list[int]:
+    """The shard of each job, in order: the emptier of its tenant's two (ties: the first).
+
+    `ready` holds the ready count of each shard as last read; each job picked is counted in
+    it, so one batch of a tenant's jobs fills its two shards evenly rather than one.
+    """
+    picked = []
+    for tenant in tenants:
+        first, second = tenant_shards(tenant, shards=shards)
+        shard = second if ready.get(second, 0) < ready.get(first, 0) else first
+        ready[shard] = ready.get(shard, 0) + 1
+        picked.append(shard)
+    return picked
+
+
 def fair_queue(names: TopologyNames, queue: str, shard: int) -> str:
     """The broker name of shard `shard` of a logical queue's fair share."""
     return f"{names.work_queue(queue)}.fair.{shard}"
@@ -289,6 +324,15 @@ def fair_queue(names: TopologyNames, queue: str, shard: int) -> str:
 def fair_destination(queue: str, shard: int) -> str:
     """The routing destination of a fair shard (what the delay levels spell after the bits)."""
     return f"{queue}.fair.{shard}"
+
+
+def shard_of(names: TopologyNames, queue: str, broker_queue: str) -> str | None:
+    """The fair destination a delivery from `broker_queue` came through; None if no shard."""
+    head = f"{names.work_queue(queue)}.fair."
+    shard = broker_queue.removeprefix(head)
+    if shard == broker_queue or not shard.isdigit() or int(shard) >= FAIR_SHARDS:
+        return None
+    return fair_destination(queue, int(shard))
 
 
 def fair_prefetch(prefetch: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from aqueue._core.config import QueueSettings
 from aqueue._core.delays import DELAY_LEVELS, delayed_delivery_binding
+from aqueue._core.flow import FAIR_SHARDS, fair_destination, fair_queue
 from aqueue._core.topology import (
     ArgumentValue,
     BindingSpec,
@@ -108,4 +109,33 @@ def deferred_topology(names: TopologyNames, queue: str, settings: QueueSettings)
             BindingSpec(deferred, names.exchange, destination),
             BindingSpec(deferred, names.delay_delivery_exchange, "*." * DELAY_LEVELS + destination),
         ),
+    )
+
+
+def fair_topology(names: TopologyNames, queue: str, settings: QueueSettings) -> Topology:
+    """The fair-share shards of `queue`: `FAIR_SHARDS` sub-queues (see the flow-control page).
+
+    Each shard is a work queue like the logical queue's own (quorum where it is quorum, the
+    same dead-lettering into the logical queue's dead-letter queue and delivery limit), bound
+    on the main exchange and on the delay delivery exchange under ``{queue}.fair.{n}``, so a
+    delayed job of a tenant comes back to its shard.
+    """
+    queues = []
+    bindings = []
+    for shard in range(FAIR_SHARDS):
+        name = fair_queue(names, queue, shard)
+        destination = fair_destination(queue, shard)
+        queues.append(QueueSpec(name, work_queue_arguments(names, queue, settings)))
+        bindings.append(BindingSpec(name, names.exchange, destination))
+        bindings.append(
+            BindingSpec(name, names.delay_delivery_exchange, "*." * DELAY_LEVELS + destination)
+        )
+    return Topology(
+        exchanges=(
+            ExchangeSpec(names.exchange, "direct"),
+            ExchangeSpec(names.dead_letter_exchange, "direct"),
+            ExchangeSpec(names.delay_delivery_exchange, "topic"),
+        ),
+        queues=tuple(queues),
+        bindings=tuple(bindings),
     )

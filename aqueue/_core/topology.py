@@ -25,6 +25,7 @@ ArgumentValue: TypeAlias = str | int | bool
 MAX_QUEUE_NAME_BYTES = 199
 _RESERVED_ENDINGS = (".dlq", ".quarantine", ".deferred")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_FAIR_SHARD = re.compile(r"\.fair\.[0-9]+$")  # a fair-share shard: "{queue}.fair.{n}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +146,12 @@ def validate_name(name: object, *, what: str = "queue name") -> str:
         )
     if len(name.encode()) > MAX_QUEUE_NAME_BYTES:
         raise ConfigurationError(f"{what} {name!r} is longer than {MAX_QUEUE_NAME_BYTES} bytes")
-    if what == "queue name" and (name.endswith(_RESERVED_ENDINGS) or name.startswith("delay.")):
+    if what == "queue name" and (
+        name.endswith(_RESERVED_ENDINGS) or name.startswith("delay.") or _FAIR_SHARD.search(name)
+    ):
         raise ConfigurationError(
             f"queue name {name!r} would collide with aqueue's own queues (names ending in "
-            "'.dlq' or '.quarantine' and starting with 'delay.' are reserved)"
+            "'.dlq', '.quarantine', '.deferred' or '.fair.<n>' and starting with 'delay.' "
+            "are reserved)"
         )
     return name

@@ -46,6 +46,7 @@ HEADER_DEFERRED = "aqueue-deferred"  # deferrals of this attempt by reason: {"ra
 HEADER_RATE_RESERVED = "aqueue-rate-reserved"  # this attempt's start is reserved (rate limit)
 HEADER_EXPIRES = "aqueue-expires"  # integer ms since the Unix epoch: not run after this
 HEADER_TICK = "aqueue-tick"  # on a scheduled job: this publish of the tick (text, unique)
+HEADER_COPY = "aqueue-copy"  # on an outbox job: this publish of the outbox row (text, unique)
 # Dead-letter headers, written by the worker on the copy it sends to the dead-letter queue.
 DEAD_HEADER_PREFIX = "aqueue-dead-"
 HEADER_DEAD_REASON = "aqueue-dead-reason"
@@ -361,10 +362,19 @@ def _fit(
 
 
 def job_message(
-    names: TopologyNames, envelope: Envelope, body: bytes, *, delay_ms: int = 0
+    names: TopologyNames,
+    envelope: Envelope,
+    body: bytes,
+    *,
+    delay_ms: int = 0,
+    destination: str | None = None,
 ) -> OutgoingMessage:
-    """A job for its work queue, through the delay levels when `delay_ms` > 0."""
-    exchange, routing_key = job_route(names, envelope.queue, delay_ms)
+    """A job for its work queue, through the delay levels when `delay_ms` > 0.
+
+    `destination` routes it elsewhere than its logical queue's work queue: a fair-share shard
+    (``{queue}.fair.{n}``).
+    """
+    exchange, routing_key = job_route(names, destination or envelope.queue, delay_ms)
     return OutgoingMessage(
         exchange=exchange,
         routing_key=routing_key,
@@ -395,8 +405,12 @@ def retry_message(
     failure: Failure,
     delay_ms: int,
     now_ms: int,
+    destination: str | None = None,
 ) -> OutgoingMessage:
-    """The next attempt of a job: same id and body, attempt + 1, due after `delay_ms`."""
+    """The next attempt of a job: same id and body, attempt + 1, due after `delay_ms`.
+
+    Back to `queue`'s work queue, or to `destination` (the fair-share shard it came from).
+    """
     envelope = Envelope(
         job_id=received.message_id or "",
         task=headers.task,
@@ -409,7 +423,7 @@ def retry_message(
         history=with_failure(headers.history, failure),
         expires_at_ms=headers.expires_at_ms,
     )
-    exchange, routing_key = job_route(names, queue, delay_ms)
+    exchange, routing_key = job_route(names, destination or queue, delay_ms)
     fitted = _fit(envelope.headers(), _OWN_HEADERS | {HEADER_WORKFLOW})
     return _copy(received, exchange, routing_key, fitted, now_ms)
 
@@ -516,24 +530,36 @@ def deferral_message(
     reason: str,
     delay_ms: int,
     now_ms: int,
+    eta_ms: int | None = None,
 ) -> OutgoingMessage:
     """A job over its rate limit or concurrency cap, back in `destination` after `delay_ms`.
 
-    The same attempt (a deferral is not a failure): the job unchanged, due at its new time,
-    its deferrals counted by `reason` (``"rate"`` or ``"concurrency"``). Deferred by its rate
-    limit it carries `HEADER_RATE_RESERVED`: its start was reserved for when it comes back,
-    so it does not take another.
+    The same attempt (a deferral is not a failure): the job unchanged, due at its new time
+    (`eta_ms`, by default ``now_ms + delay_ms``), its deferrals counted by `reason` (``"rate"``
+    or ``"concurrency"``). Deferred by its rate limit it carries `HEADER_RATE_RESERVED`: its
+    start was reserved for `eta_ms`, so it does not take another; it may come back before
+    that time (see `aqueue._worker.parking`) but does not start before it.
     """
-    headers = carried_headers(received.headers)
-    counts = deferral_counts(received.headers)
-    counts[reason] = counts.get(reason, 0) + 1
-    headers[HEADER_DEFERRED] = dict[str, HeaderValue](counts)
-    headers[HEADER_ETA] = now_ms + delay_ms
-    if reason == "rate":
-        headers[HEADER_RATE_RESERVED] = 1
+    eta = now_ms + delay_ms if eta_ms is None else eta_ms
+    headers = deferral_headers(received.headers, reason=reason, eta_ms=eta)
     fitted = _fit(headers, _OWN_HEADERS | {HEADER_WORKFLOW})
     exchange, routing_key = job_route(names, destination, delay_ms)
     return _copy(received, exchange, routing_key, fitted, now_ms)
+
+
+def deferral_headers(headers: Headers, *, reason: str, eta_ms: int) -> dict[str, HeaderValue]:
+    """The headers of a job deferred by `reason` until `eta_ms`: its deferrals counted.
+
+    Deferred by its rate limit, it carries `HEADER_RATE_RESERVED`: its start is reserved.
+    """
+    carried = carried_headers(headers)
+    counts = deferral_counts(headers)
+    counts[reason] = counts.get(reason, 0) + 1
+    carried[HEADER_DEFERRED] = dict[str, HeaderValue](counts)
+    carried[HEADER_ETA] = eta_ms
+    if reason == "rate":
+        carried[HEADER_RATE_RESERVED] = 1
+    return carried
 
 
 def deferral_counts(headers: Headers) -> dict[str, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from aqueue._client.deadletters import DeadLetter
+from aqueue._client.fair import fair_queues
 from aqueue._client.monitor import HeartbeatCollector, limiter_states, queue_facts, with_rates
 from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
@@ -193,7 +194,8 @@ class Monitor:
         session = await self.session()
         now = time.time()
         known = self.queue_names()
-        facts = await queue_facts(session.transport, session.names, known)
+        fair = fair_queues(self.queue.tasks.values())
+        facts = await queue_facts(session.transport, session.names, known, fair)
         if self._facts is not None and now - self._facts[0] < 60:
             facts = with_rates(self._facts[1], facts, now - self._facts[0])
         self._facts = (now, facts)

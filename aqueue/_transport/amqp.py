@@ -574,23 +574,29 @@ class _AmqpConsumer(Consumer):
             await self._apply_prefetch()
 
     async def _apply_prefetch(self) -> None:
-        """Bring the channel's subscriptions to `_prefetch` in all (under `_lock`)."""
+        """Bring the channel's subscriptions to `_prefetch` in all (under `_lock`).
+
+        A growth adds a subscription at once. A shrink, and folding the subscriptions a
+        growth added back into one (the broker counts each as a consumer), wait for an idle
+        queue: tried again whenever the last unsettled delivery is settled.
+        """
         channel, tag = self._channel, self._tag
         if self._cancelled or channel is None or tag is None or channel.is_closed:
             return  # the next subscription takes the new prefetch
         subscribed = self._subscribed + sum(self._extra.values())
-        if self._prefetch == subscribed:
+        if self._prefetch == subscribed and not self._extra:
             return
         what = f"set the prefetch of the consumer of {self._queue!r}"
         with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
-            if self._prefetch < subscribed and not await self._idle(channel):
-                self._unsettled.on_empty = self._shrink_when_settled
-                return
             if self._prefetch > subscribed:
                 await channel.basic_qos(prefetch_count=self._prefetch - subscribed, global_=False)
                 ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
                 if ok.consumer_tag is not None:  # always set: the broker names the consumer
                     self._extra[ok.consumer_tag] = self._prefetch - subscribed
+                self._unsettled.on_empty = self._tidy_when_settled
+                return
+            if not await self._idle(channel):
+                self._unsettled.on_empty = self._tidy_when_settled
                 return
             for old in (tag, *self._extra):
                 await channel.basic_cancel(old)
@@ -606,10 +612,10 @@ class _AmqpConsumer(Consumer):
         declared = await channel.queue_declare(self._queue, passive=True)
         return not declared.message_count
 
-    def _shrink_when_settled(self) -> None:
-        self._transport._spawn(self._shrink())
+    def _tidy_when_settled(self) -> None:
+        self._transport._spawn(self._tidy())
 
-    async def _shrink(self) -> None:
+    async def _tidy(self) -> None:
         try:
             async with self._lock:
                 await self._apply_prefetch()

@@ -13,10 +13,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import anyio
 
+from aqueue._client.fair import ready_info
 from aqueue._core.heartbeats import (
     Heartbeat,
     QueueFigures,
@@ -61,8 +62,10 @@ class HeartbeatSender:
         interval: float,
         figures: Callable[[], Mapping[str, QueueFigures]],
         counters: Callable[[], Mapping[str, int]],
+        fair: Collection[str] = (),
     ) -> None:
         self._transport, self._names = transport, names
+        self._fair = fair  # queues whose jobs wait in fair-share shards too
         self._concurrency, self.interval = concurrency, interval
         self._figures, self._counters = figures, counters
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -132,7 +135,9 @@ class HeartbeatSender:
     async def _ready(self, queue: str) -> int | None:
         try:
             with anyio.fail_after(SEND_TIMEOUT):
-                info = await self._transport.queue_info(self._names.work_queue(queue))
+                info = await ready_info(
+                    self._transport, self._names, queue, fair=queue in self._fair
+                )
         except (AqueueError, TimeoutError):
             return None
         return info.ready

@@ -28,6 +28,7 @@ from aqueue._client.session import Session
 from aqueue._core.config import TaskOptions
 from aqueue._core.delays import MAX_DELAY_MS
 from aqueue._core.errors import qualified_name
+from aqueue._core.flow import RATE_LANDING_LEAD, shard_of
 from aqueue._core.queues import deferred_destination
 from aqueue._core.types import JSONValue
 from aqueue._core.wire import (
@@ -56,6 +57,7 @@ from aqueue._worker.flow import Deferral, FlowGate, Slot
 from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
 from aqueue._worker.outcome import Outcome
+from aqueue._worker.parking import Parking, ReservedDelivery
 from aqueue._worker.threads import ThreadBudgets
 from aqueue._workflows import WorkflowLinks
 from aqueue.exceptions import (
@@ -135,6 +137,9 @@ class JobRunner:
         #: rate limits and concurrency caps (slots leased like long jobs, for `lease_ttl`)
         self.flow = FlowGate(session.states, slot_ttl=lease_ttl)
         self._gates = Gates(session)
+        #: where rate-limited jobs of each logical queue wait for their reserved start (set by
+        #: the worker; without one, every deferral goes through the delay levels)
+        self.parkings: Mapping[str, Parking] = {}
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     async def process(self, delivery: Delivery, queue: str) -> Settlement:
@@ -171,6 +176,7 @@ class JobRunner:
                 and await self._may_have_crashed(delivery)
             ):
                 return await self._came_back(delivery, queue, observer)
+            received = delivery
             if leases:
                 delivery = LeasableDelivery(delivery)
             try:
@@ -182,7 +188,7 @@ class JobRunner:
                 return refused
             slot: Slot | None = None
             if job.task.options.flow.active:
-                admission = await self._admit(delivery, job, observer)
+                admission = await self._admit(delivery, job, observer, received)
                 if isinstance(admission, str):
                     return admission
                 slot = admission
@@ -460,7 +466,7 @@ class JobRunner:
     # -- flow control ----------------------------------------------------------------------
 
     async def _admit(
-        self, delivery: Delivery, job: _Job, observer: JobObserver
+        self, delivery: Delivery, job: _Job, observer: JobObserver, received: Delivery
     ) -> Slot | Settlement | None:
         """Ask the job's limits: a `Slot` (or None) to run it; how it was settled if not."""
         context = job.context
@@ -479,7 +485,38 @@ class JobRunner:
             return _settled(observer, "requeued", exc)
         if not isinstance(admission, Deferral):
             return admission
+        parking = self.parkings.get(context.queue)
+        if (
+            admission.reason == "rate"
+            and admission.delay <= RATE_LANDING_LEAD
+            and parking is not None
+        ):
+            return await self._park(received, job, admission, parking, observer)
         return await self._defer(delivery, job, admission, observer)
+
+    async def _park(
+        self,
+        received: Delivery,
+        job: _Job,
+        deferral: Deferral,
+        parking: Parking,
+        observer: JobObserver,
+    ) -> Settlement:
+        """Keep a job whose reserved start is near in the parking (unacked, in no runner)."""
+        due_ms = time.time_ns() // 1_000_000 + math.ceil(deferral.delay * 1000)
+        logger.info(
+            "job %s parked %.3fs for its reserved start (rate limit)",
+            job.context.job_id,
+            deferral.delay,
+        )
+        try:
+            await self._session.states.deferred(
+                job.attempt, deferral.reason, due_ms / 1000, deferral.times
+            )
+        except TransportError as exc:  # the state is for show
+            logger.warning("could not record job %s as deferred: %s", job.context.job_id, exc)
+        parking.put(ReservedDelivery(received, eta_ms=due_ms))
+        return _settled(observer, "rate-limited", None)
 
     async def _defer(
         self, delivery: Delivery, job: _Job, deferral: Deferral, observer: JobObserver
@@ -500,6 +537,11 @@ class JobRunner:
             deferral.times,
         )
 
+        # a reserved start comes back early and waits in the worker's parking for its time
+        # (the delay levels run late under load, by as much as a second); a cap's retry has
+        # no reserved time to keep
+        early_ms = round(RATE_LANDING_LEAD * 1000) if deferral.reason == "rate" else 0
+
         def build() -> OutgoingMessage:
             # due at the reserved time, whenever the copy is built
             now_ms = time.time_ns() // 1_000_000
@@ -508,8 +550,9 @@ class JobRunner:
                 delivery,
                 destination=deferred_destination(context.queue),
                 reason=deferral.reason,
-                delay_ms=max(1, min(due_ms - now_ms, MAX_DELAY_MS)),
+                delay_ms=max(1, min(due_ms - now_ms - early_ms, MAX_DELAY_MS)),
                 now_ms=now_ms,
+                eta_ms=due_ms,
             )
 
         try:
@@ -831,6 +874,8 @@ class JobRunner:
                 failure=outcome.failure(job.context.attempt, now_ms),
                 delay_ms=delay_ms,
                 now_ms=now_ms,
+                # a fair-share job retries in its shard, still apart from other tenants
+                destination=shard_of(self._session.names, job.context.queue, delivery.queue),
             )
 
         try:

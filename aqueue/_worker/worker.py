@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import anyio
 
+from aqueue._client.fair import fair_queues, ready_info
 from aqueue._client.queue import TaskQueue
 from aqueue._client.session import Session
 from aqueue._core.config import DEFAULT_QUEUE, WorkerSettings
+from aqueue._core.flow import FAIR_SHARDS, fair_prefetch, fair_queue
 from aqueue._core.heartbeats import QueueFigures
-from aqueue._core.queues import deferred_topology, queue_topology
+from aqueue._core.queues import deferred_topology, fair_topology, queue_topology
 from aqueue._core.wire import due_at_ms
 from aqueue._observability.hooks import QueueStats, Settlement
 from aqueue._transport import Consumer, Delivery, Transport
@@ -28,6 +30,7 @@ from aqueue._worker.cancels import Cancellations
 from aqueue._worker.heartbeats import HeartbeatSender
 from aqueue._worker.intake import Intake
 from aqueue._worker.leases import warn_about_long_tasks
+from aqueue._worker.parking import Parking
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
 from aqueue._worker.scaling import DecisionLog, Scaler
@@ -62,7 +65,7 @@ class WorkerStatistics:
     expired: int = 0
     #: jobs cancelled: acked without running, or their run stopped
     cancelled: int = 0
-    #: second copies of a scheduled tick, acked without running
+    #: second copies of a scheduled tick or of an outbox row, acked without running
     duplicates: int = 0
 
 
@@ -160,12 +163,17 @@ class Worker:
         self._session: Session | None = None
         self._transport: Transport | None = None
         self._intakes: dict[str, Intake] = {}
+        #: rate-deferred jobs back before their reserved start, by logical queue
+        self._parkings: dict[str, Parking] = {}
         self._runners: dict[str, QueueRunners] = {}
         self._jobs: anyio.abc.TaskGroup | None = None
         self._loop_lag = 0.0  # mean over the last sample
         self._consumers: dict[str, Consumer] = {}
         #: consumers of the queues beside a work queue (deferred jobs), by logical queue
         self._side_consumers: dict[str, list[Consumer]] = {}
+        #: consumers of a fair-share queue's shards, by logical queue
+        self._shard_consumers: dict[str, list[Consumer]] = {}
+        self._fair: set[str] = set()  # the fair-share queues among this worker's
         self._runner: JobRunner | None = None
         self._quarantine: Quarantine | None = None
 
@@ -285,6 +293,8 @@ class Worker:
             # must not start another delivery
             for intake in self._intakes.values():
                 intake.close()
+            for parking in self._parkings.values():
+                parking.close()
 
     async def run(self) -> None:
         """Consume until `stop` is called; return once every job is settled or cancelled.
@@ -302,6 +312,12 @@ class Worker:
             for intake in intakes.values():
                 stack.callback(intake.close)
             self._session, self._transport, self._intakes = session, transport, intakes
+            self._fair = fair_queues(self.queue.tasks.values()) & set(intakes)
+            self._parkings = {
+                queue: Parking(intakes[queue].put_first)
+                for queue in self._flow_queues()
+                if queue in intakes
+            }
             limits = {queue: self.settings.limits(queue) for queue in intakes}
             self._runners = {
                 queue: QueueRunners(
@@ -320,6 +336,10 @@ class Worker:
                     deferred = deferred_topology(session.names, queue, session.queue_settings)
                     await session.producer.declare(deferred)
                     await transport.declare(deferred)
+                if queue in self._fair:
+                    shards = fair_topology(session.names, queue, session.queue_settings)
+                    await session.producer.declare(shards)
+                    await transport.declare(shards)
             cancellations = Cancellations(session)
             await cancellations.listen(transport)  # before the first delivery can start
             await self.resume()
@@ -339,6 +359,7 @@ class Worker:
                 leases=session.states.active and self.settings.lease_after is not None,
             )
             runner.flow.warn_if_per_worker(self.queue.tasks)
+            runner.parkings = self._parkings
             self._runner = runner
             self._quarantine = Quarantine(session, transport, list(intakes), self)
             heartbeats = self.heartbeats = HeartbeatSender(
@@ -348,6 +369,7 @@ class Worker:
                 interval=self.settings.heartbeat_interval,
                 figures=self.queue_figures,
                 counters=lambda: dataclasses.asdict(self.statistics()),
+                fair=self._fair,
             )
             async with anyio.create_task_group() as beating:
                 beating.start_soon(heartbeats.run)
@@ -389,20 +411,32 @@ class Worker:
             return
         for queue, intake in self._intakes.items():
             if queue not in self._consumers:
+                parking = self._parkings.get(queue)
                 self._consumers[queue] = await transport.consume(
                     session.names.work_queue(queue),
                     prefetch=self._runners[queue].prefetch,
-                    on_delivery=intake.put,
+                    on_delivery=intake.put if parking is None else parking.sorter(intake.put),
                 )
 
-        flow_queues = self._flow_queues()
-        for queue, intake in self._intakes.items():
-            if queue in flow_queues and queue not in self._side_consumers:
+        for queue in sorted(self._fair - set(self._shard_consumers)):
+            # half the queue's prefetch each: one tenant (two shards) can fill the runners,
+            # and every other shard still delivers at once (see the flow-control page)
+            prefetch = fair_prefetch(self._runners[queue].prefetch)
+            self._shard_consumers[queue] = [
+                await transport.consume(
+                    fair_queue(session.names, queue, shard),
+                    prefetch=prefetch,
+                    on_delivery=self._intakes[queue].put,
+                )
+                for shard in range(FAIR_SHARDS)
+            ]
+        for queue, parking in self._parkings.items():
+            if queue not in self._side_consumers:
                 self._side_consumers[queue] = [
                     await transport.consume(
                         session.names.deferred_queue(queue),
                         prefetch=self._runners[queue].prefetch,
-                        on_delivery=intake.put_first,
+                        on_delivery=parking.put,
                     )
                 ]
 
@@ -415,16 +449,20 @@ class Worker:
     async def pause(self) -> None:
         """Cancel every consumer; what they delivered stays held until it is settled."""
         consumers, self._consumers = list(self._consumers.values()), {}
-        for side in self._side_consumers.values():
+        for side in (*self._side_consumers.values(), *self._shard_consumers.values()):
             consumers.extend(side)
-        self._side_consumers = {}
+        self._side_consumers, self._shard_consumers = {}, {}
         await self._cancel_consumers(consumers)
 
     async def wait_idle(self) -> None:
         """Return once no delivery waits in an intake and no job runs."""
         self._watchers += 1
         try:
-            while self._counters.in_flight or any(i.waiting() for i in self._intakes.values()):
+            while (
+                self._counters.in_flight
+                or any(i.waiting() for i in self._intakes.values())
+                or any(p.parked() for p in self._parkings.values())
+            ):
                 await self._changed.wait()
         finally:
             self._watchers -= 1
@@ -469,6 +507,8 @@ class Worker:
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(self._sample)
                     loops.start_soon(self._read_ready)
+                    for parking in self._parkings.values():
+                        loops.start_soon(parking.run)
                     if self._quarantine is not None:
                         await self._quarantine.run()
             self._intake = None
@@ -476,6 +516,8 @@ class Worker:
             # go back as fresh copies once no consumer can deliver more
             for intake in intakes.values():
                 intake.close()
+            for parking in self._parkings.values():
+                parking.close()  # into the closed intakes: handed back with the rest
             await self.pause()
             await self._hand_back(runner, intakes)
             logger.info(
@@ -601,11 +643,14 @@ class Worker:
         ):
             runners.prefetch = concurrency
             consumer = self._consumers.get(runners.queue)
-            if consumer is not None:
-                try:
+            shards = self._shard_consumers.get(runners.queue, [])
+            try:
+                if consumer is not None:
                     await consumer.set_prefetch(concurrency)
-                except TransportError as exc:  # re-subscribed with it after a reconnect
-                    logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
+                for shard in shards:
+                    await shard.set_prefetch(fair_prefetch(concurrency))
+            except TransportError as exc:  # re-subscribed with it after a reconnect
+                logger.warning("could not set the prefetch of %s: %s", runners.queue, exc)
 
     async def _read_ready(self) -> None:
         """Read each queue's ready count and consumers every ``ready_interval``.
@@ -622,7 +667,9 @@ class Worker:
         while True:
             for queue, runners in self._runners.items():
                 try:
-                    info = await transport.queue_info(session.names.work_queue(queue))
+                    info = await ready_info(
+                        transport, session.names, queue, fair=queue in self._fair
+                    )
                     runners.ready, runners.consumers = info.ready, info.consumers
                 except AqueueError as exc:  # a reconnect under way: the next read may answer
                     logger.debug("could not read the ready count of %s: %s", queue, exc)

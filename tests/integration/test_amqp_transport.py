@@ -649,3 +649,38 @@ async def test_publish_on_a_blocked_connection_raises_broker_blocked(
         await transport.publish(message(queue), timeout=10)
     finally:
         await transport.aclose()
+
+
+async def test_a_prefetch_growth_subscribes_again_and_folds_back_once_idle(
+    connect: Connect,
+    names: TopologyNames,
+    amqp_cleanup: list[str],
+    exchange_cleanup: list[str],
+) -> None:
+    """A growth adds a subscription (the broker counts two consumers while work flows, and
+    nothing comes back redelivered); once every delivery is settled and the queue is empty,
+    the subscriptions fold back into one with the whole prefetch."""
+    transport = await connect("prefetch")
+    topology = work_topology(names, amqp_cleanup, exchange_cleanup)
+    await transport.declare(topology)
+    queue = names.work_queue("work")
+    for index in range(6):
+        await transport.publish(message(queue, message_id=str(index)), timeout=5)
+    held: list[Delivery] = []
+    consumer = await transport.consume(queue, prefetch=2, on_delivery=held.append)
+    await wait_for(lambda: len(held) == 2, timeout=10, what="the first two deliveries")
+    await consumer.set_prefetch(5)
+    await wait_for(lambda: len(held) == 5, timeout=10, what="three more without a settle")
+    assert (await transport.queue_info(queue)).consumers == 2
+    for delivery in held:
+        await delivery.ack()
+    await wait_for(lambda: len(held) == 6, timeout=10, what="the last one")
+    await held[-1].ack()
+
+    async def folded() -> bool:
+        return (await transport.queue_info(queue)).consumers == 1
+
+    await wait_for(folded, timeout=10, what="the subscriptions to fold into one")
+    assert not [d.message_id for d in held if d.redelivered]
+    await transport.publish(message(queue, message_id="after"), timeout=5)
+    await wait_for(lambda: len(held) == 7, timeout=10, what="a delivery after the fold")

@@ -53,6 +53,7 @@ def recording_task(queue: TaskQueue, name: str) -> tuple[Task[[int], None], list
     return record, ran
 
 
+@pytest.mark.serial
 async def test_ten_thousand_jobs_each_run_exactly_once(queue: TaskQueue) -> None:
     """10,000 jobs enqueued with enqueue_many each run exactly once under normal operation."""
     note, ran = recording_task(queue, "note")

@@ -8,6 +8,7 @@ each, with the time and their pid.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from aqueue import TaskQueue
 from aqueue._cli.stats import limiter_rows
+from aqueue._client.fair import ready_info
 from tests.helpers.polling import wait_for
 from tests.helpers.worker_process import WorkerProcess, apps_env
 from tests.helpers.workers import delete_topology
@@ -31,6 +33,11 @@ from tests.integration.apps import flow
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 FLOW_APP = "tests.integration.apps.flow:queue"
+#: Jobs of tenant A's flood in the fair-share tests (the issue's figure), and of tenant B
+FLOOD_JOBS = int(os.environ.get("AQUEUE_TEST_FLOOD_JOBS", "20000"))
+TENANT_B_JOBS = 20
+#: A file the fair-share tests append their figures to, one JSON line each (else printed only)
+FIGURES = os.environ.get("AQUEUE_TEST_FIGURES")
 #: Jobs of the rate-limit test: 400 at 20/s is 20 s (the issue's 1,000 is 50 s: set
 #: AQUEUE_TEST_FLOW_JOBS=1000 to run it at full size).
 RATE_JOBS = int(os.environ.get("AQUEUE_TEST_FLOW_JOBS", "400"))
@@ -141,6 +148,7 @@ async def test_unique_job_enqueued_50_times_concurrently_is_published_once(
     assert ready == 1
 
 
+@pytest.mark.serial
 async def test_rate_limit_holds_across_two_worker_processes(
     queue: TaskQueue,
     env: dict[str, str],
@@ -149,17 +157,18 @@ async def test_rate_limit_holds_across_two_worker_processes(
     out: Path,
     prefix: str,
 ) -> None:
-    """20/s over two workers: every 5 s window within 15 % of 20/s, none lost or failed, and
+    """20/s over two workers: every 5 s window within 10 % of 20/s, none lost or failed, and
     no worker holds more than its prefetch (the rest waits in the broker's delay levels).
 
-    The issue asks for 10 %: on a quiet machine the windows stay within it (18.6-21.4/s), but
-    under load deferred copies come back from the delay levels up to ~1 s late and bunch
-    (seen: 17.8/s), so this asserts the bound that holds on a loaded CI machine and prints the
-    figures; the 10 % goal is open work (docs/flow-control.md)."""
+    Holds on a loaded machine because the broker only carries the wait up to the last two
+    seconds before each reserved start, which the job spends in its worker's parking: the
+    delay levels' lateness under load (up to ~2 s measured here) no longer moves starts."""
     # runners enough to defer the flood quickly: a reserved copy comes back into the work
     # queue behind the originals not yet looked at (see the flow-control page)
     for _ in range(2):
-        await spawn(workers, env, tmp_path, "-Q", "limited", "--concurrency", "50")
+        await spawn(
+            workers, env, tmp_path, "-Q", "limited", "--concurrency", os.environ.get("XC", "50")
+        )
     batch = await queue.enqueue_many(flow.limited, [(n,) for n in range(RATE_JOBS)])
     assert batch.ok
     # `aqueue stats` shows the limiter's backlog, read from Redis, once the flood is reserved
@@ -195,7 +204,16 @@ async def test_rate_limit_holds_across_two_worker_processes(
         for begin in (starts[0] + i * 0.5 for i in range(int((starts[-1] - starts[0] - 5) * 2)))
     ]
     print(f"5 s window start rates: min {min(rates):.2f}/s, max {max(rates):.2f}/s")
-    assert all(0.85 * flow.RATE <= rate <= 1.15 * flow.RATE for rate in rates), rates
+    late = sorted(r["t"] - r["due"] for r in records(out))
+    print(
+        f"start after its reserved time: p50 {late[len(late) // 2] * 1000:.0f} ms, "
+        f"p99 {late[len(late) * 99 // 100] * 1000:.0f} ms, max {late[-1] * 1000:.0f} ms"
+    )
+    if FIGURES:
+        figures = {"test": "rate", "jobs": RATE_JOBS, "min": min(rates), "max": max(rates)}
+        async with await anyio.open_file(FIGURES, "a") as file:
+            await file.write(orjson.dumps(figures).decode() + "\n")
+    assert all(0.9 * flow.RATE <= rate <= 1.1 * flow.RATE for rate in rates), rates
     assert len({record["pid"] for record in records(out)}) == 2  # both workers ran jobs
     assert max(held) <= 2 * 2 * 50, held  # two workers, two consumers each, prefetch 50
     async with queue.session() as session:
@@ -257,6 +275,81 @@ async def test_concurrency_cap_per_key_across_two_workers_and_a_sigkill(
     # the jobs that came back ran at most 3 at once too (the killed runs never ended: left out)
     after = [r for r in records(out) if r["pid"] != victim.pid]
     assert _peak(after, "k") <= flow.CAP
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.serial
+@pytest.mark.parametrize("fair_share", [True, False], ids=["fair", "unfair"])
+async def test_a_tenants_flood_does_not_delay_another_tenant(
+    queue: TaskQueue,
+    env: dict[str, str],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    out: Path,
+    prefix: str,
+    fair_share: bool,
+) -> None:
+    """Tenant A enqueues 20,000 jobs of 50 ms, then tenant B 20: with fair share B's jobs start
+    within 2 s (p95) while A's backlog drains; on a plain queue the same B jobs wait behind
+    A's. No job is lost either way. The figures are printed (and appended to `FIGURES`)."""
+    task, name = (flow.fair, "fair") if fair_share else (flow.unfair, "unfair")
+    await spawn(workers, env, tmp_path, "-Q", name, "--concurrency", "100")
+    began = time.time()
+    assert (await queue.enqueue_many(task, [("A", n) for n in range(FLOOD_JOBS)])).ok
+    flooded = time.time()
+    assert (await queue.enqueue_many(task, [("B", n) for n in range(TENANT_B_JOBS)])).ok
+
+    def started(tenant: str) -> list[dict[str, Any]]:
+        return [r for r in records(out) if r["tenant"] == tenant]
+
+    await wait_for(
+        lambda: len(started("B")) == TENANT_B_JOBS,
+        timeout=FLOOD_JOBS / 100 + 60,  # behind A at worst: 100 at once of 50 ms each
+        what="tenant B's jobs to start",
+        details=lambda: workers[0].output_tail(),
+    )
+    last_b = max(r["t"] for r in started("B"))
+    a_before_b = sum(1 for r in started("A") if r["t"] <= last_b)
+    waits = sorted(r["t"] - r["enq"] for r in started("B"))
+    p95 = waits[math.ceil(0.95 * len(waits)) - 1]
+    # A's backlog as the wait signal, heartbeats and `aqueue stats` read it: the shards'
+    async with queue.session() as session:
+        backlog = await ready_info(session.transport, session.names, name, fair=fair_share)
+        in_work_queue = (await session.transport.queue_info(f"{prefix}.{name}")).ready
+    await wait_for(
+        lambda: len(records(out)) >= FLOOD_JOBS + TENANT_B_JOBS,
+        timeout=FLOOD_JOBS / 100 + 120,
+        what="tenant A's backlog to drain",
+        details=lambda: f"{len(records(out))} started\n{workers[0].output_tail()}",
+    )
+    drained = max(r["t"] for r in records(out))
+    figures = {
+        "queue": name,
+        "a_jobs": FLOOD_JOBS,
+        "enqueue_a_s": round(flooded - began, 2),
+        "b_wait_p50_s": round(waits[len(waits) // 2], 3),
+        "b_wait_p95_s": round(p95, 3),
+        "b_wait_max_s": round(waits[-1], 3),
+        "a_started_before_last_b": a_before_b,
+        "a_ready_after_b": backlog.ready,
+        "drain_s": round(drained - began, 2),
+    }
+    print(f"fair share figures: {figures}")
+    if FIGURES:
+        async with await anyio.open_file(FIGURES, "a") as file:
+            await file.write(orjson.dumps(figures).decode() + "\n")
+    # none lost, none twice
+    assert sorted(r["n"] for r in started("A")) == list(range(FLOOD_JOBS))
+    assert sorted(r["n"] for r in started("B")) == list(range(TENANT_B_JOBS))
+    async with queue.session() as session:
+        assert (await session.transport.queue_info(f"{prefix}.{name}.dlq")).ready == 0
+    if fair_share:
+        assert p95 < 2.0, figures
+        assert a_before_b < FLOOD_JOBS  # B ran while A's backlog was still draining
+        assert in_work_queue == 0  # A's jobs wait in its shards, and are counted there
+        assert backlog.ready > 0, figures
+    else:
+        assert a_before_b >= 0.95 * FLOOD_JOBS, figures  # B waited behind (nearly) all of A
 
 
 def _peak(lines: list[dict[str, Any]], tenant: str) -> int:

@@ -31,10 +31,14 @@ class AckLosingBackend(RedisResultBackend):
         super().__init__(url, prefix=prefix)
         self.worker_connection = worker_connection
         self.dropped = 0
+        self._closing = False
 
     async def set_state(self, state: JobState, *, ttl: float) -> None:
         await super().set_state(state, ttl=ttl)
-        if state.status is JobStatus.SUCCEEDED and self.dropped == 0:
+        # once only: the redelivery records its success again, maybe while the first close
+        # is still running in its thread (rabbitmqctl takes seconds on a loaded machine)
+        if state.status is JobStatus.SUCCEEDED and not self._closing:
+            self._closing = True
             self.dropped = await anyio.to_thread.run_sync(close_connections, self.worker_connection)
 
 

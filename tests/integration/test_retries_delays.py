@@ -138,6 +138,7 @@ async def test_delay_levels_are_quorum_at_least_once_in_effect(
 # -- retries ------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 async def test_failing_task_runs_three_times_with_its_backoff(
     amqp_url: str, prefix: str, cleanup: None
 ) -> None:
@@ -181,6 +182,7 @@ async def test_failing_task_runs_three_times_with_its_backoff(
 # -- delays -------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 async def test_delays_start_when_due_and_many_random_delays_run_once(
     amqp_url: str, prefix: str, cleanup: None
 ) -> None:
@@ -243,6 +245,7 @@ async def test_delays_start_when_due_and_many_random_delays_run_once(
     assert worst["random"][0] < 1.5, f"a random delay was {worst['random'][1]}"
 
 
+@pytest.mark.serial
 async def test_a_long_delay_does_not_hold_back_a_short_one(
     amqp_url: str, prefix: str, cleanup: None
 ) -> None:

@@ -26,7 +26,7 @@ from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
 from tests.helpers.workers import delete_topology
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 logger = logging.getLogger(__name__)
 

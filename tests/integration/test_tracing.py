@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aqueue import TaskQueue, WorkerSettings, chain
+from aqueue.contrib.fastapi import AqueueDependency, lifespan
 from aqueue.testing import running_worker
 from tests.helpers.otel import Tree
 from tests.helpers.otlp import Receiver, otlp_receiver
@@ -81,17 +82,21 @@ async def test_an_http_request_and_its_chain_are_one_trace(
             raise ConnectionError("carrier API down")
         return f"shipped {amount}"
 
-    api = FastAPI()
+    api = FastAPI(lifespan=lifespan(queue))  # the helper of aqueue.contrib.fastapi
     if not FASTAPI_TRACES:
         api.add_middleware(ServerSpan)
 
     @api.post("/orders/{order_id}")
-    async def create_order(order_id: int) -> dict[str, str]:
-        job = await queue.enqueue(chain(charge.s(order_id), ship.s()))
+    async def create_order(order_id: int, jobs: AqueueDependency) -> dict[str, str]:
+        job = await jobs.enqueue(chain(charge.s(order_id), ship.s()))
         return {"job_id": job.job_id}
 
     try:
-        async with queue, running_worker(queue, WorkerSettings(concurrency=4)) as worker:
+        async with (
+            queue,
+            running_worker(queue, WorkerSettings(concurrency=4)) as worker,
+            api.router.lifespan_context(api),
+        ):
             transport = httpx.ASGITransport(app=api)
             async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
                 with tracer.start_as_current_span("caller", kind=SpanKind.CLIENT):

@@ -20,7 +20,7 @@ from aqueue.testing import running_worker
 from tests.helpers.polling import wait_for
 from tests.helpers.workers import delete_topology
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(120)]
 
 
 class WaitSink:

@@ -303,3 +303,31 @@ async def test_stats_shows_each_limiters_state() -> None:
         "limit": 3,
         "value": 1,
     }
+
+
+async def test_parked_jobs_of_a_stopping_worker_keep_their_reserved_start() -> None:
+    """1/s: the first job runs, the next two are parked for their starts (1 s and 2 s on); the
+    worker stops at once and hands them back; the next worker runs each once, not before its
+    reserved start."""
+    queue = TaskQueue("memory://")
+    runs: list[tuple[int, float, float]] = []
+
+    @queue.task(rate_limit="1/s")
+    async def call_api(n: int) -> None:
+        job = current_job()
+        runs.append((n, time.time(), job.due_at))
+
+    async with queue:
+        async with running_worker(queue) as worker:
+            assert (await queue.enqueue_many(call_api, [(n,) for n in range(3)])).ok
+            with anyio.fail_after(10):
+                await worker.wait_until(lambda s: s.succeeded == 1 and s.deferred_rate == 2)
+        assert len(runs) == 1
+        async with running_worker(queue) as worker:
+            with anyio.fail_after(10):
+                await worker.wait_until(lambda s: s.succeeded == 2)
+    assert sorted(n for n, _, _ in runs) == [0, 1, 2]
+    first_start = runs[0][1]
+    for _, started, due in runs[1:]:
+        assert due > first_start + 0.5  # a reserved start, not the enqueue time
+        assert started >= due - 0.003  # released within 2 ms of its start (PARK_AT_LEAST)

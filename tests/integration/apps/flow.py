@@ -58,7 +58,7 @@ queue = make_queue(
 @queue.task(queue="limited", rate_limit=f"{RATE}/s", store_result=False)
 async def limited(n: int) -> None:
     """Starts at most RATE times a second across every worker."""
-    record(event="start", n=n)
+    record(event="start", n=n, due=current_job().due_at)
 
 
 @queue.task(queue="capped", max_concurrency=CAP, concurrency_key="tenant", store_result=False)
@@ -75,14 +75,12 @@ async def capped(tenant: str, n: int, hold: float) -> None:
 @queue.task(queue="fair", fair_key="tenant", store_result=False)
 async def fair(tenant: str, n: int) -> None:
     """50 ms of work, on a fair-share queue (one tenant's flood does not delay the others)."""
-    if tenant != "A":
-        record(event="start", tenant=tenant, n=n)
+    record(event="start", tenant=tenant, n=n, enq=current_job().enqueued_at)
     await anyio.sleep(0.05)
 
 
 @queue.task(queue="unfair", store_result=False)
 async def unfair(tenant: str, n: int) -> None:
     """The same work on a plain queue, for comparison."""
-    if tenant != "A":
-        record(event="start", tenant=tenant, n=n)
+    record(event="start", tenant=tenant, n=n, enq=current_job().enqueued_at)
     await anyio.sleep(0.05)
