@@ -43,6 +43,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--side", choices=("both", *SIDES), default="both", help="run one side only (profiling)"
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of both sides (uvloop: pip install 'aqueue-rabbitmq[speed]')",
+    )
     options = parser.parse_args()
     if options.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -86,7 +92,15 @@ def main() -> None:
     sizes = QUICK if options.quick else FULL
     burst = (QUICK_BURST if options.quick else FULL_BURST) if BURST in wanted else None
     text = anyio.run(
-        _main, options.url, options.redis_url, sizes, options.repeat, scenarios, sides, burst
+        _main,
+        options.url,
+        options.redis_url,
+        sizes,
+        options.repeat,
+        scenarios,
+        sides,
+        burst,
+        backend_options={"use_uvloop": options.loop == "uvloop"},
     )
     print(text)
     if options.output is not None:

@@ -30,10 +30,12 @@ class Sizes:
     """How many jobs each scenario uses."""
 
     enqueue_many: int = 20_000
-    enqueue_one: int = 20_000
+    #: one confirm round trip per job (about 1,200/s here): 5,000 keep ``--repeat 5`` short
+    enqueue_one: int = 5_000
     drain: int = 20_000
     io_bound: int = 2_000
     latency: int = 300
+    web: int = 1_000
     warmup: int = 1_000
     #: jobs of the aqueue-only scenarios: plain drains and the chord's members
     workflow: int = 10_000
@@ -46,6 +48,7 @@ QUICK = Sizes(
     drain=2_000,
     io_bound=400,
     latency=50,
+    web=100,
     warmup=200,
     workflow=1_000,
 )

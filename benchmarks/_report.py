@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import sys
@@ -25,6 +26,7 @@ class Environment:
     aqueue: str
     broker: str
     machine: str
+    loop: str = "asyncio"
 
     @classmethod
     def collect(cls, broker: tuple[str, str]) -> Environment:
@@ -39,6 +41,7 @@ class Environment:
             aqueue=version("aqueue-rabbitmq"),
             broker=f"{product} {broker_version}",
             machine=f"{platform.system()} {platform.machine()}, {cores} cores",
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
 
@@ -51,6 +54,8 @@ def _value(value: float | None, metric: Metric) -> str:
         return f"{value:,.0f} us"
     if metric.unit == "s":
         return f"{value:,.2f} s"
+    if metric.unit == "MiB":
+        return f"{value:,.1f} MiB"
     return f"{value:,.0f} {metric.unit}"
 
 
@@ -124,8 +129,8 @@ def report(
     header = [
         f"Measured {env.date} with `{command}`.",
         "",
-        f"- Python {env.python}, aio-pika {env.aio_pika} (aiormq {env.aiormq}), "
-        f"aqueue {env.aqueue}",
+        f"- Python {env.python} ({env.loop} loop), aio-pika {env.aio_pika} "
+        f"(aiormq {env.aiormq}), aqueue {env.aqueue}",
         f"- {env.broker} on the same machine ({env.machine}); quorum queues on both sides",
         f"- repeats: {repeat}"
         + (

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from benchmarks import _aqueue, _processes, _raw, _telemetry, _workflows
+from benchmarks import _aqueue, _memory, _processes, _raw, _telemetry, _web, _workflows
 from benchmarks._common import PREFETCH, SLEEP, WINDOW, Sizes
 
 Side = Literal["raw", "aqueue"]
@@ -39,6 +39,7 @@ CPU = Metric("cpu", "client CPU per job", "us", higher_is_better=False)
 P50 = Metric("p50", "p50", "ms", higher_is_better=False)
 P99 = Metric("p99", "p99", "ms", higher_is_better=False)
 SECONDS = Metric("seconds", "wall time", "s", higher_is_better=False)
+RSS = Metric("rss", "resident memory added", "MiB", higher_is_better=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,22 @@ SCENARIOS = (
         (P50, P99),
         _raw.latency,
         _aqueue.latency,
+    ),
+    Scenario(
+        "web",
+        "one enqueue from a FastAPI handler, warm connection (request to response)",
+        lambda s: s.web,
+        (P50, P99),
+        _web.raw,
+        _web.aqueue,
+    ),
+    Scenario(
+        "memory",
+        f"client memory with {_memory.IN_FLIGHT:,} jobs in flight (a fresh process each)",
+        lambda s: _memory.IN_FLIGHT,
+        (RSS,),
+        _memory.raw,
+        _memory.aqueue,
     ),
     Scenario(
         "plain",

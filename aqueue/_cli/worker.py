@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib.util
 import logging
 import os
 import signal
@@ -132,6 +133,14 @@ def worker(
             help="Seconds of p95 wait (due to start) --autoscale holds each queue under.", min=0
         ),
     ] = None,
+    loop: Annotated[
+        str,
+        typer.Option(
+            help="The event loop: asyncio, or uvloop (pip install 'aqueue-rabbitmq[speed]'; "
+            "docs/benchmarks.md has what it changes).",
+            metavar="asyncio|uvloop",
+        ),
+    ] = "asyncio",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     log_format: Annotated[
         str,
@@ -202,6 +211,7 @@ def worker(
         raise typer.BadParameter(
             f"unknown log format {log_format!r}: text or json", param_hint="--log-format"
         )
+    backend_options = _loop_options(loop)
     chosen = _queues(queues)
     scaling = _autoscale(autoscale, target_wait)
     count, process_scaling = _processes(processes, autoscaling=scaling is not None)
@@ -236,6 +246,7 @@ def worker(
             metrics_port=metrics_port,
             metrics_address=metrics_address,
             scheduler=not no_scheduler and bool(queue.schedules),
+            backend_options=backend_options,
             relay=relay,
         )
     except typer.Exit as exc:
@@ -249,6 +260,21 @@ def worker(
     # A stop on a signal exits 0 even when sync jobs were abandoned: each one is logged as an
     # error, and its delivery, left unacked, is back in the queue for another worker.
     _exit_now_if_threads_abandoned(running, 0)
+
+
+def _loop_options(loop: str) -> dict[str, object]:
+    """The options of anyio's asyncio backend for ``--loop``; checked before connecting."""
+    if loop == "asyncio":
+        return {}
+    if loop != "uvloop":
+        raise typer.BadParameter(
+            f"unknown event loop {loop!r}: asyncio or uvloop", param_hint="--loop"
+        )
+    if importlib.util.find_spec("uvloop") is None:
+        raise typer.BadParameter(
+            "uvloop is not installed: pip install 'aqueue-rabbitmq[speed]'", param_hint="--loop"
+        )
+    return {"use_uvloop": True}
 
 
 _Q = "'--queues' / '-Q'"
@@ -366,6 +392,7 @@ def _observed_run(
     metrics_port: int | None,
     metrics_address: str,
     scheduler: bool,
+    backend_options: dict[str, object] | None = None,
     relay: RelayFactory | None = None,
 ) -> None:
     """Run `worker` until it stops, with the observability the options ask for around it."""
@@ -387,7 +414,7 @@ def _observed_run(
             print_error(exc)
             raise typer.Exit(2) from exc
         try:
-            anyio.run(_run_worker, worker, scheduler, relay)
+            anyio.run(_run_worker, worker, scheduler, relay, backend_options=backend_options)
         except (AqueueError, BaseExceptionGroup) as exc:
             error = aqueue_error(exc)
             if error is None:

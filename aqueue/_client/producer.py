@@ -7,6 +7,7 @@ replays. Every publish goes through the instrumentation hooks here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from aqueue._core.delays import delay_topology, delay_units
 from aqueue._core.queues import queue_topology
 from aqueue._core.topology import Topology, TopologyNames
 from aqueue._core.wire import Envelope, OutgoingMessage, job_message
-from aqueue._observability.hooks import Instruments, publish_hooks
+from aqueue._observability.hooks import Instrumentation, Instruments, publish_hooks
 from aqueue._results.handles import Job
 from aqueue._serialization import encode_arguments
 from aqueue._transport import Transport
@@ -31,6 +32,7 @@ from aqueue.exceptions import (
     PublishNacked,
     PublishTimeout,
     TransportError,
+    Unroutable,
 )
 
 R = TypeVar("R")
@@ -236,15 +238,20 @@ class Producer:
             with stack:
                 await self._publish(sent, patient)
 
-    async def _publish(self, message: OutgoingMessage, patient: bool = False) -> None:
+    async def _publish(
+        self, message: OutgoingMessage, patient: bool = False, deadline: float | None = None
+    ) -> None:
         settings = self._settings
         # one clock read per publish on the happy path: this is `enqueue_many`'s inner loop
-        deadline = anyio.current_time() + settings.publish_deadline
-        timeout = (
-            PATIENT_CONFIRM_TIMEOUT
-            if patient
-            else min(settings.publish_timeout, settings.publish_deadline)
-        )
+        if deadline is None:
+            deadline = anyio.current_time() + settings.publish_deadline
+            timeout = (
+                PATIENT_CONFIRM_TIMEOUT
+                if patient
+                else min(settings.publish_timeout, settings.publish_deadline)
+            )
+        else:  # a message of a batch, published again on its own: the batch's deadline
+            timeout = min(settings.publish_timeout, max(deadline - anyio.current_time(), 0.001))
         pause = RETRY_PAUSE_MIN
         while True:
             try:
@@ -300,9 +307,17 @@ class Producer:
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[PublishFailure]:
         """Publish with pipelined confirms, at most ``max_in_flight`` unconfirmed at once.
 
+        On a transport that batches (AMQP), in batches of ``publish_batch`` messages, each
+        written at once (see `Transport.publish_batch`), ``max_in_flight // publish_batch``
+        batches in flight; a message of a batch that failed in a way `publish` retries is
+        published again on its own, within the same ``publish_deadline``.
+
         Returns:
             The messages that were not confirmed, in index order; empty when all were.
         """
+        size = self._settings.publish_batch
+        if self._transport.batches_publishes and size > 1 and len(messages) > 1:
+            return await self._publish_batches(messages, size)
         failures: list[PublishFailure] = []
         # A fixed pool of senders, each taking the next message once its previous one is
         # settled: at most `max_in_flight` unconfirmed, started in index order, without a task
@@ -321,6 +336,140 @@ class Producer:
                 tg.start_soon(sender)
         failures.sort(key=lambda failure: failure.index)
         return failures
+
+    async def _publish_batches(
+        self, messages: Sequence[OutgoingMessage], size: int
+    ) -> list[PublishFailure]:
+        failures: list[PublishFailure] = []
+        batches = iter(range(0, len(messages), size))
+
+        async def sender() -> None:
+            for start in batches:
+                await self._publish_batch(messages[start : start + size], start, failures)
+
+        senders = max(1, self._settings.max_in_flight // size)
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(senders, -(-len(messages) // size))):
+                tg.start_soon(sender)
+        failures.sort(key=lambda failure: failure.index)
+        return failures
+
+    async def _publish_batch(
+        self, batch: Sequence[OutgoingMessage], start: int, failures: list[PublishFailure]
+    ) -> None:
+        """One batch through the hooks and the transport, retried as `publish` retries.
+
+        What a lost connection, a nack or a lost confirm failed goes again (as a smaller
+        batch) after the reconnect or a pause, until ``publish_deadline``; an unroutable or
+        blocked message fails at once, as with `publish`.
+        """
+        hooks = [_Hooks(self._instruments.all, message) for message in batch]
+        try:
+            errors = await self._send_batch([hook.message for hook in hooks])
+        except BaseException as exc:
+            for hook in hooks:
+                hook.close(exc)
+            raise
+        for offset, (hook, error) in enumerate(zip(hooks, errors, strict=True)):
+            hook.close(error)
+            if error is not None:
+                failures.append(PublishFailure(start + offset, hook.message.message_id, error))
+
+    async def _send_batch(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[PublishError | ConnectionLost | None]:
+        settings = self._settings
+        deadline = anyio.current_time() + settings.publish_deadline
+        errors: list[PublishError | ConnectionLost | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        pause = RETRY_PAUSE_MIN
+        while todo:
+            remaining = deadline - anyio.current_time()
+            timeout = min(settings.publish_timeout, max(remaining, 0.001))
+            try:
+                results = await self._transport.publish_batch(
+                    [messages[i] for i in todo], timeout=timeout
+                )
+            except EncodeError:  # one by one, so that the error names its message
+                for i in todo:
+                    errors[i] = await self._publish_alone(messages[i], deadline)
+                return errors
+            except (ConnectionLost, PublishTimeout) as exc:
+                results = [exc] * len(todo)
+            todo = _record(todo, results, errors)
+            if not todo:
+                break
+            lost = next((e for i in todo if isinstance(e := errors[i], ConnectionLost)), None)
+            try:
+                next_pause = await self._before_retry(deadline, pause, lost)
+            except ConnectionLost as exc:  # no reconnect within the deadline
+                for i in todo:
+                    errors[i] = exc
+                break
+            if next_pause is None:
+                break
+            pause = next_pause
+            logger.info("retrying %d publishes of a batch after %r", len(todo), errors[todo[0]])
+            for i in todo:
+                errors[i] = None
+        return errors
+
+    async def _publish_alone(
+        self, message: OutgoingMessage, deadline: float
+    ) -> PublishError | ConnectionLost | None:
+        try:
+            await self._publish(message, deadline=deadline)
+        except (PublishError, ConnectionLost) as exc:
+            return exc
+        return None
+
+    async def _before_retry(
+        self, deadline: float, pause: float, lost: ConnectionLost | None
+    ) -> float | None:
+        """Wait for the reconnect (`lost`) or pause; the next pause, None: past the deadline."""
+        if lost is not None:
+            await self._wait_for_reconnect(deadline, lost, pause)
+            return min(pause * 2, RETRY_PAUSE_MAX)
+        if await _pause_before(deadline, pause):
+            return min(pause * 2, REFUSED_PAUSE_MAX)
+        return None
+
+
+def _record(
+    todo: Sequence[int],
+    results: Sequence[BaseException | None],
+    errors: list[PublishError | ConnectionLost | None],
+) -> list[int]:
+    """Note each failure of a batch attempt in `errors`; the indexes worth another attempt."""
+    retry = []
+    for i, result in zip(todo, results, strict=True):
+        if isinstance(result, PublishError | ConnectionLost):
+            errors[i] = result
+            if not isinstance(result, Unroutable | BrokerBlocked):  # `publish` gives up too
+                retry.append(i)
+    return retry
+
+
+class _Hooks:
+    """The publish hooks of one message of a batch, entered now and closed with its outcome."""
+
+    __slots__ = ("_stack", "message")
+
+    def __init__(
+        self, instrumentation: Sequence[Instrumentation], message: OutgoingMessage
+    ) -> None:
+        self._stack: contextlib.ExitStack | None = None
+        if instrumentation:
+            self._stack, message = publish_hooks(instrumentation, message)
+        self.message = message
+
+    def close(self, error: BaseException | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            if error is None:
+                stack.__exit__(None, None, None)
+            else:
+                stack.__exit__(type(error), error, error.__traceback__)
 
 
 async def _pause_before(deadline: float, pause: float) -> bool:

@@ -92,6 +92,8 @@ class TaskQueue:
         connect_timeout: seconds to wait for the broker when a connection opens.
         max_message_bytes: larger encoded jobs are refused at enqueue.
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight.
+        publish_batch: messages `enqueue_many` writes at once (one socket write, confirms
+            awaited together); 1: one at a time.
         middleware: run around every job in workers, outermost first.
         instrumentation: hooks that observe every publish and every job (`Instrumentation`),
             after the OpenTelemetry one; more can be added with `instrument`.
@@ -121,6 +123,7 @@ class TaskQueue:
         connect_timeout: float = _CONNECTION.connect_timeout,
         max_message_bytes: int = _PRODUCER.max_message_bytes,
         max_in_flight: int = _PRODUCER.max_in_flight,
+        publish_batch: int = _PRODUCER.publish_batch,
         middleware: Sequence[Middleware] = (),
         instrumentation: Sequence[Instrumentation] = (),
         telemetry: bool = True,
@@ -137,6 +140,7 @@ class TaskQueue:
             publish_deadline=publish_deadline,
             max_message_bytes=max_message_bytes,
             max_in_flight=max_in_flight,
+            publish_batch=publish_batch,
         )
         if results is not None and not isinstance(results, ResultBackend):
             raise ConfigurationError(f"results must be a ResultBackend, not {results!r}")

@@ -334,12 +334,16 @@ class ProducerSettings:
         publish_deadline: seconds a publish keeps retrying across reconnects before it raises.
         max_message_bytes: encoded bodies larger than this are refused at enqueue.
         max_in_flight: unconfirmed publishes `enqueue_many` keeps in flight at once.
+        publish_batch: messages `enqueue_many` writes to the broker at once (one frame
+            batch, one socket write), ``max_in_flight // publish_batch`` batches in flight;
+            1: one message at a time (docs/benchmarks.md has the measurements).
     """
 
     publish_timeout: float = 10.0
     publish_deadline: float = 30.0
     max_message_bytes: int = 1024 * 1024
     max_in_flight: int = 1000
+    publish_batch: int = 50
 
     def __post_init__(self) -> None:
         _check_positive(self)

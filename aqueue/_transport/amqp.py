@@ -27,7 +27,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -44,6 +44,7 @@ from yarl import URL
 
 from aqueue._core.topology import BindingSpec, ExchangeSpec, QueueSpec, Topology
 from aqueue._core.types import HeaderValue
+from aqueue._transport import amqp_batch
 from aqueue._transport.amqp_frames import (
     MARKER,
     Properties,
@@ -60,6 +61,7 @@ from aqueue._transport.base import (
     QueueInfo,
     Transport,
 )
+from aqueue._transport.settling import ChannelAcks
 from aqueue._transport.urls import check_tls, redact_url
 from aqueue.exceptions import (
     BrokerBlocked,
@@ -288,7 +290,7 @@ class AmqpDelivery(Delivery):
         self,
         message: aiormq.abc.DeliveredMessage,
         queue: str,
-        unsettled: dict[AmqpDelivery, None] | None = None,
+        acks: ChannelAcks | None = None,
     ) -> None:
         delivery = message.delivery
         if not isinstance(delivery, spec.Basic.Deliver | spec.Basic.GetOk) or (
@@ -299,10 +301,11 @@ class AmqpDelivery(Delivery):
         self._channel = message.channel
         self._delivery_tag = delivery.delivery_tag
         self._settled = False
-        # the consumer's unsettled deliveries on this channel: told when the channel dies
-        self._unsettled = unsettled
-        if unsettled is not None:
-            unsettled[self] = None
+        # the consumer's unsettled deliveries on this channel (told when the channel dies),
+        # and its acks, sent together (see `settling`)
+        self._acks = acks
+        if acks is not None:
+            acks.delivered(self._delivery_tag, self)
         self.body = message.body
         # most values are plain already: convert only the others (this runs once per job);
         # mypy cannot narrow on `is_plain(v)`, which is exactly the HeaderValue scalars
@@ -335,15 +338,24 @@ class AmqpDelivery(Delivery):
         if self._settled:  # never sent: a second ack of a tag closes the channel (406)
             raise ConnectionLost(f"{self!r} was already settled")
         self._settled = True
-        if self._unsettled is not None:
-            self._unsettled.pop(self, None)
+        acks = self._acks
         if self._channel.is_closed:
+            if acks is not None:
+                acks.forget(self._delivery_tag)
             raise ConnectionLost(f"the channel of {self!r} is gone; the broker redelivers it")
         try:  # not `with _translated(...)`: no message string and generator on each ack
-            if ack:
+            if ack and acks is not None:
+                await acks.ack(self._delivery_tag)
+            elif ack:
                 await self._channel.basic_ack(self._delivery_tag)
             else:
-                await self._channel.basic_reject(self._delivery_tag, requeue=requeue)
+                try:
+                    await self._channel.basic_reject(self._delivery_tag, requeue=requeue)
+                finally:
+                    # only once its frame is written: until then no multiple ack covers it
+                    # (aiormq's bounded write queue does not keep waiting writers in order)
+                    if acks is not None:
+                        acks.forget(self._delivery_tag)
         except (asyncio.CancelledError, TimeoutError, *_LOST):
             with _translated(f"settle {self!r}"):
                 raise
@@ -448,21 +460,6 @@ class _RotatingConnection(RobustConnection):
         await super()._on_connected()
 
 
-class _Unsettled(dict[AmqpDelivery, None]):
-    """A consumer's deliveries not yet settled on one channel.
-
-    `on_empty`, when set, is called once, as the last of them is settled.
-    """
-
-    on_empty: Callable[[], None] | None = None
-
-    def pop(self, key: AmqpDelivery, default: None = None, /) -> None:  # type: ignore[override]
-        super().pop(key, default)
-        if not self and self.on_empty is not None:
-            callback, self.on_empty = self.on_empty, None
-            callback()
-
-
 class _AmqpConsumer(Consumer):
     """One subscription on a channel of its own, re-subscribed on a new one when that dies."""
 
@@ -477,7 +474,7 @@ class _AmqpConsumer(Consumer):
         self._extra: dict[str, int] = {}  # tags of the subscriptions a growth added: prefetch
         self._lock = asyncio.Lock()
         self._cancelled = self._restarting = False
-        self._unsettled = _Unsettled()  # on the current channel
+        self._acks: ChannelAcks | None = None  # of the current channel
 
     async def _subscribe(self) -> None:
         """Open a channel and subscribe, unless subscribed on a live channel already."""
@@ -487,29 +484,32 @@ class _AmqpConsumer(Consumer):
             what = f"consume from {self._queue!r}"
             with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
                 channel = await self._transport._open_channel(what)
+                # bound to the callback: deliveries can run before basic_consume returns
+                acks = ChannelAcks(channel)
                 try:  # per-consumer prefetch: quorum queues refuse global QoS
                     await channel.basic_qos(prefetch_count=self._prefetch, global_=False)
-                    ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+                    ok = await channel.basic_consume(
+                        self._queue, partial(self._on_message, acks), no_ack=False
+                    )
                 except BaseException as exc:
                     await _close_quietly(channel)
                     if isinstance(exc, amqp.ChannelNotFoundEntity):
                         raise _missing(self._queue, exc) from exc
                     raise
-            self._channel, self._tag = channel, ok.consumer_tag
+            self._channel, self._tag, self._acks = channel, ok.consumer_tag, acks
             self._subscribed, self._extra = self._prefetch, {}
-            unsettled = self._unsettled = _Unsettled()
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 
-    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
-        self._on_delivery(AmqpDelivery(message, self._queue, self._unsettled))
+    async def _on_message(self, acks: ChannelAcks, message: aiormq.abc.DeliveredMessage) -> None:
+        self._on_delivery(AmqpDelivery(message, self._queue, acks))
 
     def _on_channel_closed(
-        self, channel: _Channel, unsettled: dict[AmqpDelivery, None], closing: asyncio.Future[Any]
+        self, channel: _Channel, acks: ChannelAcks, closing: asyncio.Future[Any]
     ) -> None:
         # The broker requeues what the channel held: runs of those jobs here must stop.
-        lost = list(unsettled)
-        unsettled.clear()
+        lost = [d for d in acks.unsettled() if isinstance(d, AmqpDelivery)]
+        acks.clear()
         reason = None if closing.cancelled() else closing.exception()
         if lost and _is_consumer_timeout(reason):
             log.error(
@@ -580,8 +580,8 @@ class _AmqpConsumer(Consumer):
         growth added back into one (the broker counts each as a consumer), wait for an idle
         queue: tried again whenever the last unsettled delivery is settled.
         """
-        channel, tag = self._channel, self._tag
-        if self._cancelled or channel is None or tag is None or channel.is_closed:
+        channel, tag, acks = self._channel, self._tag, self._acks
+        if self._cancelled or channel is None or tag is None or acks is None or (channel.is_closed):
             return  # the next subscription takes the new prefetch
         subscribed = self._subscribed + sum(self._extra.values())
         if self._prefetch == subscribed and not self._extra:
@@ -590,24 +590,29 @@ class _AmqpConsumer(Consumer):
         with _translated(what), anyio.fail_after(OPERATION_TIMEOUT):
             if self._prefetch > subscribed:
                 await channel.basic_qos(prefetch_count=self._prefetch - subscribed, global_=False)
-                ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+                # the same channel, so the same delivery tags and acks
+                ok = await channel.basic_consume(
+                    self._queue, partial(self._on_message, acks), no_ack=False
+                )
                 if ok.consumer_tag is not None:  # always set: the broker names the consumer
                     self._extra[ok.consumer_tag] = self._prefetch - subscribed
-                self._unsettled.on_empty = self._tidy_when_settled
+                acks.on_empty = self._tidy_when_settled
                 return
-            if not await self._idle(channel):
-                self._unsettled.on_empty = self._tidy_when_settled
+            if not await self._idle(channel, acks):
+                acks.on_empty = self._tidy_when_settled
                 return
             for old in (tag, *self._extra):
                 await channel.basic_cancel(old)
             self._tag, self._extra = None, {}
             await channel.basic_qos(prefetch_count=self._prefetch, global_=False)
-            ok = await channel.basic_consume(self._queue, self._on_message, no_ack=False)
+            ok = await channel.basic_consume(
+                self._queue, partial(self._on_message, acks), no_ack=False
+            )
             self._tag, self._subscribed = ok.consumer_tag, self._prefetch
 
-    async def _idle(self, channel: _Channel) -> bool:
+    async def _idle(self, channel: _Channel, acks: ChannelAcks) -> bool:
         """Nothing delivered here is unsettled and the queue has no ready message."""
-        if self._unsettled:
+        if len(acks):
             return False
         declared = await channel.queue_declare(self._queue, passive=True)
         return not declared.message_count
@@ -672,10 +677,10 @@ class _AmqpListener(_AmqpConsumer):
                     raise
             self._queue = queue
             self._channel, self._tag = channel, ok.consumer_tag
+            acks = self._acks = ChannelAcks(channel)  # no acks (no_ack=True): stays empty
             self._subscribed, self._extra = self._prefetch, {}
-            unsettled = self._unsettled = _Unsettled()
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, unsettled))
+            channel.closing.add_done_callback(partial(self._on_channel_closed, channel, acks))
 
     async def _on_notice_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         delivery = message.delivery
@@ -903,21 +908,28 @@ class AmqpTransport(Transport):
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
-        # The hot path: one frame to the writer, one future for the confirm; no lock of ours.
-        if not self._ready.is_set():
-            raise ConnectionLost("not connected to the broker" + " (closed)" * self._closed)
-        channel = self._channel
-        if channel is None or channel.is_closed:  # aiormq would write to a closed channel
-            channel = await self._publishing_channel("reopen the publishing channel", timeout)
+    def _properties(self, message: OutgoingMessage) -> Properties:
         headers: FieldTable = message.headers  # type: ignore[assignment]
-        properties = Properties(
+        return Properties(
             content_type=message.content_type or None,  # "": none, as received
             headers=headers,
             delivery_mode=2,
             message_id=message.message_id,
             timestamp=self._timestamp(message.timestamp),
         )
+
+    async def _publish_channel(self, timeout: float) -> _Channel:
+        if not self._ready.is_set():
+            raise ConnectionLost("not connected to the broker" + " (closed)" * self._closed)
+        channel = self._channel
+        if channel is None or channel.is_closed:  # aiormq would write to a closed channel
+            channel = await self._publishing_channel("reopen the publishing channel", timeout)
+        return channel
+
+    async def publish(self, message: OutgoingMessage, *, timeout: float) -> None:
+        # The hot path: one frame to the writer, one future for the confirm; no lock of ours.
+        channel = await self._publish_channel(timeout)
+        properties = self._properties(message)
         try:
             await channel.basic_publish(
                 message.body,
@@ -934,6 +946,59 @@ class AmqpTransport(Transport):
             if isinstance(error, PublishNacked) or type(error) is PublishTimeout:
                 self._retire_publishing_channel(channel, error)
             raise error from exc
+
+    batches_publishes = amqp_batch.supported_version()
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float
+    ) -> list[BaseException | None]:
+        """Every message's frames in one write, their confirms awaited together (`amqp_batch`).
+
+        On an aiormq `amqp_batch` was not checked against, one `publish` after another.
+        """
+        channel = await self._publish_channel(timeout)
+        if not messages:
+            return []
+        if not amqp_batch.supported(channel):
+            return await super().publish_batch(messages, timeout=timeout)
+        items = [(m.body, m.exchange, m.routing_key, self._properties(m)) for m in messages]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                futures = await amqp_batch.write_batch(channel, items)
+            if futures:
+                await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.0))
+        except (TimeoutError, asyncio.CancelledError, *_LOST) as exc:
+            error = self._publish_error(exc, messages[0], timeout)
+            if error is None:
+                raise
+            if type(error) is PublishTimeout:
+                self._retire_publishing_channel(channel, error)
+            raise error from exc
+        pairs = zip(messages, futures, strict=True)
+        results = [self._confirm_outcome(message, future, timeout) for message, future in pairs]
+        retire = [e for e in results if isinstance(e, PublishNacked) or type(e) is PublishTimeout]
+        if retire:
+            self._retire_publishing_channel(channel, retire[0])
+        return results
+
+    def _confirm_outcome(
+        self, message: OutgoingMessage, future: asyncio.Future[Any], timeout: float
+    ) -> BaseException | None:
+        """What one confirmation future of a batch says: None (confirmed) or the error."""
+        if not future.done():
+            future.cancel()  # aiormq ignores a confirm that comes later
+            outcome: BaseException | None = TimeoutError()
+        elif future.cancelled():  # the channel closed under it
+            outcome = asyncio.CancelledError()
+        else:
+            outcome = future.exception()
+        if outcome is None:
+            return None
+        return self._publish_error(outcome, message, timeout) or ConnectionLost(
+            f"message {message.message_id!r}: the channel closed before the confirm"
+        )
 
     def _retire_publishing_channel(self, channel: _Channel, error: BaseException) -> None:
         """Stop publishing on `channel`: the next publish opens a fresh one.

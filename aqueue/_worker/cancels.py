@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import anyio
 
@@ -33,19 +30,6 @@ from aqueue.exceptions import DecodeError
 logger = logging.getLogger("aqueue.worker")
 
 
-@dataclass(slots=True)
-class _Run:
-    context: JobContext
-    scope: anyio.CancelScope
-    #: a plain function in a thread: only its flag can be set
-    cooperative: bool
-
-    def cancel(self) -> None:
-        self.context.cancelled = True
-        if not self.cooperative:
-            self.scope.cancel()
-
-
 class Cancellations:
     """What one worker knows of cancellations, and the runs it can stop.
 
@@ -57,7 +41,7 @@ class Cancellations:
         self._states = session.states
         self._exchange = control_exchange(session.names.prefix)
         self._memory = CancelMemory()
-        self._running: dict[str, list[_Run]] = {}
+        self._running: dict[str, list[Run]] = {}
 
     async def listen(self, transport: Transport) -> Consumer:
         """Bind this worker's own queue to the cancellation notices."""
@@ -100,24 +84,70 @@ class Cancellations:
                 return True
         return False
 
-    @contextmanager
-    def running(
-        self, context: JobContext, root: str | None, *, cooperative: bool
-    ) -> Iterator[anyio.CancelScope]:
-        """The cancel scope of one run, registered so that a notice can stop it."""
-        run = _Run(context, anyio.CancelScope(), cooperative)
-        keys = [context.job_id] if root is None else [context.job_id, root]
+    def running(self, context: JobContext, root: str | None, *, cooperative: bool) -> Run:
+        """The cancel scope of one run, registered so that a notice can stop it (enter it)."""
+        return Run(self, context, root, cooperative)
+
+    def _register(self, run: Run, keys: tuple[str, ...]) -> None:
         for key in keys:
             self._running.setdefault(key, []).append(run)
+
+    def _unregister(self, run: Run, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            runs = self._running.get(key, [])
+            if run in runs:
+                runs.remove(run)
+            if not runs:
+                self._running.pop(key, None)
+
+
+class Run:
+    """One run's cancel scope: stopped by a cancel notice, or when its delivery is lost.
+
+    One scope for both (a class, not a generator: this is entered once per job). A lost
+    delivery cancels it even for a plain function in a thread (nothing may settle that job
+    here any more); `lost` tells the two causes apart.
+    """
+
+    __slots__ = ("_cancels", "_keys", "_root", "context", "cooperative", "lost", "scope")
+
+    def __init__(
+        self, cancels: Cancellations, context: JobContext, root: str | None, cooperative: bool
+    ) -> None:
+        self._cancels = cancels
+        self.context = context
+        self.cooperative = cooperative
+        self.scope = anyio.CancelScope()
+        self.lost = False
+        self._root = root
+        self._keys = (context.job_id,) if root is None else (context.job_id, root)
+
+    def cancel(self) -> None:
+        """A cancel notice: set the job's flag; stop the run unless it cannot be stopped."""
+        self.context.cancelled = True
+        if not self.cooperative:
+            self.scope.cancel()
+
+    def lose(self) -> None:
+        """The delivery was lost (its channel died): stop the run, whatever it is."""
+        self.lost = True
+        self.scope.cancel()
+
+    def __enter__(self) -> anyio.CancelScope:
+        self._cancels._register(self, self._keys)
         try:
-            with run.scope:
-                if self.heard(context.job_id, root):  # a notice that came after the check
-                    run.cancel()
-                yield run.scope
+            self.scope.__enter__()
+        except BaseException:
+            self._cancels._unregister(self, self._keys)
+            raise
+        if self._cancels.heard(
+            self.context.job_id, self._keys[-1] if len(self._keys) > 1 else None
+        ):
+            self.cancel()  # a notice that came after the check
+        return self.scope
+
+    def __exit__(self, *exc_info: object) -> bool:
+        try:
+            return bool(self.scope.__exit__(*exc_info))  # type: ignore[arg-type]
         finally:
-            for key in keys:
-                runs = self._running.get(key, [])
-                if run in runs:
-                    runs.remove(run)
-                if not runs:
-                    self._running.pop(key, None)
+            self._cancels._unregister(self, self._keys)

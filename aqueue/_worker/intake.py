@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterable
-
-import anyio
 
 from aqueue._transport import Delivery
 
 
 class _Idle:
-    """A runner waiting in `_Intake.get`, and what it was handed."""
+    """A runner waiting in `_Intake.get`, and what it was handed.
 
-    __slots__ = ("delivery", "event")
+    A bare asyncio future rather than an `anyio.Event` (which wraps an `asyncio.Event`,
+    which makes a future on each wait): one wait per job, on the worker's hot path. The
+    worker runs on asyncio only (aio-pika); an anyio cancel scope cancels the wait as usual.
+    """
+
+    __slots__ = ("delivery", "woken")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.delivery: Delivery | None = None
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
 
 
 class Intake:
@@ -41,7 +49,7 @@ class Intake:
         if self._idle:
             idle = self._idle.popleft()
             idle.delivery = delivery
-            idle.event.set()
+            idle.wake()
         else:
             self._ready.append(delivery)
 
@@ -68,7 +76,7 @@ class Intake:
         idle = _Idle()
         self._idle.append(idle)
         try:
-            await idle.event.wait()
+            await idle.woken
         except BaseException:
             if idle.delivery is not None:  # handed over, never taken: the next runner's
                 self._ready.appendleft(idle.delivery)
@@ -99,7 +107,7 @@ class Intake:
         """
         woken = 0
         while woken < count and self._idle:
-            self._idle.popleft().event.set()
+            self._idle.popleft().wake()
             woken += 1
         return woken
 
@@ -117,5 +125,5 @@ class Intake:
         """Wake every idle runner with None; later deliveries are kept for `unstarted`."""
         self._closed = True
         for idle in self._idle:
-            idle.event.set()
+            idle.wake()
         self._idle.clear()

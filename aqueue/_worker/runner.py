@@ -724,14 +724,14 @@ class JobRunner:
         result: tuple[Outcome | None, object] = None, None
         root = job.links.root if job.links is not None else None
         cooperative = not job.task.is_async and job.options.executor == "thread"
-        with anyio.CancelScope() as lost:
-            job.delivery.on_lost(lost.cancel)
+        run = self._cancels.running(job.context, root, cooperative=cooperative)
+        with run as scope:
+            job.delivery.on_lost(run.lose)
             try:
-                with self._cancels.running(job.context, root, cooperative=cooperative) as scope:
-                    result = await self._run_chain(job)
+                result = await self._run_chain(job)
             finally:
                 job.delivery.on_lost(None)
-        if lost.cancel_called:
+        if run.lost:
             raise _Lost(job.context.job_id)
         if scope.cancel_called or job.context.cancelled:
             # a sync function that returned after the cancellation: its result is discarded

@@ -7,6 +7,7 @@ delivers them again).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -574,6 +575,8 @@ class Worker:
 
     async def _take_jobs(self, runners: QueueRunners) -> None:
         intake, queue = runners.intake, runners.queue
+        # anyio.current_time() on asyncio, without looking the backend up twice per job
+        clock = asyncio.get_running_loop().time
         try:
             while not runners.too_many():
                 delivery = await intake.get()
@@ -582,13 +585,11 @@ class Worker:
                         runners.leaving -= 1
                     return
                 due = due_at_ms(delivery.headers)
-                runners.started_job(
-                    anyio.current_time(), time.time(), None if due is None else due / 1000
-                )
+                runners.started_job(clock(), time.time(), None if due is None else due / 1000)
                 try:
                     await self.handle(delivery, queue)
                 finally:
-                    runners.finished_job(anyio.current_time())
+                    runners.finished_job(clock())
         finally:
             runners.alive -= 1
 

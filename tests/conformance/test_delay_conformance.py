@@ -137,7 +137,7 @@ async def test_a_fresh_copy_goes_through_the_levels_again(
     again, as often as needed, never early, and its routing key does not grow.
     """
     transport, inbox = await delay_levels(transport_factory, names)
-    delay_ms = 30  # levels 1 and 0: two set bits, the case cycle detection drops
+    delay_ms = 25  # 3 units, levels 1 and 0: two set bits, the case cycle detection drops
     first = job(names, "job-1", delay_ms)
     delivery = await through_levels(transport, inbox, first, delay_ms)
     assert len(deaths(delivery)) == 2
@@ -171,19 +171,20 @@ async def test_a_copy_keeping_x_death_is_lost_in_the_levels(
     the bug hides in short tests.
     """
     transport, inbox = await delay_levels(transport_factory, names)
-    delivery = await through_levels(transport, inbox, job(names, "job-1", 30), 30)
+    # 25 ms: 3 units, levels 1 and 0 (30 ms would take 4 units, a millisecond per hop to spare)
+    delivery = await through_levels(transport, inbox, job(names, "job-1", 25), 25)
     copied = dict(delivery.headers)
     assert "x-death" in copied
 
-    # one set bit (level 0 only): the copied history does not matter yet
-    await through_levels(transport, inbox, job(names, "one-bit", 10, headers=copied), 10)
+    # one set bit (5 ms: 1 unit, level 0 only): the copied history does not matter yet
+    await through_levels(transport, inbox, job(names, "one-bit", 5, headers=copied), 5)
 
     # two set bits: level 1 dead-letters into level 0, which its x-death shows as visited
-    await transport.publish(job(names, "trap", 30, headers=copied), timeout=5)
+    await transport.publish(job(names, "trap", 25, headers=copied), timeout=5)
     # A fresh copy published after it through the same levels (FIFO, same TTLs) arrives
     # after the trapped message would have.
     fresh = {k: v for k, v in copied.items() if k not in t.BROKER_HEADERS}
-    await transport.publish(job(names, "control", 30, headers=fresh), timeout=5)
+    await transport.publish(job(names, "control", 25, headers=fresh), timeout=5)
     control = await inbox.next()
     assert control.message_id == "control"
     await control.ack()

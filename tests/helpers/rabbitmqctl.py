@@ -42,3 +42,8 @@ def close_connections(
     for pid in pids:
         _ctl("close_connection", pid, reason, node=node)
     return len(pids)
+
+
+def close_connection(pid: str, reason: str = "closed by test", *, node: str | None = None) -> None:
+    """Close the connection `pid` (from `connection_pids`), from the broker side."""
+    _ctl("close_connection", pid, reason, node=node)

@@ -100,8 +100,9 @@ async def spawn(
 
 
 def records(out: Path) -> list[dict[str, Any]]:
-    """Every line the tasks wrote, in order."""
-    return [orjson.loads(line) for line in out.read_bytes().splitlines() if line]
+    """Every line the tasks wrote, in order (not a line a task is writing right now)."""
+    *complete, _partial = out.read_bytes().split(b"\n")
+    return [orjson.loads(line) for line in complete if line]
 
 
 def unacked(prefix: str, queue: str) -> int:

@@ -6,6 +6,7 @@ None of these needs a broker: each is refused before anything connects (the app'
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,11 @@ def invoke(*args: str) -> tuple[int, str]:
             id="not-a-queue",
         ),
         pytest.param(
+            ["worker", "mistakes_app:queue", "--loop", "trio"],
+            "unknown event loop 'trio': asyncio or uvloop",
+            id="unknown-loop",
+        ),
+        pytest.param(
             ["queues", "mistakes_app:nothing"],
             "module 'mistakes_app' has no attribute 'nothing'",
             id="queues-missing-attribute",
@@ -121,3 +127,24 @@ def test_declare_consumes_from_a_queue_no_task_names(
     assert code == 0, output
     [worker] = ran
     assert worker.settings.queues == ("emails-bulk",)
+
+
+def test_loop_uvloop_runs_the_worker_on_uvloop(apps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--loop uvloop`` hands anyio ``use_uvloop``; the default asyncio loop, nothing."""
+    options: list[object] = []
+    monkeypatch.setattr(
+        cli_worker, "_observed_run", lambda worker, **kw: options.append(kw["backend_options"])
+    )
+    monkeypatch.setattr(cli_worker, "configure_logging", lambda *_: None)
+    assert invoke("worker", "mistakes_app:queue", "--loop", "uvloop")[0] == 0
+    assert invoke("worker", "mistakes_app:queue")[0] == 0
+    assert options == [{"use_uvloop": True}, {}]
+
+
+def test_loop_uvloop_without_uvloop_says_how_to_install_it(
+    apps: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    code, output = invoke("worker", "mistakes_app:queue", "--loop", "uvloop")
+    assert code == 2, output
+    assert "uvloop is not installed: pip install 'aqueue-rabbitmq[speed]'" in output

@@ -271,4 +271,4 @@ def test_retry_message_is_fresh() -> None:
     assert message.headers[t.HEADER_ATTEMPT] == 3
     assert message.headers[t.HEADER_ETA] == 6_000
     assert message.exchange == delays.entry_exchange(names)
-    assert message.routing_key == delays.delay_routing_key(100, "q")
+    assert message.routing_key == delays.delay_routing_key(delays.delay_units(1_000), "q")

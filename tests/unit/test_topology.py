@@ -95,8 +95,15 @@ def test_delay_units_round_up_and_cap() -> None:
     assert delay_units(0) == 0
     assert delay_units(-5) == 0
     assert delay_units(1) == 1
-    assert delay_units(10) == 1
+    assert delay_units(9) == 1
+    assert delay_units(10) == 2  # 10 ms in one hop leaves no millisecond to spare
     assert delay_units(11) == 2
+    assert delay_units(19) == 2
+    assert delay_units(29) == 4  # 3 units would be 2 hops (0b11) with 1 ms to spare
+    for delay_ms in range(1, 5_000):
+        units = delay_units(delay_ms)
+        assert units * 10 - delay_ms >= units.bit_count()  # a millisecond per hop
+        assert units * 10 - delay_ms < 10 + units.bit_count() + 10  # and not much more
     assert delay_units(MAX_DELAY_MS * 2) == (1 << DELAY_LEVELS) - 1
     assert MAX_DELAY_MS >= 30 * 24 * 3600 * 1000
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aqueue._core import wire as t
-from aqueue._core.delays import delay_routing_key, entry_exchange
+from aqueue._core.delays import delay_routing_key, delay_units, entry_exchange
 from aqueue._core.topology import TopologyNames
 from aqueue._core.types import HeaderValue
 from aqueue._core.wire import (
@@ -50,7 +50,7 @@ def test_a_job_goes_to_its_queue_or_through_the_delay_levels() -> None:
     assert now.timestamp == NOW // 1000
     later = job_message(NAMES, envelope, b"{}", delay_ms=1500)
     assert later.exchange == entry_exchange(NAMES)
-    assert later.routing_key == delay_routing_key(150, "q")
+    assert later.routing_key == delay_routing_key(delay_units(1500), "q")
 
 
 def test_a_retry_is_a_fresh_copy_with_the_next_attempt() -> None:
@@ -68,7 +68,7 @@ def test_a_retry_is_a_fresh_copy_with_the_next_attempt() -> None:
     assert message.headers[t.HEADER_ENQUEUED_AT] == NOW - 5000
     assert message.headers[t.HEADER_HISTORY] == [failure.as_header()]
     assert not t.BROKER_HEADERS & set(message.headers)
-    assert message.routing_key == delay_routing_key(20, "q")
+    assert message.routing_key == delay_routing_key(delay_units(200), "q")
 
 
 def test_retry_routing_keys_do_not_grow_across_retries() -> None:
