@@ -6,9 +6,10 @@ import itertools
 import time
 
 import anyio
+from rich.console import Console
 
 from aqueue import TaskQueue, WorkerSettings
-from aqueue._cli.stats import stats_json
+from aqueue._cli.stats import _tables, last_scaling, stats_json
 from aqueue._core.config import Autoscale
 from aqueue._core.heartbeats import (
     MAX_DECISIONS,
@@ -171,3 +172,17 @@ async def test_a_cpu_bound_queue_keeps_one_hold_decision_with_its_reason() -> No
             worker.stop()  # the rest of the backlog is handed back, not run
     assert hold.before == hold.after
     assert "CPU-bound" in hold.reason
+
+
+def test_the_stats_table_shows_each_workers_newest_decision() -> None:
+    """The workers table's "last scaling" cell: the newest decision of any queue, with the
+    time in UTC; blank for a worker that has none."""
+    kept = (decision(1005.0, "shrink", 4, 3), decision(1001.0))
+    seen = [Seen(beat(QueueFigures(concurrency=3, decisions=kept)), received_at=1010.0)]
+    (row,) = aggregate(seen, {}, now=1011.0).workers
+    assert last_scaling(row) == "emails: shrink 4 -> 3 at 00:16:45 UTC"
+    console = Console(width=300, record=True)
+    console.print(_tables(aggregate(seen, {}, now=1011.0)))
+    assert "emails: shrink 4 -> 3 at 00:16:45 UTC" in console.export_text()
+    quiet = [Seen(beat(QueueFigures(concurrency=3)), received_at=1010.0)]
+    assert last_scaling(aggregate(quiet, {}, now=1011.0).workers[0]) == ""
