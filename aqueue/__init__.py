@@ -14,7 +14,14 @@ from aqueue._core.wire import Failure
 from aqueue._observability.hooks import Instrumentation, JobObserver
 from aqueue._observability.logs import JobLogFilter, JsonLogFormatter, TextLogFormatter
 from aqueue._observability.metrics import JobMetrics, MetricSink
-from aqueue._results import JobState, JobStatus, MemoryResultBackend, RemoteError, ResultBackend
+from aqueue._results import (
+    FailedAttempt,
+    JobState,
+    JobStatus,
+    MemoryResultBackend,
+    RemoteError,
+    ResultBackend,
+)
 from aqueue._results.handles import GroupJob, Job
 from aqueue._scheduler.scheduler import Scheduler
 from aqueue._tasks.context import JobContext, current_job
@@ -42,6 +49,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "Every",
+    "FailedAttempt",
     "Failure",
     "Group",
     "GroupJob",

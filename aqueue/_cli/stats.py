@@ -8,6 +8,7 @@ gives the arrival rate), and prints what `aqueue._core.heartbeats.aggregate` mak
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from aqueue._core.heartbeats import (
     HEARTBEAT_BINDING,
     HEARTBEAT_INTERVAL,
     StatsView,
+    WorkerRow,
     aggregate,
     control_exchange,
 )
@@ -161,6 +163,10 @@ def stats_json(
                 "busy_ratio": round(row.busy_ratio, 4),
                 "last_seen": round(row.last_seen, 3),
                 "started_at": round(row.started_at, 3),
+                "decisions": {
+                    queue: [decision.to_payload() for decision in decisions]
+                    for queue, decisions in row.decisions.items()
+                },
             }
             for row in view.workers
         ],
@@ -178,6 +184,16 @@ def _cell(value: float | int | None, unit: str = "") -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.1f}{unit}" if unit else f"{value:.1f}"
+
+
+def last_scaling(worker: WorkerRow) -> str:
+    """The newest autoscaler decision of any of the worker's queues, as a table cell."""
+    newest = [(decisions[0], queue) for queue, decisions in worker.decisions.items() if decisions]
+    if not newest:
+        return ""
+    decision, queue = max(newest, key=lambda item: item[0].at)
+    when = dt.datetime.fromtimestamp(decision.at, dt.UTC).strftime("%H:%M:%S")
+    return f"{queue}: {decision.action} {decision.before} -> {decision.after} at {when} UTC"
 
 
 def _tables(view: StatsView, limiters: list[dict[str, Any]] | None = None) -> Group:
@@ -206,7 +222,15 @@ def _tables(view: StatsView, limiters: list[dict[str, Any]] | None = None) -> Gr
             _cell(row.oldest_wait, "s"),
         )
     workers = Table(
-        "worker", "host", "pid", "queues", "concurrency", "busy", "last seen", title="workers"
+        "worker",
+        "host",
+        "pid",
+        "queues",
+        "concurrency",
+        "busy",
+        "last seen",
+        "last scaling",
+        title="workers",
     )
     for worker in view.workers:
         workers.add_row(
@@ -217,6 +241,7 @@ def _tables(view: StatsView, limiters: list[dict[str, Any]] | None = None) -> Gr
             str(worker.concurrency),
             f"{worker.in_flight} ({worker.busy_ratio:.0%})",
             f"{worker.last_seen:.1f}s ago",
+            escape(last_scaling(worker)),
         )
     if not view.workers:
         workers.caption = "no live worker sent a heartbeat"

@@ -45,6 +45,7 @@ from aqueue._results import JobState, JobStatus, ResultBackend
 from aqueue._results.handles import GroupJob, Job
 from aqueue._tasks.middleware import Middleware
 from aqueue._tasks.periodic import make_schedule
+from aqueue._tasks.redact import stored_arguments
 from aqueue._tasks.task import Call, Task, TaskRegistry, make_task
 from aqueue._transport import check_urls, connector, redact_url
 from aqueue._workflows import (
@@ -590,9 +591,14 @@ class TaskQueue:
         )
         if task.options.store_result:
             status = JobStatus.SCHEDULED if envelope.eta_ms is not None else JobStatus.QUEUED
-            await session.states.record(
-                JobState(envelope.job_id, status, task=envelope.task), ttl=task.options.result_ttl
+            state = JobState(
+                envelope.job_id,
+                status,
+                task=envelope.task,
+                arguments=stored_arguments(task, args, kwargs, body),  # redacted here
+                enqueued_at=envelope.enqueued_at_ms / 1000,
             )
+            await session.states.record(state, ttl=task.options.result_ttl)
         return self._handle(envelope.job_id, envelope.task, envelope.queue)
 
     async def _enqueue_workflow(self, flow: Node) -> Job[Any] | GroupJob:
@@ -669,8 +675,14 @@ class TaskQueue:
             status = JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED
             await session.states.record_many(
                 [
-                    JobState(e.job_id, status, task=e.task)
-                    for e in envelopes
+                    JobState(
+                        e.job_id,
+                        status,
+                        task=e.task,
+                        arguments=stored_arguments(task, args, kwargs, body),  # redacted here
+                        enqueued_at=e.enqueued_at_ms / 1000,
+                    )
+                    for e, (args, kwargs, body) in zip(envelopes, encoded, strict=True)
                     if e.job_id not in lost
                 ],
                 ttl=task.options.result_ttl,

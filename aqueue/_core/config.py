@@ -111,8 +111,9 @@ class TaskOptions:
             `TaskQueue`'s ``result_ttl``.
         redact: what the dashboard hides of this task's arguments: the names of parameters
             whose values it shows as ``[redacted]`` (positional arguments are matched to
-            parameter names), or ``True`` to hide every argument. Display only: the job
-            still carries its arguments.
+            parameter names), or ``True`` to hide every argument. Applied before the
+            arguments are kept in the job's state (a redacted value is never stored in the
+            result backend); the job's message still carries them to the worker.
     """
 
     queue: str = DEFAULT_QUEUE

@@ -30,11 +30,63 @@ HEARTBEAT_VERSION = 1
 #: Heartbeats are routed ``heartbeat.{worker_id}``; readers bind ``heartbeat.#``.
 HEARTBEAT_ROUTING_PREFIX = "heartbeat."
 HEARTBEAT_BINDING = "heartbeat.#"
+#: Autoscaler decisions a heartbeat carries per queue (the newest), and the characters of a
+#: decision's reason: a heartbeat stays small however long a worker runs.
+MAX_DECISIONS = 5
+MAX_REASON_CHARS = 200
 
 
 def control_exchange(prefix: str) -> str:
     """The topic exchange heartbeats (and later control messages) are published to."""
     return f"{prefix}.control"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDecision:
+    """One autoscaler decision that mattered: a change of concurrency, or a CPU-bound hold.
+
+    Attributes:
+        at: when it was taken, Unix seconds.
+        action: ``grow``, ``shrink`` or ``hold`` (a hold is kept only when it is news: the
+            queue is CPU-bound, so growing would not help).
+        before: the queue's concurrency before it.
+        after: its concurrency after it (equal to `before` for a hold).
+        reason: why, with the figures that drove it (at most `MAX_REASON_CHARS`).
+    """
+
+    at: float
+    action: str
+    before: int
+    after: int
+    reason: str
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON form: ``{"at", "action", "from", "to", "reason"}``."""
+        return {
+            "at": round(self.at, 3),
+            "action": self.action,
+            "from": self.before,
+            "to": self.after,
+            "reason": self.reason[:MAX_REASON_CHARS],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: object) -> ScaleDecision | None:
+        """Read the JSON form; None for anything that is not one (a reader skips it)."""
+        if not isinstance(payload, dict):
+            return None
+        at, action, before, after, reason = (
+            payload.get(key) for key in ("at", "action", "from", "to", "reason")
+        )
+        if not (
+            is_number(at, at_least=0)
+            and isinstance(action, str)
+            and is_whole(before, at_least=0)
+            and is_whole(after, at_least=0)
+            and isinstance(reason, str)
+        ):
+            return None
+        return cls(float(at), action, before, after, reason[:MAX_REASON_CHARS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +105,8 @@ class QueueFigures:
         wait_p50: median wait (seconds) of jobs started over the last minute.
         wait_p95: 95th percentile of that wait.
         oldest_wait: estimate of how long the oldest job still waiting has waited.
+        decisions: the autoscaler's last decisions for the queue, newest first (at most
+            `MAX_DECISIONS`; empty without ``--autoscale`` and from workers before 0.x).
     """
 
     concurrency: int
@@ -66,6 +120,7 @@ class QueueFigures:
     wait_p50: float | None = None
     wait_p95: float | None = None
     oldest_wait: float | None = None
+    decisions: tuple[ScaleDecision, ...] = ()
 
     @property
     def busy_ratio(self) -> float:
@@ -161,6 +216,7 @@ def _figures_payload(figures: QueueFigures) -> dict[str, Any]:
     payload["ready"] = figures.ready
     for name in _OPTIONAL_FLOATS:
         payload[name] = getattr(figures, name)
+    payload["decisions"] = [d.to_payload() for d in figures.decisions[:MAX_DECISIONS]]
     return payload
 
 
@@ -181,7 +237,16 @@ def _read_figures(payload: object) -> QueueFigures:
         wait_p50=number(payload, "wait_p50"),
         wait_p95=number(payload, "wait_p95"),
         oldest_wait=number(payload, "oldest_wait"),
+        decisions=_read_decisions(payload.get("decisions")),
     )
+
+
+def _read_decisions(payload: object) -> tuple[ScaleDecision, ...]:
+    """A heartbeat's decisions; none when it has no such field (an older worker's)."""
+    if not isinstance(payload, list):
+        return ()
+    decisions = (ScaleDecision.from_payload(item) for item in payload[:MAX_DECISIONS])
+    return tuple(decision for decision in decisions if decision is not None)
 
 
 def _text(payload: Mapping[str, object], key: str) -> str:
@@ -272,6 +337,8 @@ class WorkerRow:
     busy_ratio: float
     last_seen: float
     started_at: float
+    #: per queue with any, the autoscaler's last decisions, newest first
+    decisions: Mapping[str, tuple[ScaleDecision, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +429,11 @@ def aggregate(
                 busy_ratio=beat.in_flight / capacity if capacity else 0.0,
                 last_seen=max(0.0, now - item.received_at),
                 started_at=beat.started_at,
+                decisions={
+                    name: figures.decisions
+                    for name, figures in sorted(beat.queues.items())
+                    if figures.decisions
+                },
             )
         )
     return StatsView(queues=tuple(rows), workers=tuple(workers))

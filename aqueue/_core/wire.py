@@ -708,3 +708,14 @@ def _int_header(headers: Headers, name: str, *, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DecodeError(f"header {name!r} must be an integer, not {value!r}")
     return value
+
+
+def trace_id(headers: Mapping[str, HeaderValue]) -> str | None:
+    """The W3C trace id of a message's ``traceparent`` header, if it has a valid one."""
+    value = headers.get("traceparent")
+    if not isinstance(value, str):
+        return None
+    parts = value.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or set(parts[1]) - set("0123456789abcdef"):
+        return None
+    return parts[1] if parts[1] != "0" * 32 else None

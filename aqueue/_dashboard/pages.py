@@ -16,7 +16,12 @@ from aqueue._client.monitor import schedules_document
 from aqueue._core.heartbeats import live_workers
 from aqueue._core.topology import validate_name
 from aqueue._dashboard.monitor import Letter, Overview
-from aqueue._dashboard.present import arguments_text, trace_id
+from aqueue._dashboard.present import (
+    arguments_text,
+    job_attempts,
+    stored_arguments_text,
+    trace_id,
+)
 from aqueue.exceptions import ConfigurationError, ConnectionFailed, QueueNotFound
 
 if TYPE_CHECKING:
@@ -100,6 +105,23 @@ async def _api_job(request: Request) -> Response:
                 "error": None
                 if state.error is None
                 else {"type": state.error.type, "message": state.error.message},
+                "result": state.result,
+                "arguments": state.arguments,
+                "attempts": [
+                    {
+                        "attempt": row.attempt,
+                        "outcome": row.outcome,
+                        "at": row.at,
+                        "type": row.type or None,
+                        "message": row.message or None,
+                        "traceback": row.traceback or None,
+                    }
+                    for row in job_attempts(state)
+                ],
+                "enqueued_at": state.enqueued_at,
+                "started_at": state.started_at,
+                "finished_at": state.finished_at,
+                "trace_id": state.trace_id,
             },
         }
     )
@@ -248,12 +270,17 @@ async def _job_context(board: Dashboard, job_id: str) -> dict[str, Any]:
         for letter in snapshot.letters:
             if letter.job_id == job_id:
                 found = (name, letter)
+    trace = found[1].trace_id if found else None
+    if trace is None and state is not None:
+        trace = state.trace_id
     return {
         "job_id": job_id,
         "state": state,
+        "attempts": job_attempts(state) if state is not None else [],
+        "arguments": stored_arguments_text(state.arguments) if state is not None else None,
         "has_backend": session.states.backend is not None,
         "dead": found,
-        "trace": board.trace_link(found[1].trace_id) if found else None,
+        "trace": board.trace_link(trace) if trace else None,
     }
 
 
@@ -298,6 +325,10 @@ def overview_json(overview: Overview) -> dict[str, Any]:
                 "concurrency": w.concurrency,
                 "busy_ratio": round(w.busy_ratio, 4),
                 "last_seen": round(w.last_seen, 3),
+                "decisions": {
+                    queue: [decision.to_payload() for decision in decisions]
+                    for queue, decisions in w.decisions.items()
+                },
             }
             for w in view.workers
         ],

@@ -1,41 +1,27 @@
-"""What the dashboard shows of a job: its arguments, redacted per task, and its trace (pure)."""
+"""What the dashboard shows of a job: its arguments (redacted per task), attempts, trace (pure)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from aqueue._core.types import HeaderValue
+from aqueue._core.wire import trace_id
+from aqueue._results import JobState
 from aqueue._serialization import loads
+from aqueue._tasks.redact import REDACTED, redacted
 from aqueue._tasks.task import Task
 
-__all__ = ["REDACTED", "arguments_text", "fmt_time", "trace_id"]
-
-#: What a redacted argument shows.
-REDACTED = "[redacted]"
-
-
-def _redact(task: Task[Any, Any] | None, args: list[Any], kwargs: dict[str, Any]) -> object:
-    redact = task.options.redact if task is not None else ()
-    if redact is True:
-        return REDACTED
-    if not redact or task is None:
-        return {"args": args, "kwargs": kwargs}
-    names = [
-        p.name
-        for p in inspect.signature(task.fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    hidden = set(redact)
-    shown_args = [
-        REDACTED if index < len(names) and names[index] in hidden else value
-        for index, value in enumerate(args)
-    ]
-    shown_kwargs = {key: REDACTED if key in hidden else value for key, value in kwargs.items()}
-    return {"args": shown_args, "kwargs": shown_kwargs}
+__all__ = [
+    "REDACTED",
+    "AttemptRow",
+    "arguments_text",
+    "fmt_time",
+    "job_attempts",
+    "stored_arguments_text",
+    "trace_id",
+]
 
 
 def arguments_text(task: Task[Any, Any] | None, body: bytes) -> str:
@@ -54,18 +40,7 @@ def arguments_text(task: Task[Any, Any] | None, body: bytes) -> str:
     args, kwargs = decoded.get("args", []), decoded.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         return "(not JSON arguments)"
-    return json.dumps(_redact(task, args, kwargs), indent=2, ensure_ascii=False)
-
-
-def trace_id(headers: Mapping[str, HeaderValue]) -> str | None:
-    """The W3C trace id of a message's ``traceparent`` header, if it has a valid one."""
-    value = headers.get("traceparent")
-    if not isinstance(value, str):
-        return None
-    parts = value.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or set(parts[1]) - set("0123456789abcdef"):
-        return None
-    return parts[1] if parts[1] != "0" * 32 else None
+    return json.dumps(redacted(task, args, kwargs), indent=2, ensure_ascii=False)
 
 
 def fmt_time(value: dt.datetime | float | None) -> str:
@@ -74,3 +49,43 @@ def fmt_time(value: dt.datetime | float | None) -> str:
         return ""
     when = value if isinstance(value, dt.datetime) else dt.datetime.fromtimestamp(value, dt.UTC)
     return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One line of the job screen's attempts: a failed one, or the state's own attempt."""
+
+    attempt: int
+    outcome: str
+    at: float | None
+    type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+def job_attempts(state: JobState) -> list[AttemptRow]:
+    """A job's attempts, oldest first.
+
+    Each failed one its state keeps, then the attempt the state is about when that one did
+    not fail (running, succeeded, ...).
+    """
+    rows = [
+        AttemptRow(f.attempt, "failed", f.at, f.type, f.message, f.traceback) for f in state.history
+    ]
+    if state.attempt and all(f.attempt != state.attempt for f in state.history):
+        at = state.finished_at or state.started_at or state.updated_at or None
+        rows.append(AttemptRow(state.attempt, state.status.value, at))
+    return rows
+
+
+def stored_arguments_text(text: str | None) -> str | None:
+    """A state's stored arguments, indented when they are whole JSON.
+
+    Cut ones are shown as they are, ending with their marker.
+    """
+    if text is None:
+        return None
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text

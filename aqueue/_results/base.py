@@ -78,6 +78,79 @@ class RemoteError:
     traceback: str = ""
 
 
+#: Failed attempts a job state keeps (the newest), and the characters of each one's message
+#: and traceback tail: a state stays small however often a job is retried.
+MAX_ATTEMPTS_KEPT = 10
+MAX_ATTEMPT_MESSAGE_CHARS = 1000
+MAX_ATTEMPT_TRACEBACK_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """One failed attempt of a job, as its state keeps it.
+
+    Attributes:
+        attempt: 1 for the first run.
+        type: the exception's type name.
+        message: its message (at most `MAX_ATTEMPT_MESSAGE_CHARS`).
+        traceback: the tail of its traceback ("" when unknown: an attempt known only from the
+            message's headers, whose history carries no traceback).
+        at: when it failed, Unix seconds.
+    """
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str
+    at: float
+
+    def bounded(self) -> FailedAttempt:
+        """This attempt with its texts cut to their bounds (the traceback keeps its tail)."""
+        return FailedAttempt(
+            self.attempt,
+            self.type[:MAX_ATTEMPT_MESSAGE_CHARS],
+            self.message[:MAX_ATTEMPT_MESSAGE_CHARS],
+            self.traceback[-MAX_ATTEMPT_TRACEBACK_CHARS:],
+            self.at,
+        )
+
+    def as_json(self) -> dict[str, JSONValue]:
+        """The stored form."""
+        return {
+            "attempt": self.attempt,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> FailedAttempt | None:
+        """Read the stored form; None for anything else (a reader skips it)."""
+        if not isinstance(value, dict):
+            return None
+        attempt, at = value.get("attempt"), value.get("at")
+        if not isinstance(attempt, int) or not isinstance(at, int | float):
+            return None
+        texts = [value.get(key, "") for key in ("type", "message", "traceback")]
+        if not all(isinstance(text, str) for text in texts):
+            return None
+        return cls(attempt, str(texts[0]), str(texts[1]), str(texts[2]), float(at))
+
+
+def merge_attempts(*histories: Sequence[FailedAttempt]) -> tuple[FailedAttempt, ...]:
+    """Failed attempts of several sources, one per attempt number, oldest first.
+
+    A later source's entry wins over an earlier one's; each is bounded, and only the newest
+    `MAX_ATTEMPTS_KEPT` are kept.
+    """
+    by_attempt: dict[int, FailedAttempt] = {}
+    for history in histories:
+        for failure in history:
+            by_attempt[failure.attempt] = failure.bounded()
+    return tuple(by_attempt[key] for key in sorted(by_attempt))[-MAX_ATTEMPTS_KEPT:]
+
+
 @dataclass(frozen=True, slots=True)
 class JobState:
     """What is known about one job.
@@ -91,6 +164,16 @@ class JobState:
         error: the failure (failed and dead only).
         progress: the last value the task reported with `report_progress`.
         updated_at: when this state was written, Unix seconds.
+        extra: what a status adds (a deferral's reason and time).
+        arguments: the JSON text of the job's arguments, the task's ``redact=`` applied
+            before it was stored, at most 8 KiB (cut ones end with a marker); None when
+            unknown (a state written before 0.x, a workflow step).
+        history: its failed attempts, oldest first, at most `MAX_ATTEMPTS_KEPT` (the one this
+            state is about included, when it failed).
+        enqueued_at: when the job was enqueued, Unix seconds.
+        started_at: when the attempt of this state started.
+        finished_at: when the job reached a final status.
+        trace_id: the W3C trace id of the job's message, when it carried one.
     """
 
     job_id: str
@@ -102,12 +185,32 @@ class JobState:
     progress: JSONValue = None
     updated_at: float = 0.0
     extra: Mapping[str, JSONValue] = field(default_factory=dict)
+    arguments: str | None = None
+    history: tuple[FailedAttempt, ...] = ()
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    trace_id: str | None = None
 
     def encode(self) -> bytes:
-        """The stored form (JSON)."""
+        """The stored form (JSON); the fields after ``extra`` only when they are known."""
         error = self.error
+        known: dict[str, JSONValue] = {
+            key: value
+            for key, value in (
+                ("arguments", self.arguments),
+                ("enqueued_at", self.enqueued_at),
+                ("started_at", self.started_at),
+                ("finished_at", self.finished_at),
+                ("trace_id", self.trace_id),
+            )
+            if value is not None
+        }
+        if self.history:
+            known["history"] = [failure.as_json() for failure in self.history]
         return dumps(
             {
+                **known,
                 "job_id": self.job_id,
                 "status": self.status.value,
                 "task": self.task,
@@ -142,9 +245,34 @@ class JobState:
                 progress=raw.get("progress"),
                 updated_at=float(raw.get("updated_at", 0.0)),
                 extra=raw.get("extra") or {},
+                arguments=_optional(raw, "arguments", str),
+                history=_read_history(raw.get("history")),
+                enqueued_at=_optional_time(raw, "enqueued_at"),
+                started_at=_optional_time(raw, "started_at"),
+                finished_at=_optional_time(raw, "finished_at"),
+                trace_id=_optional(raw, "trace_id", str),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"not a stored job state: {exc}") from exc
+
+
+def _optional(raw: Mapping[str, Any], key: str, kind: type[str]) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, kind) else None
+
+
+def _optional_time(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _read_history(value: object) -> tuple[FailedAttempt, ...]:
+    """A stored history; () for a state written before there was one."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(f for f in map(FailedAttempt.from_json, value) if f is not None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from aqueue._core.types import JSONValue
-from aqueue._results.base import JobState, JobStatus, RemoteError, ResultBackend
+from aqueue._results.base import (
+    FailedAttempt,
+    JobState,
+    JobStatus,
+    RemoteError,
+    ResultBackend,
+    merge_attempts,
+)
 from aqueue.exceptions import ConfigurationError
 
 #: States a job is in before any attempt of it runs (`JobStates.may_have_started`).
 _BEFORE_A_START = frozenset(
     {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 )
+
+
+@dataclass(slots=True)
+class JobDetails:
+    """What every state of one attempt carries besides its status (the job screen's facts).
+
+    Attributes:
+        arguments: the JSON text of the job's arguments, already redacted and bounded
+            (`aqueue._tasks.redact.stored_arguments`): never a redacted value.
+        enqueued_at: when the job was enqueued, Unix seconds.
+        started_at: when this attempt started.
+        history: the earlier failed attempts, oldest first: from the message's headers at
+            first (no tracebacks there), merged with the stored ones (with their
+            tracebacks) when the attempt starts running.
+        trace_id: the W3C trace id of the job's message, if any.
+    """
+
+    arguments: str | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    history: tuple[FailedAttempt, ...] = ()
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +62,8 @@ class Attempt:
         store: whether its states are written (a backend is configured and the task keeps
             its results).
         ttl: seconds its states are kept; None: the queue's ``result_ttl``.
+        details: its arguments, times and earlier failures, written into each of its states
+            (None: only the status is written).
     """
 
     job_id: str
@@ -40,6 +71,7 @@ class Attempt:
     attempt: int
     store: bool
     ttl: float | None = None
+    details: JobDetails | None = None
 
     def state(
         self,
@@ -48,9 +80,13 @@ class Attempt:
         result: JSONValue = None,
         error: RemoteError | None = None,
         progress: JSONValue = None,
+        failed: bool = False,
     ) -> JobState:
-        """A state of this attempt."""
-        return JobState(
+        """A state of this attempt.
+
+        With `failed`, `error` is this attempt's failure, and is kept in the history too.
+        """
+        state = JobState(
             self.job_id,
             status,
             task=self.task,
@@ -58,6 +94,24 @@ class Attempt:
             result=result,
             error=error,
             progress=progress,
+        )
+        details = self.details
+        if details is None:
+            return state
+        history = details.history
+        if failed and error is not None:
+            failure = FailedAttempt(
+                self.attempt, error.type, error.message, error.traceback, time.time()
+            )
+            history = merge_attempts(history, [failure])
+        return replace(
+            state,
+            arguments=details.arguments,
+            history=history,
+            enqueued_at=details.enqueued_at,
+            started_at=details.started_at,
+            finished_at=time.time() if status.is_final else None,
+            trace_id=details.trace_id,
         )
 
 
@@ -139,9 +193,20 @@ class JobStates:
         return True
 
     async def running(self, attempt: Attempt) -> None:
-        """Record that an attempt is running."""
-        if attempt.store:
-            await self.record(attempt.state(JobStatus.RUNNING), ttl=attempt.ttl)
+        """Record that an attempt is running.
+
+        A retry's (attempt 2 on) reads the state first: the earlier attempts' tracebacks are
+        kept there, not in the message, and go on in every state of this attempt.
+        """
+        if not attempt.store:
+            return
+        details = attempt.details
+        if details is not None and attempt.attempt > 1 and self.backend is not None:
+            before = await self.backend.get_state(attempt.job_id)
+            if before is not None:
+                details.history = merge_attempts(details.history, before.history)
+                details.arguments = details.arguments or before.arguments
+        await self.record(attempt.state(JobStatus.RUNNING), ttl=attempt.ttl)
 
     async def progress(self, attempt: Attempt, progress: JSONValue) -> None:
         """Record a progress value the running task reported."""
@@ -153,10 +218,11 @@ class JobStates:
         if attempt.store:
             await self.record(attempt.state(JobStatus.SUCCEEDED, result=result), ttl=attempt.ttl)
 
-    async def retrying(self, attempt: Attempt) -> None:
-        """Record that the job waits for its next attempt."""
+    async def retrying(self, attempt: Attempt, error: RemoteError | None = None) -> None:
+        """Record that the job waits for its next attempt (`error`: why this one failed)."""
         if attempt.store:
-            await self.record(attempt.state(JobStatus.RETRYING), ttl=attempt.ttl)
+            state = attempt.state(JobStatus.RETRYING, error=error, failed=True)
+            await self.record(state, ttl=attempt.ttl)
 
     async def expired(self, attempt: Attempt, error: RemoteError) -> None:
         """Record that the job was delivered after its deadline and will not run."""
@@ -179,4 +245,4 @@ class JobStates:
         """Record the failure for good (``dead``: it could not even be run)."""
         if attempt.store:
             status = JobStatus.DEAD if dead else JobStatus.FAILED
-            await self.record(attempt.state(status, error=error), ttl=attempt.ttl)
+            await self.record(attempt.state(status, error=error, failed=True), ttl=attempt.ttl)

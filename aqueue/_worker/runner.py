@@ -52,6 +52,7 @@ from aqueue._tasks.middleware import Middleware, build_chain
 from aqueue._tasks.task import Task, call_in_process
 from aqueue._transport import Delivery
 from aqueue._worker.cancels import Cancellations
+from aqueue._worker.details import attempt_details
 from aqueue._worker.flow import Deferral, FlowGate, Slot
 from aqueue._worker.gates import Gates
 from aqueue._worker.leases import LeasableDelivery, LeaseCopies, Leases
@@ -314,7 +315,17 @@ class JobRunner:
         )
         options = _with_overrides(task.options, headers)
         store = options.store_result and self._session.states.active
-        attempt = Attempt(context.job_id, context.task, context.attempt, store, options.result_ttl)
+        attempt = Attempt(
+            context.job_id,
+            context.task,
+            context.attempt,
+            store,
+            options.result_ttl,
+            # the job screen's facts (issue 14): made only for stored states, redacted here
+            attempt_details(task, context, headers, delivery.headers, delivery.body)
+            if store
+            else None,
+        )
         if store:
             context.reporter = functools.partial(self._session.states.progress, attempt)
         links = WorkflowLinks.of(headers.extra)
@@ -809,7 +820,7 @@ class JobRunner:
         states = self._session.states
         try:
             if retrying:
-                await states.retrying(job.attempt)
+                await states.retrying(job.attempt, outcome.remote_error())
             else:
                 error = outcome.remote_error()
                 await states.failed(job.attempt, error, dead=False)

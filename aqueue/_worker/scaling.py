@@ -3,21 +3,48 @@
 The rules are `decide`'s (pure, in `aqueue._worker.autoscale`); this module feeds it one
 queue's figures, remembers its state between decisions, logs every change at INFO on the
 ``aqueue.autoscale`` logger with the figures that drove it, and the CPU-bound verdicts with
-the marks the ``--processes`` supervisor reads.
+the marks the ``--processes`` supervisor reads. `DecisionLog` keeps the last few decisions
+that mattered per queue, for the worker's heartbeats (``aqueue stats``, the dashboard).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
 from aqueue._core.config import Autoscale
+from aqueue._core.heartbeats import MAX_DECISIONS, MAX_REASON_CHARS, ScaleDecision
 from aqueue._core.supervision import CPU_BOUND_MARK, CPU_FREE_MARK
 from aqueue._worker.autoscale import Decision, Measurements, ScaleState, decide
 from aqueue._worker.waits import QueueRunners, percentile
 
 scaling_logger = logging.getLogger("aqueue.autoscale")
+
+
+class DecisionLog:
+    """The last `size` decisions that mattered of each queue: changes and CPU-bound holds.
+
+    A steady queue's "hold" is not news and is not kept (it would push the changes out);
+    a hold because the queue is CPU-bound is, once, when that verdict is reached.
+    """
+
+    def __init__(self, size: int = MAX_DECISIONS) -> None:
+        self._size = size
+        self._log: dict[str, deque[ScaleDecision]] = {}
+
+    def note(self, queue: str, decision: ScaleDecision) -> None:
+        """Keep `decision` as the newest of `queue`'s, dropping its oldest past `size`."""
+        reason = decision.reason[:MAX_REASON_CHARS]
+        log = self._log.setdefault(queue, deque(maxlen=self._size))
+        log.append(
+            ScaleDecision(decision.at, decision.action, decision.before, decision.after, reason)
+        )
+
+    def recent(self, queue: str) -> tuple[ScaleDecision, ...]:
+        """`queue`'s kept decisions, newest first."""
+        return tuple(reversed(self._log.get(queue, ())))
 
 
 class Scaler:
@@ -28,6 +55,7 @@ class Scaler:
         resize: sets a queue's runners (and its prefetch, where it follows) to a number.
         serving: whether a queue's consumer is subscribed (not paused).
         threads_waiting: sync jobs of a queue waiting for a thread now.
+        log: where the decisions that mattered are kept (the heartbeats read it).
     """
 
     def __init__(
@@ -36,7 +64,9 @@ class Scaler:
         resize: Callable[[QueueRunners, int], Awaitable[None]],
         serving: Callable[[str], bool],
         threads_waiting: Callable[[str], int],
+        log: DecisionLog | None = None,
     ) -> None:
+        self.log = log if log is not None else DecisionLog()
         self._queues = dict(queues)
         self._resize = resize
         self._serving = serving
@@ -50,9 +80,25 @@ class Scaler:
             measured = self._measure(queue, runners, now, elapsed, loop_lag)
             decision = decide(measured, self._states[queue], bounds)
             self._states[queue] = decision.state
+            at = time.time()
+            if decision.cpu_saturated and not runners.cpu_saturated:
+                self.log.note(
+                    queue,
+                    ScaleDecision(at, "hold", runners.target, runners.target, decision.reason),
+                )
             self._report_cpu(queue, runners, decision)
             if decision.concurrency != runners.target:
                 _log_change(queue, runners, measured, decision)
+                self.log.note(
+                    queue,
+                    ScaleDecision(
+                        at,
+                        decision.action,
+                        runners.target,
+                        decision.concurrency,
+                        _reason(measured, decision),
+                    ),
+                )
                 await self._resize(runners, decision.concurrency)
 
     def _measure(
@@ -109,3 +155,9 @@ def _log_change(
         runners.ready,
         measured.loop_lag * 1000,
     )
+
+
+def _reason(measured: Measurements, decision: Decision) -> str:
+    """A decision's reason with the two figures an operator reads first."""
+    p95 = "-" if measured.wait_p95 is None else f"{measured.wait_p95:.2f}s"
+    return f"{decision.reason} (p95 wait {p95}, {measured.throughput:.1f} jobs/s)"

@@ -34,7 +34,7 @@ from aqueue._worker.leases import warn_about_long_tasks
 from aqueue._worker.parking import Parking
 from aqueue._worker.quarantine import Quarantine
 from aqueue._worker.runner import JobRunner
-from aqueue._worker.scaling import Scaler
+from aqueue._worker.scaling import DecisionLog, Scaler
 from aqueue._worker.threads import AbandonedJob, ThreadBudgets
 from aqueue._worker.waits import LoopLag, QueueRunners
 from aqueue.exceptions import AqueueError, TransportError
@@ -157,6 +157,7 @@ class Worker:
         self._counters = _Counters()
         self._queue_counts: dict[str, _QueueCounts] = {}
         self.heartbeats: HeartbeatSender | None = None  # set by `run`
+        self._decisions = DecisionLog()  # the autoscaler's, for the heartbeats
         self._changed = anyio.Event()
         self._watchers = 0  # tasks in `wait_until`: no event is made per job for nobody
         # set by `run`
@@ -205,6 +206,7 @@ class Worker:
                 wait_p50=stats.wait_p50 if stats is not None else None,
                 wait_p95=stats.wait_p95 if stats is not None else None,
                 oldest_wait=stats.oldest_wait if stats is not None else None,
+                decisions=self._decisions.recent(queue),
             )
         return figures
 
@@ -606,6 +608,7 @@ class Worker:
             self._resize,
             serving=lambda queue: queue in self._consumers,
             threads_waiting=lambda queue: self._threads.for_queue(queue).waiting(),
+            log=self._decisions,
         )
         sample_lag, decision_lag = LoopLag(), LoopLag()
         last_sample = last_decision = anyio.current_time()

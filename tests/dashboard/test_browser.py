@@ -7,17 +7,21 @@ with ``AQUEUE_DOCS_SCREENSHOTS=1``, which is how the docs' images are made).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 import aqueue.dashboard
+from aqueue import TaskQueue, WorkerSettings
+from aqueue._core.config import Autoscale
 from aqueue.testing import running_worker
-from tests.dashboard.conftest import WORKER, Mail
+from tests.dashboard.conftest import SECRET, WORKER, Flaky, Mail
 from tests.helpers.dashboard import SCREENSHOTS, browser, serving
-from tests.helpers.workers import wait_until
+from tests.helpers.workers import delete_topology, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +191,74 @@ async def test_purge_asks_for_the_queue_name_first(mail: Mail, chromium: Browser
             await page.get_by_role("button", name="Purge").click()
             await expect(page.locator("table.dead-letters")).to_contain_text("no dead letters")
             assert await mail.queue.dead_letters("emails").count() == 0
+
+
+async def test_the_job_screen_shows_every_attempt_the_arguments_and_the_result(
+    flaky: Flaky, chromium: Browser, shots: Path
+) -> None:
+    """A job that failed twice, then succeeded, looked up by id from the Jobs screen: three
+    attempts (two with their error and a traceback that opens), its arguments with the
+    <script> as text and the password redacted, the result and the timings."""
+    script = "<script>window.__xss = 1</script>"
+    async with flaky.queue:
+        job = await flaky.queue.enqueue(flaky.sign_up, script, SECRET)
+        async with running_worker(flaky.queue, WORKER):
+            await job.result(timeout=30)
+        web = aqueue.dashboard.app(flaky.queue, refresh=0.3)
+        async with serving(web) as url:
+            page = await chromium.new_page()
+            await page.goto(url + "/jobs")
+            await page.get_by_placeholder("job id").fill(job.job_id)
+            await page.get_by_role("button", name="Look up").click()
+            await expect(page.locator("td.status")).to_have_text("succeeded", timeout=WAIT_MS)
+            rows = page.locator("table.attempts tbody tr")
+            await expect(rows).to_have_count(3)
+            await expect(rows.nth(0).locator("td.outcome")).to_have_text("failed")
+            await expect(rows.nth(1)).to_contain_text("mail server <b>down</b> (run 2)")
+            await expect(rows.nth(2).locator("td.outcome")).to_have_text("succeeded")
+            traceback = rows.nth(0).locator("pre.traceback")
+            await expect(traceback).to_be_hidden()  # folded until asked for
+            await rows.nth(0).locator("summary").click()
+            await expect(traceback).to_contain_text("raise ValueError")
+            arguments = page.locator("pre.arguments")
+            await expect(arguments).to_contain_text(script)
+            await expect(arguments).to_contain_text("[redacted]")
+            await expect(page.locator("pre.result")).to_contain_text("welcome")
+            await expect(page.locator("td.finished")).to_contain_text("UTC")
+            assert SECRET not in await page.content()
+            assert await page.evaluate("window.__xss") is None  # never ran
+            await shoot(page, shots, "job-attempts")
+
+
+async def test_the_workers_screen_shows_the_autoscalers_decisions(
+    amqp_url: str, prefix: str, chromium: Browser, shots: Path
+) -> None:
+    """Under a backlog of 50 ms jobs, an autoscaled worker grows; the Workers screen lists
+    that growth (time, from -> to, reason) without a reload."""
+    queue = TaskQueue(amqp_url, prefix=prefix, name=f"{prefix}-autoscaled", telemetry=False)
+
+    @queue.task(queue="naps", name="nap")
+    async def nap() -> None:
+        await anyio.sleep(0.05)
+
+    settings = WorkerSettings(
+        autoscale=Autoscale(1, 20, target_wait=0.2, interval=0.5),
+        heartbeat_interval=0.2,
+        ready_interval=0.2,
+        grace=5,
+    )
+    try:
+        async with queue:
+            await queue.enqueue_many(nap, [() for _ in range(400)])
+            web = aqueue.dashboard.app(queue, refresh=0.3)
+            async with serving(web) as url, running_worker(queue, settings):
+                page = await chromium.new_page()
+                await page.goto(url + "/workers")
+                growth = page.locator('td.decisions ul[data-queue="naps"] li.grow').first
+                await expect(growth).to_contain_text(
+                    re.compile(r"naps: grow \d+ → \d+: \S"), timeout=WAIT_MS
+                )
+                await expect(growth.locator("time")).to_contain_text("UTC")
+                await shoot(page, shots, "workers-autoscale")
+    finally:
+        await delete_topology(amqp_url, prefix, ["naps"])
