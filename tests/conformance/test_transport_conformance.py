@@ -186,7 +186,7 @@ async def test_prefetch_changes_under_a_flow_redeliver_nothing(
     quorum queue return what it had assigned to it but not sent, redelivered: the next
     worker would quarantine those as neighbours of a crash.)"""
     transport = await transport_factory.with_topology(jobs(names))
-    total = 400
+    total = 1_000  # more than the resizes below can take (at most the sum of their prefetches)
     queue = await publish_jobs(transport, names, total)
     inbox = Inbox()
     consumer = await transport.consume(queue, prefetch=5, on_delivery=inbox)
