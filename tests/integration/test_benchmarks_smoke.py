@@ -16,7 +16,10 @@ import pytest
 
 from benchmarks._scenarios import SCENARIOS
 
-pytestmark = pytest.mark.integration
+# The runs take minutes under coverage (callgrind most), past the suite's 120 s per test, and
+# pytest-timeout's thread method ends the whole pytest process at its limit: the limit is the
+# commands' own.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
