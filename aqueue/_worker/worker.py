@@ -252,7 +252,7 @@ class Worker:
         return self._threads.abandoned()
 
     async def wait_until(self, condition: Callable[[WorkerStatistics], bool]) -> None:
-        """Return once `condition(statistics)` holds; it is checked after every settled job.
+        """Return once `condition(statistics)` holds; checked as each job arrives and settles.
 
         Callers bound the wait (``with anyio.fail_after(10): await worker.wait_until(...)``).
         """
@@ -481,6 +481,7 @@ class Worker:
         counters.in_flight += 1
         counts.received += 1
         counts.in_flight += 1
+        self._notify()  # a condition on in_flight or received may hold now
         try:
             settlement = await runner.process(delivery, queue)
             counters.settled(settlement)
