@@ -121,6 +121,7 @@ async def test_nacked_or_unconfirmed_publish_is_sent_again_until_confirmed(
     assert all(later - earlier >= 0.04 for earlier, later in itertools.pairwise(times))
 
 
+@pytest.mark.serial  # a 10 ms bound on the deadline: measured alone
 async def test_a_publish_nacked_for_good_raises_within_its_deadline() -> None:
     """A publish nacked on every attempt raises PublishNacked by publish_deadline, not after."""
     transport = ScriptedTransport([PublishNacked(f"nack {i}") for i in range(1000)])
